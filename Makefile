@@ -1,0 +1,111 @@
+# pgshunt — build, test, demo, benchmark.
+#
+#   make           build ./pgshunt
+#   make check     install what is missing (Debian 12, as root), build, run every test
+#   make demo      install what is missing, start a throwaway PostgreSQL and pgshunt, run a workload
+#   make bench     the benchmark of docs/BENCHMARKS.md (not a test)
+#   make fuzz      run the libFuzzer target on the protocol framing code
+#   make asan      build and run the unit tests with AddressSanitizer + UBSan
+#   make fmt       format the C sources with the pinned .clang-format
+
+CC      ?= cc
+PKGS    := libevent_core libevent_pthreads openssl libpq
+CPPFLAGS += -I. -D_GNU_SOURCE
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+	   -Wmissing-prototypes -fno-strict-aliasing
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDLIBS  += $(PKG_LIBS) -linih -lpg_query
+BUILD   ?= build
+
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+CPPFLAGS += -DPGSHUNT_VERSION='"$(VERSION)"'
+
+# Every source but main.c goes into a static library that the tests link against.
+LIB_SRCS := $(filter-out proxy/main.c, $(wildcard proxy/*.c conf/*.c parser/*.c rules/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+MAIN_OBJ := $(BUILD)/proxy/main.o
+LIB      := $(BUILD)/libpgshunt.a
+
+UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
+UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all check unit integration demo bench fuzz fuzz-smoke asan deps fmt clean install
+
+all: pgshunt
+
+pgshunt: $(MAIN_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LIB): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -Wno-missing-prototypes -o $@ $< $(LIB) \
+		$(LDLIBS) -lcmocka
+
+-include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d)
+
+# --- dependencies (Debian 12, as root; a no-op when everything is there) ---
+deps:
+	@sh tests/install-deps.sh
+
+# --- tests ---
+check: deps
+	$(MAKE) all unit
+	$(MAKE) asan
+	$(MAKE) fuzz-smoke
+	$(MAKE) integration
+
+unit: $(UNIT_BINS)
+	@sh tests/run-unit.sh $(UNIT_BINS)
+
+integration: pgshunt
+	@bash tests/integration/run.sh
+
+asan:
+	$(MAKE) BUILD=build/asan CC=clang \
+		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+		LDFLAGS="-fsanitize=address,undefined" build/asan/pgshunt-asan unit-asan
+
+$(BUILD)/pgshunt-asan: $(MAIN_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+unit-asan: $(UNIT_BINS)
+	@sh tests/run-unit.sh $(UNIT_BINS)
+
+# --- fuzzing (clang's libFuzzer) ---
+FUZZ_BUILD := build/fuzz
+fuzz-build:
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang \
+		CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" \
+		$(FUZZ_BUILD)/libpgshunt.a
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined \
+		-o $(FUZZ_BUILD)/fuzz_proto tests/fuzz/fuzz_proto.c $(FUZZ_BUILD)/libpgshunt.a $(LDLIBS)
+
+fuzz: fuzz-build
+	@mkdir -p tests/fuzz/corpus-work
+	$(FUZZ_BUILD)/fuzz_proto -max_len=4096 tests/fuzz/corpus-work tests/fuzz/corpus
+
+fuzz-smoke: fuzz-build
+	$(FUZZ_BUILD)/fuzz_proto -runs=200000 -max_len=4096 tests/fuzz/corpus
+
+# --- demo and benchmark ---
+demo: deps pgshunt
+	@bash tests/demo.sh
+
+bench: deps pgshunt
+	@bash bench/bench.sh
+
+fmt:
+	clang-format -i proxy/*.[ch] conf/*.[ch] tests/unit/*.c
+
+clean:
+	rm -rf build pgshunt

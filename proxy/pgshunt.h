@@ -1,0 +1,53 @@
+/*
+ * Process-wide state of one pgshunt instance.  The proxy is single-threaded on one
+ * libevent loop, so this is plain global data.
+ */
+#ifndef PGSHUNT_PGSHUNT_H
+#define PGSHUNT_PGSHUNT_H
+
+#include <event2/event.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "conf/conf.h"
+
+struct session;
+
+struct stats {
+	uint64_t clients_total;    /* client connections accepted */
+	uint64_t queries_total;    /* Query and Execute messages forwarded */
+	uint64_t xacts_total;      /* ReadyForQuery 'I' after a request */
+	uint64_t bytes_received;   /* from clients */
+	uint64_t bytes_sent;       /* to clients */
+	uint64_t query_time_us;    /* time with a request outstanding, summed */
+	uint64_t errors_total;     /* ErrorResponses sent to clients */
+	uint64_t refused_total;    /* connections refused by limits or bad input */
+	uint64_t cancels_total;    /* CancelRequests routed to a server */
+};
+
+struct pgshunt {
+	struct event_base *base;
+	struct pgshunt_config cfg;
+	const char *config_path;
+	SSL_CTX *client_tls; /* NULL when client_tls_sslmode = disable */
+	SSL_CTX *server_tls; /* NULL when server_tls_sslmode = disable */
+	struct session *sessions; /* every live session, newest first */
+	uint32_t nclients;        /* sessions counted against max_client_conn */
+	uint32_t next_id;         /* session ids, also the BackendKeyData pid clients see */
+	bool paused;              /* PAUSE: idle sessions hold new requests */
+	bool shutting_down;       /* SIGTERM/SHUTDOWN: no new clients, close when idle */
+	time_t started;
+	struct stats stats;
+};
+
+extern struct pgshunt shunt;
+
+/* Begin a graceful shutdown (SIGTERM, SHUTDOWN): exits once every session has ended. */
+void pgshunt_shutdown(void);
+
+/* Re-read the config file (SIGHUP, RELOAD).  False with err when the file is rejected. */
+bool pgshunt_reload(char *err, size_t errlen);
+
+#endif

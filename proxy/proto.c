@@ -1,0 +1,162 @@
+#include "proxy/proto.h"
+
+#include <string.h>
+
+#include "proxy/mbuf.h"
+
+static enum startup_kind parse_v3_params(struct mbuf *m, struct startup_info *out)
+{
+	out->user = NULL;
+	out->database = NULL;
+	out->application_name = NULL;
+	for (;;) {
+		const char *name, *value;
+		if (!mbuf_get_string(m, &name))
+			return STARTUP_BAD_LAYOUT;
+		if (name[0] == '\0')
+			break;
+		if (!mbuf_get_string(m, &value))
+			return STARTUP_BAD_LAYOUT;
+		if (strcmp(name, "user") == 0)
+			out->user = value;
+		else if (strcmp(name, "database") == 0)
+			out->database = value;
+		else if (strcmp(name, "application_name") == 0)
+			out->application_name = value;
+	}
+	if (mbuf_avail(m) != 0)
+		return STARTUP_BAD_LAYOUT;
+	if (!out->user || out->user[0] == '\0')
+		return STARTUP_NO_USER;
+	if (!out->database || out->database[0] == '\0')
+		out->database = out->user;
+	return STARTUP_V3;
+}
+
+enum startup_kind proto_parse_startup(const uint8_t *buf, size_t len, struct startup_info *out)
+{
+	struct mbuf m;
+	uint32_t plen, version;
+
+	memset(out, 0, sizeof(*out));
+	mbuf_init(&m, buf, len);
+	if (!mbuf_get_uint32(&m, &plen))
+		return STARTUP_INCOMPLETE;
+	if (plen < 8 || plen > PROTO_MAX_STARTUP)
+		return STARTUP_BAD_LENGTH;
+	if (len < plen)
+		return STARTUP_INCOMPLETE;
+	out->len = plen;
+	mbuf_init(&m, buf + 4, plen - 4);
+	if (!mbuf_get_uint32(&m, &version))
+		return STARTUP_BAD_LENGTH;
+	out->version = version;
+	switch (version) {
+	case PROTO_SSL_REQUEST:
+		return plen == 8 ? STARTUP_SSL : STARTUP_BAD_LENGTH;
+	case PROTO_GSSENC_REQUEST:
+		return plen == 8 ? STARTUP_GSSENC : STARTUP_BAD_LENGTH;
+	case PROTO_CANCEL_REQUEST:
+		if (plen != 16)
+			return STARTUP_BAD_LENGTH;
+		if (!mbuf_get_uint32(&m, &out->cancel_pid) || !mbuf_get_uint32(&m, &out->cancel_key))
+			return STARTUP_BAD_LENGTH;
+		return STARTUP_CANCEL;
+	}
+	if ((version >> 16) != 3)
+		return STARTUP_BAD_VERSION;
+	return parse_v3_params(&m, out);
+}
+
+enum frame_status proto_frame(const uint8_t *buf, size_t avail, size_t max_len, char *type,
+			      uint32_t *total_len)
+{
+	if (avail < PROTO_HEADER_LEN)
+		return FRAME_INCOMPLETE;
+	uint32_t len = read_uint32_be(buf + 1);
+	*type = (char)buf[0];
+	if (len < 4)
+		return FRAME_BAD_LENGTH;
+	if (len > max_len)
+		return FRAME_TOO_LARGE;
+	*total_len = len + 1;
+	return FRAME_OK;
+}
+
+bool proto_frontend_type_valid(char type)
+{
+	switch (type) {
+	case 'Q': /* Query */
+	case 'P': /* Parse */
+	case 'B': /* Bind */
+	case 'D': /* Describe */
+	case 'E': /* Execute */
+	case 'C': /* Close */
+	case 'S': /* Sync */
+	case 'H': /* Flush */
+	case 'F': /* FunctionCall */
+	case 'd': /* CopyData */
+	case 'c': /* CopyDone */
+	case 'f': /* CopyFail */
+	case 'X': /* Terminate */
+		return true;
+	default:
+		return false;
+	}
+}
+
+bool proto_error_fields(const uint8_t *body, size_t len, const char **severity,
+			const char **sqlstate, const char **message)
+{
+	struct mbuf m;
+	uint8_t code;
+
+	*severity = *sqlstate = *message = NULL;
+	mbuf_init(&m, body, len);
+	while (mbuf_get_byte(&m, &code) && code != 0) {
+		const char *value;
+		if (!mbuf_get_string(&m, &value))
+			return false;
+		if (code == 'V' || (code == 'S' && !*severity))
+			*severity = value;
+		else if (code == 'C')
+			*sqlstate = value;
+		else if (code == 'M')
+			*message = value;
+	}
+	return *severity != NULL && *sqlstate != NULL;
+}
+
+bool proto_auth_code(const uint8_t *body, size_t len, uint32_t *code)
+{
+	struct mbuf m;
+	mbuf_init(&m, body, len);
+	return mbuf_get_uint32(&m, code);
+}
+
+bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out)
+{
+	struct mbuf m;
+	uint32_t code;
+	const char *mech;
+	bool any = false;
+
+	mbuf_init(&m, body, len);
+	if (!mbuf_get_uint32(&m, &code) || code != 10)
+		return false;
+	pktbuf_start(out, 'R');
+	pktbuf_put_uint32(out, code);
+	for (;;) {
+		if (!mbuf_get_string(&m, &mech))
+			return false;
+		if (mech[0] == '\0')
+			break;
+		if (strcmp(mech, "SCRAM-SHA-256-PLUS") == 0)
+			continue;
+		pktbuf_put_string(out, mech);
+		any = true;
+	}
+	pktbuf_put_byte(out, 0);
+	pktbuf_finish(out);
+	return any && mbuf_avail(&m) == 0 && pktbuf_ok(out);
+}

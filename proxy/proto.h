@@ -1,0 +1,74 @@
+/*
+ * PostgreSQL protocol 3.0 framing: pure functions over bytes, no I/O, so the fuzzer
+ * and the unit tests drive exactly what the sessions run.
+ */
+#ifndef PGSHUNT_PROTO_H
+#define PGSHUNT_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/pktbuf.h"
+
+#define PROTO_V3             0x00030000u
+#define PROTO_CANCEL_REQUEST 80877102u
+#define PROTO_SSL_REQUEST    80877103u
+#define PROTO_GSSENC_REQUEST 80877104u
+#define PROTO_MAX_STARTUP    10000u /* PostgreSQL's own MAX_STARTUP_PACKET_LENGTH */
+#define PROTO_HEADER_LEN     5u     /* type byte + int32 length */
+
+enum startup_kind {
+	STARTUP_INCOMPLETE, /* need more bytes */
+	STARTUP_V3,         /* a protocol 3.x StartupMessage */
+	STARTUP_SSL,        /* SSLRequest */
+	STARTUP_GSSENC,     /* GSSENCRequest */
+	STARTUP_CANCEL,     /* CancelRequest */
+	STARTUP_BAD_LENGTH, /* length below 8 or above PROTO_MAX_STARTUP: 08P01 */
+	STARTUP_BAD_VERSION,/* not 3.x: 0A000 */
+	STARTUP_BAD_LAYOUT, /* parameters not name/value pairs ending in a NUL: 08P01 */
+	STARTUP_NO_USER,    /* no "user" parameter: 28000 */
+};
+
+/* What a startup packet says; strings point into the packet. */
+struct startup_info {
+	uint32_t len;            /* total length of the packet */
+	uint32_t version;        /* protocol version or request code */
+	uint32_t cancel_pid;     /* CancelRequest only */
+	uint32_t cancel_key;     /* CancelRequest only */
+	const char *user;        /* V3 only */
+	const char *database;    /* V3 only; defaults to user, as the server does */
+	const char *application_name; /* V3 only; NULL when absent */
+};
+
+enum startup_kind proto_parse_startup(const uint8_t *buf, size_t len, struct startup_info *out);
+
+/* A message as framed: type byte, then a length that counts itself. */
+enum frame_status {
+	FRAME_INCOMPLETE, /* not even a whole header yet */
+	FRAME_OK,         /* header valid; the body may still be arriving */
+	FRAME_BAD_LENGTH, /* length < 4: a lie */
+	FRAME_TOO_LARGE,  /* length > max_len */
+};
+
+enum frame_status proto_frame(const uint8_t *buf, size_t avail, size_t max_len, char *type,
+			      uint32_t *total_len);
+
+/* True for the message types a client may send once the session is up. */
+bool proto_frontend_type_valid(char type);
+
+/* Severity and SQLSTATE of an ErrorResponse/NoticeResponse body (after the header). */
+bool proto_error_fields(const uint8_t *body, size_t len, const char **severity,
+			const char **sqlstate, const char **message);
+
+/*
+ * AuthenticationSASL (R, code 10): write into out the same message without
+ * SCRAM-SHA-256-PLUS, since channel binding cannot cross a proxy that terminates TLS.
+ * Returns false on a malformed body.
+ */
+bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out);
+
+/* The int32 code of an Authentication message body, or false when too short. */
+bool proto_auth_code(const uint8_t *body, size_t len, uint32_t *code);
+
+#endif

@@ -1,0 +1,148 @@
+#include "proxy/respq.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void respq_init(struct respq *q)
+{
+	memset(q, 0, sizeof(*q));
+}
+
+void respq_free(struct respq *q)
+{
+	free(q->items);
+	respq_init(q);
+}
+
+static bool respq_grow(struct respq *q)
+{
+	uint32_t cap = q->cap ? q->cap * 2 : 16;
+	struct respq_entry *items = malloc(sizeof(*items) * cap);
+	if (!items)
+		return false;
+	for (uint32_t i = 0; i < q->count; i++)
+		items[i] = q->items[(q->head + i) & (q->cap - 1)];
+	free(q->items);
+	q->items = items;
+	q->head = 0;
+	q->cap = cap;
+	return true;
+}
+
+bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, uint32_t tag)
+{
+	/* The server will discard this request unanswered: queue nothing for it. */
+	if (q->ignore_till_sync && kind != REQ_SYNC)
+		return true;
+	q->ignore_till_sync = false;
+	if (q->count == q->cap && !respq_grow(q))
+		return false;
+	struct respq_entry *e = &q->items[(q->head + q->count) & (q->cap - 1)];
+	e->kind = (uint8_t)kind;
+	e->action = (uint8_t)action;
+	e->tag = tag;
+	q->count++;
+	return true;
+}
+
+static struct respq_entry *respq_head(struct respq *q)
+{
+	return &q->items[q->head];
+}
+
+static void respq_pop(struct respq *q)
+{
+	q->head = (q->head + 1) & (q->cap - 1);
+	q->count--;
+}
+
+/* The server now skips to Sync: drop the entries it will not answer. */
+static void respq_skip_till_sync(struct respq *q)
+{
+	while (q->count > 0 && respq_head(q)->kind != REQ_SYNC)
+		respq_pop(q);
+	if (q->count == 0)
+		q->ignore_till_sync = true;
+}
+
+static bool is_extended(enum req_kind kind)
+{
+	return kind != REQ_QUERY && kind != REQ_FUNCTION && kind != REQ_SYNC;
+}
+
+/* Does a message of this type finish a request of this kind? */
+static bool completes(enum req_kind kind, char type)
+{
+	switch (kind) {
+	case REQ_QUERY:
+	case REQ_FUNCTION:
+	case REQ_SYNC:
+		return type == 'Z';
+	case REQ_PARSE:
+		return type == '1';
+	case REQ_BIND:
+		return type == '2';
+	case REQ_CLOSE:
+		return type == '3';
+	case REQ_DESCRIBE:
+		return type == 'T' || type == 'n';
+	case REQ_EXECUTE:
+		return type == 'C' || type == 'I' || type == 's';
+	}
+	return false;
+}
+
+struct respq_verdict respq_on_message(struct respq *q, char type)
+{
+	struct respq_verdict v = {.action = RESP_FORWARD};
+
+	/* Notifications and parameter changes belong to nobody's request. */
+	if (type == 'A' || type == 'S' || q->count == 0) {
+		v.unsolicited = true;
+		return v;
+	}
+	struct respq_entry *head = respq_head(q);
+	v.entry = *head;
+	v.action = (enum resp_action)head->action;
+	if (type == 'E' && is_extended((enum req_kind)head->kind)) {
+		respq_pop(q);
+		respq_skip_till_sync(q);
+		v.completes = true;
+	} else if (completes((enum req_kind)head->kind, type)) {
+		respq_pop(q);
+		v.completes = true;
+	}
+	return v;
+}
+
+bool respq_kind_for(char type, enum req_kind *kind)
+{
+	switch (type) {
+	case 'Q':
+		*kind = REQ_QUERY;
+		return true;
+	case 'F':
+		*kind = REQ_FUNCTION;
+		return true;
+	case 'P':
+		*kind = REQ_PARSE;
+		return true;
+	case 'B':
+		*kind = REQ_BIND;
+		return true;
+	case 'D':
+		*kind = REQ_DESCRIBE;
+		return true;
+	case 'E':
+		*kind = REQ_EXECUTE;
+		return true;
+	case 'C':
+		*kind = REQ_CLOSE;
+		return true;
+	case 'S':
+		*kind = REQ_SYNC;
+		return true;
+	default:
+		return false;
+	}
+}

@@ -1,0 +1,77 @@
+/*
+ * The expected-response FIFO of one server connection.
+ *
+ * Every request the server will answer (Query, Parse, Bind, Describe, Execute, Close,
+ * Sync, FunctionCall) gets an entry when it is sent, in order, with what to do with its
+ * responses: forward them to the client, or skip them (the proxy injected the request
+ * and the client never asked).  Each server message is attributed to the head entry;
+ * the entry is popped by the message that completes it.  Nothing is guessed from timing.
+ *
+ * After an ErrorResponse to an extended-protocol request, the server discards every
+ * message until the next Sync; the FIFO does the same with its entries.
+ */
+#ifndef PGSHUNT_RESPQ_H
+#define PGSHUNT_RESPQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define WARN_UNUSED __attribute__((warn_unused_result))
+
+enum req_kind {
+	REQ_QUERY,    /* 'Q': answered until ReadyForQuery */
+	REQ_FUNCTION, /* 'F': answered until ReadyForQuery */
+	REQ_PARSE,    /* 'P': ParseComplete */
+	REQ_BIND,     /* 'B': BindComplete */
+	REQ_DESCRIBE, /* 'D': [ParameterDescription] RowDescription | NoData */
+	REQ_EXECUTE,  /* 'E': rows, then CommandComplete | EmptyQuery | PortalSuspended */
+	REQ_CLOSE,    /* 'C': CloseComplete */
+	REQ_SYNC,     /* 'S': ReadyForQuery */
+};
+
+enum resp_action {
+	RESP_FORWARD, /* the client's own request: its responses go to the client */
+	RESP_SKIP,    /* injected by the proxy: its responses are swallowed */
+};
+
+struct respq_entry {
+	uint8_t kind;   /* enum req_kind */
+	uint8_t action; /* enum resp_action */
+	uint32_t tag;   /* caller's cookie, e.g. which injected step this is */
+};
+
+struct respq {
+	struct respq_entry *items; /* ring of cap entries */
+	uint32_t head;             /* index of the oldest entry */
+	uint32_t count;            /* entries in use */
+	uint32_t cap;              /* power of two, 0 before the first push */
+	bool ignore_till_sync;     /* an extended request failed and no Sync is queued yet */
+};
+
+/* What a server message means for the FIFO. */
+struct respq_verdict {
+	enum resp_action action; /* forward or swallow this message */
+	bool completes;          /* it completed (popped) an entry */
+	bool unsolicited;        /* no entry was waiting: async or FATAL */
+	struct respq_entry entry; /* the entry it belongs to (when not unsolicited) */
+};
+
+void respq_init(struct respq *q);
+void respq_free(struct respq *q);
+
+/* Queue the entry of a request being sent.  False only on allocation failure. */
+bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action,
+		uint32_t tag) WARN_UNUSED;
+
+/* Attribute one server message (by its type byte) and pop what it completes. */
+struct respq_verdict respq_on_message(struct respq *q, char type);
+
+static inline bool respq_empty(const struct respq *q)
+{
+	return q->count == 0;
+}
+
+/* Request kind for a frontend message type; false for messages with no response. */
+bool respq_kind_for(char type, enum req_kind *kind);
+
+#endif
