@@ -31,6 +31,10 @@ LIB      := $(BUILD)/libpgshunt.a
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
+# Integration programs in C (libpq, raw sockets) that tests/integration/run.sh drives.
+INTEG_SRCS := $(wildcard tests/integration/*.c)
+INTEG_BINS := $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/integration/%)
+
 .PHONY: all check unit integration demo bench fuzz fuzz-smoke asan deps fmt clean install
 
 all: pgshunt
@@ -51,6 +55,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -Wno-missing-prototypes -o $@ $< $(LIB) \
 		$(LDLIBS) -lcmocka
 
+$(BUILD)/tests/integration/%: tests/integration/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -Wno-missing-prototypes -o $@ $< \
+		$(PKG_LIBS) -lcmocka
+
 -include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d)
 
 # --- dependencies (Debian 12, as root; a no-op when everything is there) ---
@@ -67,7 +76,7 @@ check: deps
 unit: $(UNIT_BINS)
 	@sh tests/run-unit.sh $(UNIT_BINS)
 
-integration: pgshunt
+integration: pgshunt $(INTEG_BINS)
 	@bash tests/integration/run.sh
 
 asan:
@@ -109,3 +118,6 @@ fmt:
 
 clean:
 	rm -rf build pgshunt
+
+# The version is compiled into main.o.
+$(BUILD)/proxy/main.o: VERSION
