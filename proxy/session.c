@@ -701,6 +701,7 @@ static bool auth_done(struct session *s, const uint8_t *msg, uint32_t total)
 	if (conn_queue(&s->server, terminate, sizeof(terminate)) && conn_flush(&s->server))
 		slog(LOG_LEVEL_DEBUG, s->prefix, "admin login connection closed");
 	conn_close(&s->server);
+	s->server_pid = 0;
 	if (!session_set_state(s, SS_ADMIN) || !admin_begin(s))
 		return false;
 	return queue_client(s, msg, total);
@@ -1037,6 +1038,13 @@ static bool server_process(struct session *s)
 	return s->state != SS_CLOSED;
 }
 
+/* Out of rounds with plaintext still inside OpenSSL: epoll will not say so, we must. */
+static void tls_read_later(struct conn *c)
+{
+	if (c->ssl && c->read_armed && SSL_pending(c->ssl) > 0)
+		event_active(&c->ev_read, EV_READ, 0);
+}
+
 static void client_eof(struct session *s, ssize_t n)
 {
 	if (n == 0)
@@ -1069,6 +1077,7 @@ static void client_readable(struct session *s)
 		if (s->client.drained)
 			return; /* skip the read that would only say EAGAIN */
 	}
+	tls_read_later(&s->client);
 }
 
 static void server_eof(struct session *s)
@@ -1097,6 +1106,7 @@ static void server_readable(struct session *s)
 		if (s->server.drained)
 			return;
 	}
+	tls_read_later(&s->server);
 }
 
 static void client_writable(struct session *s)
