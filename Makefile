@@ -103,8 +103,10 @@ fuzz: fuzz-build
 	@mkdir -p tests/fuzz/corpus-work
 	$(FUZZ_BUILD)/fuzz_proto -max_len=4096 tests/fuzz/corpus-work tests/fuzz/corpus
 
+# New inputs go to a scratch folder so the committed seed corpus stays as it is.
 fuzz-smoke: fuzz-build
-	$(FUZZ_BUILD)/fuzz_proto -runs=200000 -max_len=4096 tests/fuzz/corpus
+	@rm -rf $(FUZZ_BUILD)/smoke-corpus && mkdir -p $(FUZZ_BUILD)/smoke-corpus
+	$(FUZZ_BUILD)/fuzz_proto -runs=200000 -max_len=4096 $(FUZZ_BUILD)/smoke-corpus tests/fuzz/corpus
 
 # --- demo and benchmark ---
 demo: deps pgshunt

@@ -42,7 +42,8 @@ enum startup_kind proto_parse_startup(const uint8_t *buf, size_t len, struct sta
 	mbuf_init(&m, buf, len);
 	if (!mbuf_get_uint32(&m, &plen))
 		return STARTUP_INCOMPLETE;
-	if (plen < 8 || plen > PROTO_MAX_STARTUP)
+	/* As the server does: the limit is on what follows the length word. */
+	if (plen < 8 || plen - 4 > PROTO_MAX_STARTUP)
 		return STARTUP_BAD_LENGTH;
 	if (len < plen)
 		return STARTUP_INCOMPLETE;
@@ -77,7 +78,7 @@ enum frame_status proto_frame(const uint8_t *buf, size_t avail, size_t max_len, 
 	*type = (char)buf[0];
 	if (len < 4)
 		return FRAME_BAD_LENGTH;
-	if (len > max_len)
+	if (len > max_len || len == UINT32_MAX)
 		return FRAME_TOO_LARGE;
 	*total_len = len + 1;
 	return FRAME_OK;

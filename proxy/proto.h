@@ -15,7 +15,7 @@
 #define PROTO_CANCEL_REQUEST 80877102u
 #define PROTO_SSL_REQUEST    80877103u
 #define PROTO_GSSENC_REQUEST 80877104u
-#define PROTO_MAX_STARTUP    10000u /* PostgreSQL's own MAX_STARTUP_PACKET_LENGTH */
+#define PROTO_MAX_STARTUP    10000u /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH, after the length word */
 #define PROTO_HEADER_LEN     5u     /* type byte + int32 length */
 
 enum startup_kind {
@@ -24,7 +24,7 @@ enum startup_kind {
 	STARTUP_SSL,        /* SSLRequest */
 	STARTUP_GSSENC,     /* GSSENCRequest */
 	STARTUP_CANCEL,     /* CancelRequest */
-	STARTUP_BAD_LENGTH, /* length below 8 or above PROTO_MAX_STARTUP: 08P01 */
+	STARTUP_BAD_LENGTH, /* length below 8 or above PROTO_MAX_STARTUP + 4: 08P01 */
 	STARTUP_BAD_VERSION,/* not 3.x: 0A000 */
 	STARTUP_BAD_LAYOUT, /* parameters not name/value pairs ending in a NUL: 08P01 */
 	STARTUP_NO_USER,    /* no "user" parameter: 28000 */
