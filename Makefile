@@ -106,7 +106,7 @@ fuzz: fuzz-build
 # New inputs go to a scratch folder so the committed seed corpus stays as it is.
 fuzz-smoke: fuzz-build
 	@rm -rf $(FUZZ_BUILD)/smoke-corpus && mkdir -p $(FUZZ_BUILD)/smoke-corpus
-	$(FUZZ_BUILD)/fuzz_proto -runs=200000 -max_len=4096 $(FUZZ_BUILD)/smoke-corpus tests/fuzz/corpus
+	$(FUZZ_BUILD)/fuzz_proto -runs=2000000 -max_len=4096 $(FUZZ_BUILD)/smoke-corpus tests/fuzz/corpus
 
 # --- demo and benchmark ---
 demo: deps pgshunt
