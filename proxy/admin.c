@@ -424,8 +424,12 @@ static void run_statement(struct session *s, struct pktbuf *out, const char *stm
 
 static void pause_wait_start(struct session *s, bool simple, const char *rest);
 
-/* Run the statements of a simple Query from text on; false when one deferred. */
-static bool run_simple(struct session *s, char *text)
+/*
+ * Run the statements of a simple Query from text on; false when one deferred.  whole:
+ * text is the entire Query (an empty one gets EmptyQueryResponse), not what is left of
+ * it after a PAUSE.
+ */
+static bool run_simple(struct session *s, char *text, bool whole)
 {
 	struct admin_session *a = s->admin;
 	char *p = text;
@@ -453,7 +457,7 @@ static bool run_simple(struct session *s, char *text)
 		}
 		p = next;
 	}
-	if (!any) {
+	if (!any && whole) {
 		pktbuf_start(&a->out, 'I');
 		pktbuf_finish(&a->out);
 	}
@@ -505,7 +509,7 @@ static void on_pause_check(evutil_socket_t fd, short what, void *arg)
 	if (a->waiting_simple) {
 		char *rest = a->waiting_rest ? a->waiting_rest : strdup("");
 		a->waiting_rest = NULL;
-		bool done = rest && run_simple(s, rest);
+		bool done = rest && run_simple(s, rest, false);
 		free(rest);
 		if (!done && a->waiting) {
 			admin_flush(s);
@@ -733,7 +737,7 @@ static bool admin_message(struct session *s, char type, const uint8_t *body, uin
 			session_fatal(s, "53200", "out of memory");
 			return false;
 		}
-		bool done = run_simple(s, copy);
+		bool done = run_simple(s, copy, true);
 		free(copy);
 		return done;
 	}

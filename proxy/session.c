@@ -696,15 +696,16 @@ static bool auth_done(struct session *s, const uint8_t *msg, uint32_t total)
 		s->tx_status = (char)msg[5];
 		return queue_client(s, msg, total) && session_set_state(s, SS_ACTIVE);
 	}
+	/* msg lives in the server's input buffer: pass it on before that is freed. */
+	if (!queue_client(s, msg, total))
+		return false;
 	/* The server connection only proved who the console user is. */
 	static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
 	if (conn_queue(&s->server, terminate, sizeof(terminate)) && conn_flush(&s->server))
 		slog(LOG_LEVEL_DEBUG, s->prefix, "admin login connection closed");
 	conn_close(&s->server);
 	s->server_pid = 0;
-	if (!session_set_state(s, SS_ADMIN) || !admin_begin(s))
-		return false;
-	return queue_client(s, msg, total);
+	return session_set_state(s, SS_ADMIN) && admin_begin(s);
 }
 
 static bool server_message_auth(struct session *s, char type, const uint8_t *msg, uint32_t total)
@@ -772,13 +773,10 @@ static bool check_sasl_initial(struct session *s, const uint8_t *msg, uint32_t t
 	return true;
 }
 
+/* Only password messages get here: client_process_messages() holds the rest. */
 static bool client_message_auth(struct session *s, char type, const uint8_t *msg, uint32_t total)
 {
-	if (type != 'p') {
-		session_refuse(s, "08P01", "expected password response, got message type %d",
-			       (int)(uint8_t)type);
-		return false;
-	}
+	(void)type;
 	if (s->expect_sasl_initial && !check_sasl_initial(s, msg, total))
 		return false;
 	return queue_server(s, msg, total);
@@ -925,6 +923,9 @@ static bool client_process_messages(struct session *s)
 				       (int)(uint8_t)type);
 			return false;
 		}
+		/* A request sent ahead of the login's end waits for it, as the server would. */
+		if (s->state == SS_AUTH && type != 'p')
+			break;
 		if (shunt.paused && s->state == SS_ACTIVE && session_idle(s)) {
 			s->parked = true;
 			conn_want_read(&s->client, false);
@@ -1173,8 +1174,9 @@ static void on_server_event(evutil_socket_t fd, short what, void *arg)
 			server_readable(s);
 		break;
 	}
-	/* Input the client sent while the server was being reached. */
-	if (s->state == SS_AUTH && iobuf_len(&s->client.in) > 0)
+	/* Input the client sent ahead: while the server was reached, or before login ended. */
+	if ((s->state == SS_AUTH || s->state == SS_ACTIVE || s->state == SS_ADMIN) &&
+	    iobuf_len(&s->client.in) > 0 && !s->parked)
 		client_process(s);
 	if (s->state != SS_CLOSED)
 		shunt.stats.bytes_sent += s->client.bytes_out - sent;

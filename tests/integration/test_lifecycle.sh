@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Start-up, configuration errors, SIGHUP reload, SIGTERM graceful shutdown, SIGINT,
+# console RELOAD/SHUTDOWN: each on a pgshunt instance of its own, in front of the
+# harness's PostgreSQL (SHUNT_SERVER_PORT).
+set -euo pipefail
+
+bin=${PGSHUNT_BIN:-./pgshunt}
+harness=tests/harness/pgserver.sh
+work=$(mktemp -d /tmp/pgshunt-lifecycle.XXXXXX)
+pids=()
+
+cleanup() {
+	for p in "${pids[@]}"; do
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+	echo "FAIL: $*" >&2
+	for f in "$work"/*.log; do
+		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+	done
+	exit 1
+}
+
+expect_exit() { # expected-status config-file stderr-pattern
+	local want=$1 file=$2 pattern=$3 rc=0
+	"$bin" "$file" >"$work/out" 2>&1 || rc=$?
+	[ "$rc" = "$want" ] || fail "$file: exit $rc, want $want: $(cat "$work/out")"
+	grep -qE -- "$pattern" "$work/out" || fail "$file: output lacks /$pattern/: $(cat "$work/out")"
+}
+
+write_conf() { # file port [extra lines...]
+	local file=$1 port=$2
+	shift 2
+	{
+		echo "[pgshunt]"
+		echo "listen_addr = 127.0.0.1"
+		echo "listen_port = $port"
+		echo "server_host = 127.0.0.1"
+		echo "server_port = $SHUNT_SERVER_PORT"
+		echo "server_tls_sslmode = disable"
+		echo "admin_users = shunt_admin"
+		echo "shutdown_timeout = 20"
+		for line in "$@"; do echo "$line"; done
+	} >"$file"
+}
+
+start() { # config log -> sets $pid
+	"$bin" "$1" 2>"$2" &
+	pid=$!
+	pids+=("$pid")
+	for _ in $(seq 100); do
+		pg_isready -q -h 127.0.0.1 -p "$port" && return 0
+		kill -0 "$pid" 2>/dev/null || fail "pgshunt exited at start: $(cat "$2")"
+		sleep 0.1
+	done
+	fail "pgshunt did not start listening"
+}
+
+wait_exit() { # pid seconds
+	for _ in $(seq $(($2 * 10))); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	fail "process $1 still running after $2 s"
+}
+
+app() { psql -X -qtA "host=127.0.0.1 port=$port dbname=shunt_test user=shunt_trust" "$@"; }
+console() {
+	PGPASSWORD=admin-secret psql -X -qtA "host=127.0.0.1 port=$port dbname=pgshunt user=shunt_admin" "$@"
+}
+
+# --- command line ---
+"$bin" --version | grep -qE '^pgshunt [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
+"$bin" --help | grep -q 'Usage: pgshunt' || fail "--help"
+rc=0; "$bin" >/dev/null 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "no config argument: exit $rc, want 2"
+
+# --- configuration errors stop start-up with FILE:LINE: KEY and status 2 ---
+port=$(bash "$harness" freeport)
+write_conf "$work/unknown.ini" "$port" "max_clients = 5"
+expect_exit 2 "$work/unknown.ini" "unknown.ini:9: max_clients: unknown key"
+write_conf "$work/badval.ini" "$port" "max_client_conn = lots"
+expect_exit 2 "$work/badval.ini" "badval.ini:9: max_client_conn"
+write_conf "$work/range.ini" "$port" "listen_port = 70000"
+expect_exit 2 "$work/range.ini" "range.ini:9: listen_port"
+printf '[pgshunt]\nlisten_port 6433\n' >"$work/syntax.ini"
+expect_exit 2 "$work/syntax.ini" "syntax.ini:2"
+expect_exit 2 "$work/missing.ini" "missing.ini"
+write_conf "$work/tls.ini" "$port" "client_tls_sslmode = require" "client_tls_cert_file = /nonexistent.crt" \
+	"client_tls_key_file = /nonexistent.key"
+expect_exit 2 "$work/tls.ini" "nonexistent.crt"
+
+# --- SIGHUP: reloadable keys apply, others are reported and kept, bad files rejected ---
+port=$(bash "$harness" freeport)
+conf=$work/reload.ini
+write_conf "$conf" "$port" "max_client_conn = 40"
+start "$conf" "$work/reload.log"
+[ "$(app -c 'select 42')" = 42 ] || fail "query through the fresh instance"
+[ "$(console -c 'SHOW CONFIG' | grep '^max_client_conn|' | cut -d'|' -f2)" = 40 ] || fail "SHOW CONFIG max_client_conn"
+write_conf "$conf" "$port" "max_client_conn = 7" "admin_database = other"
+kill -HUP "$pid"
+sleep 0.5
+[ "$(console -c 'SHOW CONFIG' | grep '^max_client_conn|' | cut -d'|' -f2)" = 7 ] || fail "SIGHUP did not apply max_client_conn"
+grep -q 'admin_database changed but needs a restart' "$work/reload.log" || fail "no restart warning for admin_database"
+echo "max_client_conn = many" >>"$conf"
+kill -HUP "$pid"
+sleep 0.5
+grep -q 'reload rejected' "$work/reload.log" || fail "a bad file on SIGHUP was not rejected"
+[ "$(app -c 'select 43')" = 43 ] || fail "sessions after a rejected reload"
+write_conf "$conf" "$port" "max_client_conn = 9"
+[ "$(console -c 'RELOAD')" = "" ] || true
+[ "$(console -c 'SHOW CONFIG' | grep '^max_client_conn|' | cut -d'|' -f2)" = 9 ] || fail "RELOAD did not apply"
+
+# --- SIGTERM: a transaction in progress commits, then the session is closed, then exit ---
+table=lifecycle_$$
+app -c "CREATE TABLE $table (v int)"
+coproc TX { psql -X -qtA "host=127.0.0.1 port=$port dbname=shunt_test user=shunt_trust" 2>&1; }
+pids+=("$TX_PID")
+echo "BEGIN; INSERT INTO $table VALUES (1); SELECT 'in-tx';" >&"${TX[1]}"
+read -r -t 10 line <&"${TX[0]}" || fail "no answer inside the transaction"
+[ "$line" = "in-tx" ] || fail "unexpected answer: $line"
+kill -TERM "$pid"
+sleep 0.5
+kill -0 "$pid" 2>/dev/null || fail "pgshunt exited while a transaction was open"
+rc=0; app -c 'select 1' >/dev/null 2>&1 || rc=$?
+[ "$rc" != 0 ] || fail "a new client was accepted during shutdown"
+# The session ends at its first idle point after COMMIT: \echo runs client-side.
+printf 'INSERT INTO %s VALUES (2); COMMIT;\n\\echo committed\n' "$table" >&"${TX[1]}"
+read -r -t 10 line <&"${TX[0]}" || fail "no answer to COMMIT during shutdown"
+[ "$line" = "committed" ] || fail "unexpected answer to COMMIT: $line"
+wait_exit "$pid" 10
+exec {TX[1]}>&-
+direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT dbname=shunt_test user=shunt_trust"
+[ "$(psql -X -qtA "$direct" -c "SELECT count(*) FROM $table")" = 2 ] || fail "rows of the transaction lost"
+psql -X -qtA "$direct" -c "DROP TABLE $table"
+
+# --- console SHUTDOWN and SIGINT ---
+port=$(bash "$harness" freeport)
+write_conf "$work/shut.ini" "$port"
+start "$work/shut.ini" "$work/shut.log"
+console -c 'SHUTDOWN' >/dev/null 2>&1 || true
+wait_exit "$pid" 10
+port=$(bash "$harness" freeport)
+write_conf "$work/int.ini" "$port"
+start "$work/int.ini" "$work/int.log"
+kill -INT "$pid"
+wait_exit "$pid" 5
+echo "lifecycle: ok"
