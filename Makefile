@@ -67,17 +67,20 @@ deps:
 	@sh tests/install-deps.sh
 
 # --- tests ---
+# The integration suite drives the AddressSanitizer + UBSan build of pgshunt: run.sh
+# fails on any sanitizer report in its log, leaks included (checked at a clean exit).
 check: deps
 	$(MAKE) all unit
 	$(MAKE) asan
 	$(MAKE) fuzz-smoke
-	$(MAKE) integration
+	$(MAKE) integration PGSHUNT_BIN=build/asan/pgshunt-asan
 
 unit: $(UNIT_BINS)
 	@sh tests/run-unit.sh $(UNIT_BINS)
 
+PGSHUNT_BIN ?= ./pgshunt
 integration: pgshunt $(INTEG_BINS)
-	@bash tests/integration/run.sh
+	@PGSHUNT_BIN=$(PGSHUNT_BIN) bash tests/integration/run.sh
 
 asan:
 	$(MAKE) BUILD=build/asan CC=clang \

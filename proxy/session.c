@@ -662,6 +662,21 @@ static bool send_own_key(struct session *s)
 	return ok;
 }
 
+/*
+ * SCRAM channel binding (tls-server-end-point) binds to a hash of the server's
+ * certificate.  When pgshunt presents the very certificate the server presents, the
+ * client's binding data is what the server expects, and SCRAM-SHA-256-PLUS can pass
+ * through; otherwise it cannot cross the proxy and is withheld from the client.
+ */
+static bool tls_same_identity(const struct session *s)
+{
+	if (!s->client.ssl || !s->server.ssl)
+		return false;
+	X509 *ours = SSL_get_certificate(s->client.ssl);
+	X509 *theirs = SSL_get0_peer_certificate(s->server.ssl);
+	return ours && theirs && X509_cmp(ours, theirs) == 0;
+}
+
 static bool auth_request(struct session *s, const uint8_t *msg, uint32_t total)
 {
 	uint32_t code;
@@ -669,7 +684,7 @@ static bool auth_request(struct session *s, const uint8_t *msg, uint32_t total)
 		session_fatal(s, "08P01", "server sent a malformed authentication request");
 		return false;
 	}
-	if (code != 10)
+	if (code != 10 || tls_same_identity(s))
 		return queue_client(s, msg, total);
 	struct pktbuf b;
 	pktbuf_init(&b);
@@ -749,9 +764,10 @@ static bool server_message_auth(struct session *s, char type, const uint8_t *msg
 }
 
 /*
- * SCRAM channel binding cannot cross a proxy that terminates TLS on both sides: a
- * client that saw no -PLUS mechanism over TLS says 'y', which a TLS server rejects.
- * Say so clearly instead of letting the server's negotiation error puzzle the user.
+ * Unless both sides present one certificate, SCRAM channel binding cannot cross a
+ * proxy that terminates TLS on both sides: a client that saw no -PLUS mechanism over
+ * TLS says 'y', which a TLS server rejects.  Say so clearly instead of letting the
+ * server's negotiation error puzzle the user.
  */
 static bool check_sasl_initial(struct session *s, const uint8_t *msg, uint32_t total)
 {
@@ -766,8 +782,9 @@ static bool check_sasl_initial(struct session *s, const uint8_t *msg, uint32_t t
 		return true; /* malformed: the server will say so */
 	if (flag == 'y' && s->client.ssl && s->server.ssl) {
 		session_fatal(s, "08P01",
-			      "SCRAM channel binding cannot cross pgshunt (TLS is terminated on both "
-			      "sides): connect with channel_binding=disable");
+			      "SCRAM channel binding cannot cross pgshunt: its certificate is not "
+			      "the server's; connect with channel_binding=disable, or give pgshunt "
+			      "the server's certificate");
 		return false;
 	}
 	return true;

@@ -1,0 +1,170 @@
+#!/bin/bash
+# psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out, an
+# error's SQLSTATE, a multi-statement string, LISTEN/NOTIFY between two sessions,
+# TLS verify-full (and a wrong CA), and the scram-sha-256, md5 and password users.
+# Needs the environment of tests/integration/run.sh.
+set -euo pipefail
+
+: "${PGHOST:?}" "${PGPORT:?}" "${PGDATABASE:?}" "${SHUNT_CA_FILE:?}"
+export PGUSER=shunt_trust PGCONNECT_TIMEOUT=10
+unset PGPASSWORD
+
+tmp=$(mktemp -d)
+table="t_psql_$$_$RANDOM"
+listener_pid=""
+
+cleanup() {
+	if [ -n "$listener_pid" ]; then
+		kill "$listener_pid" 2>/dev/null || true
+		wait "$listener_pid" 2>/dev/null || true
+	fi
+	psql -X -q -c "DROP TABLE IF EXISTS $table" >/dev/null 2>&1 || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() {
+	echo "FAIL: $*" >&2
+	exit 1
+}
+ok() { echo "ok - $*"; }
+
+# q SQL...: run with psql, unaligned, tuples only, stop on error.
+q() { psql -X -At -v ON_ERROR_STOP=1 "$@"; }
+
+expect_eq() { # what got want
+	[ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
+}
+
+# --- simple queries and command tags ---
+expect_eq "SELECT 1+1" "$(q -c 'SELECT 1+1')" 2
+expect_eq "current_user" "$(q -c 'SELECT current_user')" shunt_trust
+expect_eq "CREATE TABLE tag" "$(q -c "CREATE TABLE $table (id int PRIMARY KEY, v text)")" "CREATE TABLE"
+expect_eq "INSERT tag" "$(q -c "INSERT INTO $table VALUES (1, 'a'), (2, 'b'), (3, 'c')")" "INSERT 0 3"
+expect_eq "UPDATE tag" "$(q -c "UPDATE $table SET v = v || 'x' WHERE id >= 2")" "UPDATE 2"
+expect_eq "DELETE tag" "$(q -c "DELETE FROM $table WHERE id = 3")" "DELETE 1"
+expect_eq "rows" "$(q -F, -c "SELECT id, v FROM $table ORDER BY id")" $'1,a\n2,bx'
+expect_eq "unicode" "$(q -c "SELECT 'h€llo ☃' || chr(9731)")" 'h€llo ☃☃'
+ok "simple queries"
+
+# --- \copy in and out ---
+seq 10 1009 | awk '{ printf "%d,row %d\n", $1, $1 }' >"$tmp/in.csv"
+out=$(q -c "\\copy $table (id, v) FROM '$tmp/in.csv' WITH (FORMAT csv)")
+expect_eq "\\copy in tag" "$out" "COPY 1000"
+expect_eq "count after \\copy in" "$(q -c "SELECT count(*) FROM $table")" 1002
+out=$(q -c "\\copy (SELECT id, v FROM $table WHERE id >= 10 ORDER BY id) TO '$tmp/out.csv' WITH (FORMAT csv)")
+expect_eq "\\copy out tag" "$out" "COPY 1000"
+expect_eq "\\copy out lines" "$(wc -l <"$tmp/out.csv")" 1000
+cmp -s "$tmp/in.csv" "$tmp/out.csv" || fail "\\copy out does not match what was copied in"
+# COPY TO STDOUT of a big result (several MB) in one go.
+expect_eq "big COPY TO STDOUT" \
+	"$(q -c "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g) TO STDOUT" | wc -l)" 50000
+ok "\\copy in and out"
+
+# --- an error with its SQLSTATE ---
+rc=0
+out=$(q -c '\set VERBOSITY verbose' -c "INSERT INTO $table VALUES (1, 'dup')" 2>&1) || rc=$?
+[ "$rc" -ne 0 ] || fail "duplicate insert succeeded"
+case $out in
+*"ERROR:  23505: duplicate key value violates unique constraint"*) ;;
+*) fail "duplicate insert: no SQLSTATE 23505 in: $out" ;;
+esac
+rc=0
+out=$(q -c '\set VERBOSITY verbose' -c "SELECT * FROM no_such_table_$$" 2>&1) || rc=$?
+[ "$rc" -ne 0 ] || fail "select from a missing table succeeded"
+case $out in
+*"ERROR:  42P01: relation \"no_such_table_$$\" does not exist"*) ;;
+*) fail "missing table: no SQLSTATE 42P01 in: $out" ;;
+esac
+ok "errors with SQLSTATE"
+
+# --- a multi-statement string (one simple Query message) ---
+out=$(q -c "INSERT INTO $table VALUES (2000, 'm1'); INSERT INTO $table VALUES (2001, 'm2'); SELECT count(*) FROM $table WHERE id >= 2000")
+expect_eq "multi-statement result" "$out" $'INSERT 0 1\nINSERT 0 1\n2'
+expect_eq "multi-statement selects" "$(q -c 'SELECT 1; SELECT 2; SELECT 3')" $'1\n2\n3'
+# An error in the middle rolls back the whole implicit transaction.
+rc=0
+out=$(q -c "INSERT INTO $table VALUES (2002, 'm3'); SELECT 1/0; INSERT INTO $table VALUES (2003, 'm4')" 2>&1) || rc=$?
+[ "$rc" -ne 0 ] || fail "multi-statement string with 1/0 succeeded"
+case $out in *"division by zero"*) ;; *) fail "multi-statement error: $out" ;; esac
+expect_eq "multi-statement rollback" "$(q -c "SELECT count(*) FROM $table WHERE id >= 2000")" 2
+ok "multi-statement strings"
+
+# --- LISTEN/NOTIFY between two sessions ---
+channel="ch_psql_$$"
+app="listener_$$_$RANDOM"
+mkfifo "$tmp/fifo"
+PGAPPNAME=$app psql -X -At <"$tmp/fifo" >"$tmp/listener.out" 2>&1 &
+listener_pid=$!
+exec 3>"$tmp/fifo"
+echo "LISTEN $channel;" >&3
+# Wait until the listener has run LISTEN (it is idle with LISTEN as its last query).
+for ((i = 0; ; i++)); do
+	n=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$app' AND state = 'idle' AND query LIKE 'LISTEN%'")
+	[ "$n" = 1 ] && break
+	((i < 100)) || fail "the listener session did not LISTEN within 10 s: $(cat "$tmp/listener.out")"
+	sleep 0.1
+done
+expect_eq "NOTIFY tag" "$(q -c "NOTIFY $channel, 'hello $$'")" NOTIFY
+echo "SELECT 'listener done';" >&3
+exec 3>&-
+for ((i = 0; i < 100; i++)); do
+	kill -0 "$listener_pid" 2>/dev/null || break
+	sleep 0.1
+done
+kill -0 "$listener_pid" 2>/dev/null && fail "the listener psql did not exit"
+wait "$listener_pid" || fail "the listener psql failed: $(cat "$tmp/listener.out")"
+listener_pid=""
+grep -q "^Asynchronous notification \"$channel\" with payload \"hello $$\" received from server process with PID [0-9]*\.$" \
+	"$tmp/listener.out" || fail "no notification in the listener's output: $(cat "$tmp/listener.out")"
+grep -q "^listener done$" "$tmp/listener.out" || fail "listener output: $(cat "$tmp/listener.out")"
+ok "LISTEN/NOTIFY"
+
+# --- TLS ---
+tls="host=localhost port=$PGPORT dbname=$PGDATABASE user=shunt_trust"
+expect_eq "verify-full" "$(q "$tls sslmode=verify-full sslrootcert=$SHUNT_CA_FILE" -c 'SELECT 42')" 42
+openssl req -x509 -new -newkey rsa:2048 -nodes -days 1 -subj "/CN=wrong CA" \
+	-keyout "$tmp/wrong.key" -out "$tmp/wrong.crt" >/dev/null 2>&1 || fail "openssl could not make a CA"
+rc=0
+out=$(q "$tls sslmode=verify-full sslrootcert=$tmp/wrong.crt" -c 'SELECT 42' 2>&1) || rc=$?
+[ "$rc" -ne 0 ] || fail "verify-full with a wrong CA succeeded"
+case $out in *"certificate verify failed"*) ;; *) fail "verify-full with a wrong CA: $out" ;; esac
+# 127.0.0.1 is in the certificate's SAN too.
+expect_eq "verify-full by IP" \
+	"$(q "host=127.0.0.1 port=$PGPORT dbname=$PGDATABASE user=shunt_trust sslmode=verify-full sslrootcert=$SHUNT_CA_FILE" -c 'SELECT 43')" 43
+expect_eq "sslmode=disable" "$(q "$tls sslmode=disable" -c 'SELECT 44')" 44
+ok "TLS verify-full"
+
+# --- password users ---
+check_user() { # user right-password method
+	local user=$1 pw=$2 out rc=0
+	out=$(PGPASSWORD=$pw q -U "$user" -c 'SELECT current_user' 2>&1) || fail "$user with the right password: $out"
+	expect_eq "$user login" "$out" "$user"
+	out=$(PGPASSWORD=$pw q "sslmode=require" -U "$user" -c 'SELECT current_user' 2>&1) ||
+		fail "$user with the right password over TLS: $out"
+	expect_eq "$user login over TLS" "$out" "$user"
+	out=$(PGPASSWORD=wrong-$pw q -U "$user" -c 'SELECT current_user' 2>&1) || rc=$?
+	[ "$rc" -ne 0 ] || fail "$user with a wrong password succeeded"
+	case $out in
+	*"password authentication failed for user \"$user\""*) ;;
+	*) fail "$user with a wrong password: $out" ;;
+	esac
+	ok "$user login"
+}
+check_user shunt_scram scram-secret
+check_user shunt_md5 md5-secret
+check_user shunt_plain plain-secret
+check_user shunt_admin admin-secret
+# The password is really needed.
+rc=0
+out=$(PGPASSFILE=/dev/null q -w -U shunt_scram -c 'SELECT 1' 2>&1) || rc=$?
+[ "$rc" -ne 0 ] || fail "shunt_scram without a password succeeded"
+
+# --- the session survives a long-ish result and keeps its state ---
+out=$(q -c "SET application_name = 'psql_state_$$'" -c "SHOW application_name" -c "SELECT count(*) FROM generate_series(1, 200000)")
+expect_eq "session state" "$out" $'SET\npsql_state_'$$$'\n200000'
+ok "session state"
+
+echo "test_psql: all ok"
