@@ -3,7 +3,53 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define IOBUF_MIN 8192
+
+/*
+ * Buffers of IOBUF_MIN bytes freed by drained connections wait here for the next
+ * burst instead of going back to malloc: a request and its answer would otherwise cost
+ * four malloc/free pairs.  The pool is bounded, so idle connections still cost nothing.
+ */
+#define POOL_MAX 64
+
+struct pooled {
+	struct pooled *next;
+};
+
+static struct pooled *pool;
+static unsigned pool_len;
+
+static uint8_t *buf_get(size_t cap)
+{
+	if (cap == IOBUF_MIN && pool) {
+		struct pooled *p = pool;
+		pool = p->next;
+		pool_len--;
+		return (uint8_t *)p;
+	}
+	return malloc(cap);
+}
+
+static void buf_put(uint8_t *data, size_t cap)
+{
+	if (data && cap == IOBUF_MIN && pool_len < POOL_MAX) {
+		struct pooled *p = (struct pooled *)(void *)data;
+		p->next = pool;
+		pool = p;
+		pool_len++;
+		return;
+	}
+	free(data);
+}
+
+void iobuf_pool_release(void)
+{
+	while (pool) {
+		struct pooled *p = pool;
+		pool = p->next;
+		free(p);
+	}
+	pool_len = 0;
+}
 
 bool iobuf_reserve(struct iobuf *b, size_t n)
 {
@@ -22,12 +68,12 @@ bool iobuf_reserve(struct iobuf *b, size_t n)
 			return false;
 		cap *= 2;
 	}
-	uint8_t *p = malloc(cap);
+	uint8_t *p = buf_get(cap);
 	if (!p)
 		return false;
 	if (len)
 		memcpy(p, b->data + b->start, len);
-	free(b->data);
+	buf_put(b->data, b->cap);
 	b->data = p;
 	b->cap = cap;
 	b->start = 0;
@@ -55,7 +101,7 @@ void iobuf_consume(struct iobuf *b, size_t n)
 
 void iobuf_free(struct iobuf *b)
 {
-	free(b->data);
+	buf_put(b->data, b->cap);
 	b->data = NULL;
 	b->start = b->end = b->cap = 0;
 }

@@ -9,6 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The first allocation, and the size of the buffers kept for reuse. */
+#define IOBUF_MIN 16384
+
 struct iobuf {
 	uint8_t *data;
 	size_t start; /* first unconsumed byte */
@@ -32,5 +35,7 @@ bool iobuf_append(struct iobuf *b, const void *p, size_t n) __attribute__((warn_
 /* Drop n bytes from the front; frees the storage once empty. */
 void iobuf_consume(struct iobuf *b, size_t n);
 void iobuf_free(struct iobuf *b);
+/* Return the pooled spare buffers to malloc (at exit, for leak checkers). */
+void iobuf_pool_release(void);
 
 #endif

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "proxy/iobuf.h"
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
@@ -340,6 +341,7 @@ int main(int argc, char **argv)
 	SSL_CTX_free(shunt.client_tls);
 	SSL_CTX_free(shunt.server_tls);
 	conf_free(&shunt.cfg);
+	iobuf_pool_release();
 	log_info("pgshunt stopped");
 	return status;
 }

@@ -449,7 +449,7 @@ static void test_iobuf_append_consume(void **state)
 	struct iobuf b = {0};
 	assert_true(iobuf_append(&b, "hello", 5));
 	assert_non_null(b.data);
-	assert_int_equal(b.cap, 8192);
+	assert_int_equal(b.cap, IOBUF_MIN);
 	assert_int_equal(iobuf_len(&b), 5);
 	assert_memory_equal(iobuf_head(&b), "hello", 5);
 	assert_true(iobuf_append(&b, " world", 6));
@@ -474,12 +474,31 @@ static void test_iobuf_append_consume(void **state)
 	assert_null(b.data);
 }
 
+static void test_iobuf_pool_reuse(void **state)
+{
+	(void)state;
+	struct iobuf a = {0}, b = {0};
+	assert_true(iobuf_append(&a, "x", 1));
+	uint8_t *first = a.data;
+	iobuf_consume(&a, 1);
+	assert_null(a.data);
+	/* The drained buffer is handed to the next connection that needs one. */
+	assert_true(iobuf_append(&b, "y", 1));
+	assert_ptr_equal(b.data, first);
+	/* Larger buffers are not pooled: they go back to malloc. */
+	assert_true(iobuf_reserve(&a, 3 * IOBUF_MIN));
+	assert_int_equal(a.cap, 4 * IOBUF_MIN);
+	iobuf_free(&a);
+	iobuf_free(&b);
+	iobuf_pool_release();
+}
+
 static void test_iobuf_reserve(void **state)
 {
 	(void)state;
 	struct iobuf b = {0};
 	assert_true(iobuf_reserve(&b, 1));
-	assert_int_equal(b.cap, 8192);
+	assert_int_equal(b.cap, IOBUF_MIN);
 	assert_int_equal(iobuf_len(&b), 0);
 	/* Reserved room is writable after end. */
 	memset(b.data + b.end, 'a', b.cap - b.end);
@@ -507,31 +526,32 @@ static void test_iobuf_compaction(void **state)
 {
 	(void)state;
 	struct iobuf b = {0};
-	uint8_t *chunk = malloc(8192);
+	const size_t used = IOBUF_MIN - 192; /* consumed, leaving 192 bytes */
+	uint8_t *chunk = malloc(IOBUF_MIN);
 	assert_non_null(chunk);
-	for (size_t i = 0; i < 8192; i++)
+	for (size_t i = 0; i < IOBUF_MIN; i++)
 		chunk[i] = (uint8_t)(i % 251);
-	assert_true(iobuf_append(&b, chunk, 8192));
-	assert_int_equal(b.cap, 8192);
+	assert_true(iobuf_append(&b, chunk, IOBUF_MIN));
+	assert_int_equal(b.cap, IOBUF_MIN);
 	uint8_t *data = b.data;
-	iobuf_consume(&b, 8000);
-	/* 192 bytes left at the end; 1000 more fit once they are moved to the front. */
+	iobuf_consume(&b, used);
+	/* No room at the end; 1000 more fit once the 192 bytes move to the front. */
 	assert_true(iobuf_reserve(&b, 1000));
 	assert_ptr_equal(b.data, data);
-	assert_int_equal(b.cap, 8192);
+	assert_int_equal(b.cap, IOBUF_MIN);
 	assert_int_equal(b.start, 0);
 	assert_int_equal(iobuf_len(&b), 192);
-	assert_memory_equal(iobuf_head(&b), chunk + 8000, 192);
+	assert_memory_equal(iobuf_head(&b), chunk + used, 192);
 	/* Compaction also happens inside append. */
 	iobuf_consume(&b, 100);
-	assert_int_equal(b.cap - b.end, 8000);
-	assert_true(iobuf_append(&b, chunk, 8050));
+	assert_int_equal(b.cap - b.end, IOBUF_MIN - 192);
+	assert_true(iobuf_append(&b, chunk, IOBUF_MIN - 142));
 	assert_ptr_equal(b.data, data);
-	assert_int_equal(b.cap, 8192);
+	assert_int_equal(b.cap, IOBUF_MIN);
 	assert_int_equal(b.start, 0);
-	assert_int_equal(iobuf_len(&b), 8142);
-	assert_memory_equal(iobuf_head(&b), chunk + 8100, 92);
-	assert_memory_equal(iobuf_head(&b) + 92, chunk, 8050);
+	assert_int_equal(iobuf_len(&b), IOBUF_MIN - 50);
+	assert_memory_equal(iobuf_head(&b), chunk + used + 100, 92);
+	assert_memory_equal(iobuf_head(&b) + 92, chunk, IOBUF_MIN - 142);
 	iobuf_free(&b);
 	free(chunk);
 }
@@ -540,25 +560,25 @@ static void test_iobuf_growth(void **state)
 {
 	(void)state;
 	struct iobuf b = {0};
-	uint8_t *chunk = malloc(8192);
+	uint8_t *chunk = malloc(IOBUF_MIN);
 	assert_non_null(chunk);
-	for (size_t i = 0; i < 8192; i++)
+	for (size_t i = 0; i < IOBUF_MIN; i++)
 		chunk[i] = (uint8_t)(i * 13);
-	assert_true(iobuf_append(&b, chunk, 8192));
+	assert_true(iobuf_append(&b, chunk, IOBUF_MIN));
 	assert_true(iobuf_append(&b, "!", 1));
-	assert_int_equal(b.cap, 16384);
-	assert_int_equal(iobuf_len(&b), 8193);
-	assert_memory_equal(iobuf_head(&b), chunk, 8192);
-	assert_int_equal(iobuf_head(&b)[8192], '!');
+	assert_int_equal(b.cap, 2 * IOBUF_MIN);
+	assert_int_equal(iobuf_len(&b), IOBUF_MIN + 1);
+	assert_memory_equal(iobuf_head(&b), chunk, IOBUF_MIN);
+	assert_int_equal(iobuf_head(&b)[IOBUF_MIN], '!');
 
 	/* Consumed bytes at the front but still too little room: grows and moves to 0. */
 	iobuf_consume(&b, 10);
-	assert_true(iobuf_reserve(&b, 16384));
+	assert_true(iobuf_reserve(&b, 2 * IOBUF_MIN));
 	assert_int_equal(b.start, 0);
-	assert_int_equal(b.cap, 32768);
-	assert_int_equal(iobuf_len(&b), 8183);
-	assert_memory_equal(iobuf_head(&b), chunk + 10, 8182);
-	assert_int_equal(iobuf_head(&b)[8182], '!');
+	assert_int_equal(b.cap, 4 * IOBUF_MIN);
+	assert_int_equal(iobuf_len(&b), IOBUF_MIN - 9);
+	assert_memory_equal(iobuf_head(&b), chunk + 10, IOBUF_MIN - 10);
+	assert_int_equal(iobuf_head(&b)[IOBUF_MIN - 10], '!');
 
 	/* Many appends in small pieces. */
 	iobuf_free(&b);
@@ -595,6 +615,7 @@ int main(void)
 	    cmocka_unit_test(test_mbuf_bytes),
 	    cmocka_unit_test(test_iobuf_empty_costs_nothing),
 	    cmocka_unit_test(test_iobuf_append_consume),
+	    cmocka_unit_test(test_iobuf_pool_reuse),
 	    cmocka_unit_test(test_iobuf_reserve),
 	    cmocka_unit_test(test_iobuf_compaction),
 	    cmocka_unit_test(test_iobuf_growth),
