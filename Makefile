@@ -16,7 +16,7 @@ CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototype
 	   -Wmissing-prototypes -fno-strict-aliasing
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-LDLIBS  += $(PKG_LIBS) -linih -lpg_query
+LDLIBS  += $(PKG_LIBS) -linih -lpg_query -lcjson
 BUILD   ?= build
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
