@@ -1,0 +1,160 @@
+/*
+ * Statement recognition: which statements of a query string touch the configured
+ * tables, what kind each is, and where in the text the pieces a rewrite splices are.
+ *
+ * Two stages (SPEC I6): parser_prefilter() is a cheap byte scan; a statement string in
+ * which it finds no configured table name is forwarded unchanged and never parsed.  The
+ * rest goes through libpg_query (PostgreSQL's own grammar, JSON output read with cJSON),
+ * bounded in size and nesting depth so a hostile statement cannot exhaust the stack.
+ * Results are cached by (phase epoch, text).
+ */
+#ifndef PGSHUNT_PARSER_H
+#define PGSHUNT_PARSER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A relation name as configured: "public.ingest_idempotency" → schema "public". */
+struct rel_name {
+	char schema[64]; /* "" when the config gave no schema: matches any schema */
+	char name[64];   /* as PostgreSQL stores it (unquoted names folded to lower case) */
+};
+
+/* The relations pgshunt cares about, in the order of enum rel_role. */
+enum rel_role {
+	REL_OLD,    /* table */
+	REL_NEXT,   /* next_table */
+	REL_BUFFER, /* buffer_table */
+	REL__COUNT
+};
+
+struct parser_tables {
+	struct rel_name rel[REL__COUNT];
+};
+
+/* Fill t from the config's three names; false when one is not a valid [schema.]name. */
+bool parser_tables_init(struct parser_tables *t, const char *table, const char *next_table,
+			const char *buffer_table) __attribute__((warn_unused_result));
+
+/*
+ * The byte scan: true when text may mention a configured table (any of the names,
+ * case-insensitively, or a U&"..." identifier that could spell one).  False means
+ * "certainly does not": the statement is forwarded without parsing.
+ */
+bool parser_prefilter(const struct parser_tables *t, const char *text, size_t len);
+
+enum stmt_kind {
+	STMT_OTHER,         /* touches a configured table in a way not listed below (e.g. a
+			       function call argument, a view definition) */
+	STMT_SELECT,        /* plain read (incl. SELECT ... INTO? no: that is DDL, see below) */
+	STMT_SELECT_LOCKING,/* SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE */
+	STMT_INSERT,        /* INSERT ... VALUES / DEFAULT VALUES */
+	STMT_INSERT_SELECT, /* INSERT ... SELECT */
+	STMT_UPDATE,
+	STMT_DELETE,
+	STMT_MERGE,
+	STMT_COPY_FROM,     /* COPY table FROM ... (a write the proxy cannot mirror) */
+	STMT_COPY_TO,       /* COPY table TO / COPY (query) TO */
+	STMT_TRUNCATE,
+	STMT_DDL,           /* ALTER / DROP / CREATE INDEX / RENAME / LOCK / CREATE TABLE AS /
+			       SELECT INTO / VACUUM / ANALYZE / CLUSTER / REINDEX / GRANT ... */
+	STMT_PREPARE,       /* PREPARE name AS <statement>: see inner */
+	STMT_EXECUTE,       /* EXECUTE name (...) */
+	STMT_DEALLOCATE,
+	STMT_EXPLAIN,       /* EXPLAIN [ANALYZE] <statement>: see inner */
+	STMT__COUNT
+};
+
+enum conflict_action {
+	CONFLICT_NONE,    /* no ON CONFLICT clause */
+	CONFLICT_NOTHING, /* ON CONFLICT ... DO NOTHING */
+	CONFLICT_UPDATE,  /* ON CONFLICT ... DO UPDATE */
+};
+
+/* One mention of a configured relation in the text. */
+struct rel_ref {
+	enum rel_role role;
+	uint32_t start; /* byte offset of the (possibly schema-qualified, possibly quoted) name */
+	uint32_t len;   /* bytes of the name, schema and quotes included, alias excluded */
+	bool has_alias; /* written "AS x" or "x" after the name */
+	bool is_target; /* the relation the statement writes (INSERT INTO, UPDATE, DELETE FROM,
+			   MERGE INTO, COPY ... FROM, TRUNCATE, DDL target) */
+	bool in_cte;    /* inside a WITH clause */
+};
+
+#define PARSER_MAX_REFS 32
+
+/* What one statement of a query string is. Offsets are into the whole string. */
+struct stmt_info {
+	enum stmt_kind kind;
+	uint32_t start;          /* the statement's text, as libpg_query delimits it */
+	uint32_t len;
+	bool touches;            /* mentions at least one configured relation */
+	bool writes;             /* a configured relation is written (target of a write kind or
+				    of a data-modifying CTE) */
+	bool writable_cte;       /* a WITH clause holds an INSERT/UPDATE/DELETE/MERGE */
+	enum conflict_action conflict;
+	bool conflict_on_constraint; /* ON CONFLICT ON CONSTRAINT name (vs a column list) */
+	uint32_t conflict_start; /* the whole "ON CONFLICT ..." clause, 0/0 when none */
+	uint32_t conflict_len;
+	bool has_returning;
+	uint32_t returning_start;/* the text after RETURNING (the list), 0/0 when none */
+	uint32_t returning_len;
+	bool sets_key_columns;   /* UPDATE/MERGE/ON CONFLICT DO UPDATE assigns a key column or
+				    the partition column (see parser_parse's key_columns) */
+	bool has_params;         /* $n parameters appear */
+	char prepared_name[64];  /* PREPARE/EXECUTE/DEALLOCATE: the name ("" = DEALLOCATE ALL) */
+	enum stmt_kind inner;    /* PREPARE/EXPLAIN: the kind of the wrapped statement */
+	uint32_t nrefs;
+	struct rel_ref refs[PARSER_MAX_REFS];
+};
+
+enum parse_status {
+	PARSE_OK,
+	PARSE_SYNTAX_ERROR, /* libpg_query rejected it (the server might not: newer syntax) */
+	PARSE_TOO_LARGE,    /* longer than PARSER_MAX_TEXT */
+	PARSE_TOO_DEEP,     /* nesting beyond PARSER_MAX_DEPTH */
+	PARSE_TOO_MANY,     /* more than PARSER_MAX_STMTS statements or PARSER_MAX_REFS refs */
+	PARSE_NO_MEMORY,
+};
+
+#define PARSER_MAX_TEXT  (1u << 20) /* bytes */
+#define PARSER_MAX_DEPTH 200        /* parentheses/brackets nesting, counted before parsing */
+#define PARSER_MAX_STMTS 64
+
+struct parse_result {
+	enum parse_status status;
+	char error[256];   /* for the refusal message when status != PARSE_OK */
+	bool touches;      /* any statement touches a configured relation */
+	uint32_t nstmts;
+	struct stmt_info *stmts; /* nstmts entries, owned */
+};
+
+/*
+ * Parse text (len bytes, need not be NUL-terminated).  key_columns is the config's
+ * comma-separated list, partition_column the config's; both decide sets_key_columns.
+ * Always returns a result (NULL only when out of memory); free it with
+ * parse_result_free() unless it came from the cache.
+ */
+struct parse_result *parser_parse(const struct parser_tables *t, const char *text, size_t len,
+				  const char *key_columns, const char *partition_column);
+void parse_result_free(struct parse_result *r);
+
+const char *stmt_kind_name(enum stmt_kind kind);
+
+/*
+ * The parse cache: results keyed by (epoch, text), at most `capacity` entries, least
+ * recently used evicted.  Returned results are owned by the cache and stay valid until
+ * the next parser_cache_* call.
+ */
+struct parser_cache;
+struct parser_cache *parser_cache_new(size_t capacity);
+void parser_cache_free(struct parser_cache *c);
+const struct parse_result *parser_cache_get(struct parser_cache *c, const struct parser_tables *t,
+					    uint64_t epoch, const char *text, size_t len,
+					    const char *key_columns, const char *partition_column);
+uint64_t parser_cache_hits(const struct parser_cache *c);
+uint64_t parser_cache_misses(const struct parser_cache *c);
+
+#endif
