@@ -8,8 +8,13 @@ void respq_init(struct respq *q)
 	memset(q, 0, sizeof(*q));
 }
 
+static struct respq_entry *respq_head(struct respq *q);
+static void respq_pop(struct respq *q);
+
 void respq_free(struct respq *q)
 {
+	while (q->count > 0)
+		respq_pop(q);
 	free(q->items);
 	respq_init(q);
 }
@@ -41,7 +46,40 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, ui
 	e->kind = (uint8_t)kind;
 	e->action = (uint8_t)action;
 	e->tag = tag;
+	e->fake = NULL;
+	e->fake_len = 0;
 	q->count++;
+	return true;
+}
+
+bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, uint32_t len)
+{
+	if (q->ignore_till_sync && kind != REQ_SYNC)
+		return true;
+	uint8_t *copy = malloc(len ? len : 1);
+	if (!copy)
+		return false;
+	memcpy(copy, answer, len);
+	if (!respq_push(q, kind, RESP_FAKE, 0)) {
+		free(copy);
+		return false;
+	}
+	struct respq_entry *e = &q->items[(q->head + q->count - 1) & (q->cap - 1)];
+	e->fake = copy;
+	e->fake_len = len;
+	return true;
+}
+
+bool respq_take_fakes(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
+		      void *arg)
+{
+	while (q->count > 0 && respq_head(q)->action == RESP_FAKE) {
+		struct respq_entry *e = respq_head(q);
+		bool ok = emit(arg, e->fake, e->fake_len);
+		respq_pop(q);
+		if (!ok)
+			return false;
+	}
 	return true;
 }
 
@@ -52,6 +90,8 @@ static struct respq_entry *respq_head(struct respq *q)
 
 static void respq_pop(struct respq *q)
 {
+	free(q->items[q->head].fake);
+	q->items[q->head].fake = NULL;
 	q->head = (q->head + 1) & (q->cap - 1);
 	q->count--;
 }

@@ -7,6 +7,10 @@
  * and the client never asked).  Each server message is attributed to the head entry;
  * the entry is popped by the message that completes it.  Nothing is guessed from timing.
  *
+ * A request the proxy answers itself (say, a Parse of a statement the server already
+ * has) gets a fake entry holding its answer; the answer is released to the client when
+ * the entry reaches the head, so it keeps its place among the server's answers.
+ *
  * After an ErrorResponse to an extended-protocol request, the server discards every
  * message until the next Sync; the FIFO does the same with its entries.
  */
@@ -32,12 +36,15 @@ enum req_kind {
 enum resp_action {
 	RESP_FORWARD, /* the client's own request: its responses go to the client */
 	RESP_SKIP,    /* injected by the proxy: its responses are swallowed */
+	RESP_FAKE,    /* never sent: answered by the proxy when it reaches the head */
 };
 
 struct respq_entry {
-	uint8_t kind;   /* enum req_kind */
-	uint8_t action; /* enum resp_action */
-	uint32_t tag;   /* caller's cookie, e.g. which injected step this is */
+	uint8_t kind;      /* enum req_kind */
+	uint8_t action;    /* enum resp_action */
+	uint32_t tag;      /* caller's cookie, e.g. which injected step this is */
+	uint8_t *fake;     /* RESP_FAKE: the answer, owned by the queue */
+	uint32_t fake_len;
 };
 
 struct respq {
@@ -62,6 +69,17 @@ void respq_free(struct respq *q);
 /* Queue the entry of a request being sent.  False only on allocation failure. */
 bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action,
 		uint32_t tag) WARN_UNUSED;
+
+/* Queue a request answered locally with these bytes (copied).  False on no memory. */
+bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer,
+		     uint32_t len) WARN_UNUSED;
+
+/*
+ * Release the fake answers now at the head, in order, through emit(); stops and
+ * returns false when emit() does.  Call after every push and every completed entry.
+ */
+bool respq_take_fakes(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
+		      void *arg) WARN_UNUSED;
 
 /* Attribute one server message (by its type byte) and pop what it completes. */
 struct respq_verdict respq_on_message(struct respq *q, char type);

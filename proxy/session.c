@@ -831,6 +831,17 @@ static void request_done(struct session *s)
 	s->busy_since_us = 0;
 }
 
+static bool emit_fake(void *arg, const uint8_t *p, uint32_t n)
+{
+	return queue_client(arg, p, n);
+}
+
+/* Answers pgshunt gives itself go out when their turn in the FIFO comes. */
+static bool release_fakes(struct session *s)
+{
+	return respq_take_fakes(&s->respq, emit_fake, s);
+}
+
 static bool server_message_active(struct session *s, char type, const uint8_t *msg,
 				  uint32_t total)
 {
@@ -850,9 +861,9 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 		if (v.action == RESP_FORWARD)
 			shunt.stats.errors_total++;
 	}
-	if (v.action != RESP_FORWARD)
-		return true;
-	return queue_client(s, msg, total);
+	if (v.action == RESP_FORWARD && !queue_client(s, msg, total))
+		return false;
+	return !v.completes || release_fakes(s);
 }
 
 static bool client_message_active(struct session *s, char type, const uint8_t *msg,

@@ -581,9 +581,116 @@ static void test_kind_for(void **state)
 	assert_false(respq_kind_for('p', &k));
 }
 
+
+/* ---- fake entries: answered by the proxy in FIFO order ---- */
+
+struct emitted {
+	char bytes[64];
+	size_t len;
+	int calls;
+	int fail_at; /* emit() refuses its fail_at-th call (1-based), 0 = never */
+};
+
+static bool collect(void *arg, const uint8_t *p, uint32_t n)
+{
+	struct emitted *e = arg;
+	e->calls++;
+	if (e->fail_at && e->calls == e->fail_at)
+		return false;
+	assert_true(e->len + n <= sizeof(e->bytes));
+	memcpy(e->bytes + e->len, p, n);
+	e->len += n;
+	return true;
+}
+
+static void test_fake_waits_its_turn(void **state)
+{
+	(void)state;
+	struct respq q;
+	struct emitted e = {0};
+	respq_init(&q);
+	assert_true(respq_push(&q, REQ_PARSE, RESP_FORWARD, 0));
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_true(respq_push(&q, REQ_BIND, RESP_FORWARD, 0));
+	/* The forwarded Parse is ahead: nothing to release yet. */
+	assert_true(respq_take_fakes(&q, collect, &e));
+	assert_int_equal(e.calls, 0);
+	struct respq_verdict v = respq_on_message(&q, '1');
+	assert_true(v.completes);
+	assert_true(respq_take_fakes(&q, collect, &e));
+	assert_int_equal(e.calls, 1);
+	assert_memory_equal(e.bytes, "1", 1);
+	/* The Bind is now at the head, and is the server's to answer. */
+	v = respq_on_message(&q, '2');
+	assert_true(v.completes);
+	assert_int_equal(v.action, RESP_FORWARD);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
+static void test_fake_on_empty_queue_goes_at_once(void **state)
+{
+	(void)state;
+	struct respq q;
+	struct emitted e = {0};
+	respq_init(&q);
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1abc", 4));
+	assert_true(respq_push_fake(&q, REQ_CLOSE, "3", 1));
+	assert_true(respq_take_fakes(&q, collect, &e));
+	assert_int_equal(e.calls, 2);
+	assert_memory_equal(e.bytes, "1abc3", 5);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
+static void test_fake_dropped_after_error(void **state)
+{
+	(void)state;
+	struct respq q;
+	struct emitted e = {0};
+	respq_init(&q);
+	assert_true(respq_push(&q, REQ_PARSE, RESP_FORWARD, 0));
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_true(respq_push(&q, REQ_SYNC, RESP_FORWARD, 0));
+	/* The server rejects the first Parse and skips to Sync: so must the fake. */
+	struct respq_verdict v = respq_on_message(&q, 'E');
+	assert_true(v.completes);
+	assert_true(respq_take_fakes(&q, collect, &e));
+	assert_int_equal(e.calls, 0);
+	v = respq_on_message(&q, 'Z');
+	assert_int_equal(v.entry.kind, REQ_SYNC);
+	assert_true(respq_empty(&q));
+	/* While skipping with no Sync queued, a fake is not even queued. */
+	assert_true(respq_push(&q, REQ_BIND, RESP_FORWARD, 0));
+	v = respq_on_message(&q, 'E');
+	assert_true(q.ignore_till_sync);
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
+static void test_fake_emit_failure_stops(void **state)
+{
+	(void)state;
+	struct respq q;
+	struct emitted e = {.fail_at = 2};
+	respq_init(&q);
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_true(respq_push_fake(&q, REQ_PARSE, "1", 1));
+	assert_false(respq_take_fakes(&q, collect, &e));
+	assert_int_equal(e.calls, 2);
+	assert_int_equal(q.count, 1); /* the third waits; freeing the queue frees it */
+	respq_free(&q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_fake_waits_its_turn),
+	    cmocka_unit_test(test_fake_on_empty_queue_goes_at_once),
+	    cmocka_unit_test(test_fake_dropped_after_error),
+	    cmocka_unit_test(test_fake_emit_failure_stops),
 	    cmocka_unit_test(test_simple_query),
 	    cmocka_unit_test(test_simple_query_error_no_skip),
 	    cmocka_unit_test(test_function_call),
