@@ -28,6 +28,10 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/proxy/main.o
 LIB      := $(BUILD)/libpgshunt.a
 
+# The SQL pgshunt installs, compiled in as C strings (proxy/sql.h).
+SQL_SRCS := proxy/sql/schema.sql proxy/sql/prepare.sql
+LIB_OBJS += $(BUILD)/gen/sql.o
+
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -45,6 +49,13 @@ pgshunt: $(MAIN_OBJ) $(LIB)
 $(LIB): $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
+
+$(BUILD)/gen/sql.c: $(SQL_SRCS) proxy/sql/embed.sh
+	@mkdir -p $(dir $@)
+	sh proxy/sql/embed.sh $(SQL_SRCS) > $@
+
+$(BUILD)/gen/sql.o: $(BUILD)/gen/sql.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

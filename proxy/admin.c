@@ -9,7 +9,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proxy/control.h"
 #include "proxy/log.h"
+#include "proxy/migrate.h"
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
 #include "proxy/proto.h"
@@ -39,15 +41,12 @@ struct admin_session {
 	bool shutdown_requested;    /* SHUTDOWN ran: shut down once its answer is sent */
 };
 
-struct admin_result {
-	struct pktbuf *out;
-	uint32_t rows;
-	char tag[64];
-	bool failed;
-	bool deferred; /* completes later (PAUSE) */
-};
 
 /* ---- result writing ---- */
+
+static void res_row(struct admin_result *r, size_t n, const char *const *values);
+static void res_error(struct admin_result *r, const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 static void write_row_description(struct pktbuf *b, const char *const *columns)
 {
@@ -68,6 +67,17 @@ static void write_row_description(struct pktbuf *b, const char *const *columns)
 	pktbuf_finish(b);
 }
 
+void admin_res_row(struct admin_result *r, size_t n, const char *const *values)
+{
+	res_row(r, n, values);
+}
+
+void admin_row(struct session *s, size_t n, const char *const *values)
+{
+	struct admin_result r = {.out = &s->admin->out};
+	res_row(&r, n, values);
+}
+
 static void res_row(struct admin_result *r, size_t n, const char *const *values)
 {
 	pktbuf_start(r->out, 'D');
@@ -85,8 +95,15 @@ static void res_row(struct admin_result *r, size_t n, const char *const *values)
 	r->rows++;
 }
 
-static void res_error(struct admin_result *r, const char *sqlstate, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+void admin_res_error(struct admin_result *r, const char *sqlstate, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	res_error(r, sqlstate, "%s", msg);
+}
 
 static void res_error(struct admin_result *r, const char *sqlstate, const char *fmt, ...)
 {
@@ -283,8 +300,13 @@ static bool cmd_pause(struct session *s, struct admin_result *r, const char *arg
 	if (!shunt.paused)
 		slog(LOG_LEVEL_INFO, s->prefix, "PAUSE: holding new requests at transaction ends");
 	shunt.paused = true;
-	if (!all_sessions_idle())
+	if (!all_sessions_idle()) {
+		struct admin_session *a = s->admin;
+		struct timeval tv = {0, PAUSE_CHECK_MS * 1000};
+		evtimer_add(&a->pause_timer, &tv);
+		a->pause_timer_set = true;
 		r->deferred = true;
+	}
 	return true;
 }
 
@@ -317,22 +339,29 @@ static bool cmd_noop(struct session *s, struct admin_result *r, const char *args
 }
 
 static const struct admin_cmd commands[] = {
-	{"SHOW HELP", help_columns, cmd_show_help, "list the console commands"},
-	{"SHOW CLIENTS", clients_columns, cmd_show_clients, "client connections and their state"},
-	{"SHOW SERVERS", servers_columns, cmd_show_servers, "server connections, one per client"},
-	{"SHOW STATS", stats_columns, cmd_show_stats, "counters since start"},
-	{"SHOW CONFIG", config_columns, cmd_show_config, "every setting, its default and reloadability"},
-	{"RELOAD", NULL, cmd_reload, "re-read the config file (as SIGHUP)"},
-	{"PAUSE", NULL, cmd_pause, "hold new requests; returns once every session is idle"},
-	{"RESUME", NULL, cmd_resume, "release what PAUSE held"},
-	{"SHUTDOWN", NULL, cmd_shutdown, "stop accepting clients; exit when sessions finish"},
+	{"SHOW HELP", help_columns, cmd_show_help, "list the console commands", false},
+	{"SHOW CLIENTS", clients_columns, cmd_show_clients, "client connections and their state", false},
+	{"SHOW SERVERS", servers_columns, cmd_show_servers, "server connections, one per client", false},
+	{"SHOW STATS", stats_columns, cmd_show_stats, "counters since start", false},
+	{"SHOW CONFIG", config_columns, cmd_show_config, "every setting, its default and reloadability", false},
+	{"SHOW PHASE", migrate_phase_columns, migrate_cmd_show_phase,
+	 "the migration phase in force, DEGRADED, the epoch and the tables", false},
+	{"MIGRATE PREPARE", migrate_prepare_columns, migrate_cmd_prepare,
+	 "build next_table, its partitions, buffer_table and the pgshunt schema (idempotent)", false},
+	{"SET PHASE", NULL, migrate_cmd_set_phase,
+	 "SET PHASE <phase> [FORCE]: one step forward or back", true},
+	{"DEGRADED", NULL, migrate_cmd_degraded, "DEGRADED ON|OFF: inserts to buffer_table", true},
+	{"RELOAD", NULL, cmd_reload, "re-read the config file (as SIGHUP)", false},
+	{"PAUSE", NULL, cmd_pause, "hold new requests; returns once every session is idle", false},
+	{"RESUME", NULL, cmd_resume, "release what PAUSE held", false},
+	{"SHUTDOWN", NULL, cmd_shutdown, "stop accepting clients; exit when sessions finish", false},
 	/* Drivers wrap statements in transactions; the console has none to offer. */
-	{"BEGIN", NULL, cmd_noop, "accepted and ignored: the console is not transactional"},
-	{"START TRANSACTION", NULL, cmd_noop, "accepted and ignored"},
-	{"COMMIT", NULL, cmd_noop, "accepted and ignored"},
-	{"END", NULL, cmd_noop, "accepted and ignored"},
-	{"ROLLBACK", NULL, cmd_noop, "accepted and ignored"},
-	{"ABORT", NULL, cmd_noop, "accepted and ignored"},
+	{"BEGIN", NULL, cmd_noop, "accepted and ignored: the console is not transactional", false},
+	{"START TRANSACTION", NULL, cmd_noop, "accepted and ignored", false},
+	{"COMMIT", NULL, cmd_noop, "accepted and ignored", false},
+	{"END", NULL, cmd_noop, "accepted and ignored", false},
+	{"ROLLBACK", NULL, cmd_noop, "accepted and ignored", false},
+	{"ABORT", NULL, cmd_noop, "accepted and ignored", false},
 };
 
 static bool cmd_show_help(struct session *s, struct admin_result *r, const char *args)
@@ -382,7 +411,8 @@ static bool match_words(const char *words, const char *text, const char **rest)
 const struct admin_cmd *admin_lookup(const char *stmt, const char **args)
 {
 	for (size_t i = 0; i < admin_command_count(); i++) {
-		if (match_words(commands[i].words, stmt, args) && **args == '\0')
+		if (match_words(commands[i].words, stmt, args) &&
+		    (**args == '\0' || commands[i].takes_args))
 			return &commands[i];
 	}
 	return NULL;
@@ -422,7 +452,7 @@ static void run_statement(struct session *s, struct pktbuf *out, const char *stm
 		pktbuf_command_complete(out, r->tag);
 }
 
-static void pause_wait_start(struct session *s, bool simple, const char *rest);
+static void admin_defer(struct session *s, bool simple, const char *rest);
 
 /*
  * Run the statements of a simple Query from text on; false when one deferred.  whole:
@@ -452,7 +482,7 @@ static bool run_simple(struct session *s, char *text, bool whole)
 		if (r.failed)
 			break;
 		if (r.deferred) {
-			pause_wait_start(s, true, next ? next : "");
+			admin_defer(s, true, next ? next : "");
 			return false;
 		}
 		p = next;
@@ -477,18 +507,50 @@ static bool admin_flush(struct session *s)
 	return ok;
 }
 
-static void on_pause_check(evutil_socket_t fd, short what, void *arg);
-
-static void pause_wait_start(struct session *s, bool simple, const char *rest)
+/* A command answers later (PAUSE, or one that waits for the server): hold the input. */
+static void admin_defer(struct session *s, bool simple, const char *rest)
 {
 	struct admin_session *a = s->admin;
 	a->waiting = true;
 	a->waiting_simple = simple;
 	free(a->waiting_rest);
 	a->waiting_rest = strdup(rest);
-	struct timeval tv = {0, PAUSE_CHECK_MS * 1000};
-	evtimer_add(&a->pause_timer, &tv);
-	a->pause_timer_set = true;
+}
+
+/*
+ * The deferred command is done: its CommandComplete (tag) or its error goes out, the
+ * rest of its simple Query runs (not after an error), and the held input is answered.
+ * Called from timers and control callbacks, so it reaps the session itself.
+ */
+void admin_deferred_done(struct session *s, const char *tag, const char *sqlstate,
+			 const char *msg)
+{
+	struct admin_session *a = s->admin;
+	a->waiting = false;
+	if (tag) {
+		pktbuf_command_complete(&a->out, tag);
+	} else {
+		pktbuf_error(&a->out, "ERROR", sqlstate, msg, NULL, NULL);
+		shunt.stats.errors_total++;
+		if (!a->waiting_simple)
+			a->ignore_till_sync = true;
+	}
+	if (a->waiting_simple) {
+		char *rest = a->waiting_rest;
+		a->waiting_rest = NULL;
+		if (!tag || !rest)
+			pktbuf_ready(&a->out, 'I');
+		bool done = !tag || !rest || run_simple(s, rest, false);
+		free(rest);
+		if (!done && a->waiting) {
+			admin_flush(s);
+			session_reap(s);
+			return;
+		}
+	}
+	if (admin_flush(s))
+		admin_process(s);
+	session_reap(s);
 }
 
 static void on_pause_check(evutil_socket_t fd, short what, void *arg)
@@ -504,22 +566,7 @@ static void on_pause_check(evutil_socket_t fd, short what, void *arg)
 		a->pause_timer_set = true;
 		return;
 	}
-	a->waiting = false;
-	pktbuf_command_complete(&a->out, "PAUSE");
-	if (a->waiting_simple) {
-		char *rest = a->waiting_rest ? a->waiting_rest : strdup("");
-		a->waiting_rest = NULL;
-		bool done = rest && run_simple(s, rest, false);
-		free(rest);
-		if (!done && a->waiting) {
-			admin_flush(s);
-			session_reap(s);
-			return;
-		}
-	}
-	if (admin_flush(s))
-		admin_process(s);
-	session_reap(s);
+	admin_deferred_done(s, "PAUSE", NULL, NULL);
 }
 
 /* ---- the extended protocol ---- */
@@ -686,7 +733,7 @@ static bool ext_execute(struct session *s, struct mbuf *m)
 	if (r.failed)
 		a->ignore_till_sync = true;
 	if (r.deferred) {
-		pause_wait_start(s, false, "");
+		admin_defer(s, false, "");
 		return false;
 	}
 	return true;
@@ -823,6 +870,8 @@ void admin_free(struct session *s)
 		return;
 	if (a->pause_timer_set)
 		event_del(&a->pause_timer);
+	control_forget(s);
+	migrate_session_gone(s);
 	named_free(a->stmts, a->nstmts);
 	named_free(a->portals, a->nportals);
 	pktbuf_free(&a->out);

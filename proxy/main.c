@@ -15,8 +15,10 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "proxy/control.h"
 #include "proxy/iobuf.h"
 #include "proxy/log.h"
+#include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
@@ -289,6 +291,8 @@ static int run(void)
 		if (sigs[i])
 			evsignal_add(sigs[i], NULL);
 	}
+	control_start();
+	migrate_load_phase();
 	if (listen_tcp() && listen_unix()) {
 		log_info("pgshunt %s ready; server %s:%d", PGSHUNT_VERSION, shunt.cfg.server_host,
 			 shunt.cfg.server_port);
@@ -298,6 +302,8 @@ static int run(void)
 	}
 	close_listeners();
 	close_all_sessions();
+	migrate_stop();
+	control_stop();
 	for (int i = 0; i < 3; i++)
 		if (sigs[i])
 			event_free(sigs[i]);

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "conf/conf.h"
+#include "proxy/phase.h"
 
 struct session;
 
@@ -40,6 +41,7 @@ struct pgshunt {
 	bool shutting_down;       /* SIGTERM/SHUTDOWN: no new clients, close when idle */
 	time_t started;
 	struct stats stats;
+	struct phase_state phase; /* the copy of pgshunt.state the proxy acts on */
 };
 
 extern struct pgshunt shunt;

@@ -161,3 +161,61 @@ bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out)
 	pktbuf_finish(out);
 	return any && mbuf_avail(&m) == 0 && pktbuf_ok(out);
 }
+
+/* Copy the first n_keep fields/columns, which end at byte `end` of the message. */
+static bool drop_last_write(const uint8_t *msg, char type, uint16_t ncols, size_t end,
+			    struct pktbuf *out)
+{
+	pktbuf_start(out, type);
+	pktbuf_put_uint16(out, (uint16_t)(ncols - 1));
+	pktbuf_put_bytes(out, msg + PROTO_HEADER_LEN + 2, end - PROTO_HEADER_LEN - 2);
+	pktbuf_finish(out);
+	return pktbuf_ok(out);
+}
+
+bool proto_rowdesc_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct mbuf m;
+	uint16_t ncols;
+	size_t last = 0;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != 'T')
+		return false;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_uint16(&m, &ncols) || ncols == 0)
+		return false;
+	for (uint16_t i = 0; i < ncols; i++) {
+		const char *name;
+		const uint8_t *rest;
+		last = m.pos;
+		/* name, then table oid, column, type oid, type size, typmod, format */
+		if (!mbuf_get_string(&m, &name) || !mbuf_get_bytes(&m, 18, &rest))
+			return false;
+	}
+	return mbuf_avail(&m) == 0 && drop_last_write(msg, 'T', ncols, last, out);
+}
+
+bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct mbuf m;
+	uint16_t ncols;
+	size_t last = 0;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != 'D')
+		return false;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_uint16(&m, &ncols) || ncols == 0)
+		return false;
+	for (uint16_t i = 0; i < ncols; i++) {
+		uint32_t len;
+		const uint8_t *value;
+		last = m.pos;
+		if (!mbuf_get_uint32(&m, &len))
+			return false;
+		if (len != 0xffffffffu && !mbuf_get_bytes(&m, len, &value))
+			return false;
+	}
+	return mbuf_avail(&m) == 0 && drop_last_write(msg, 'D', ncols, last, out);
+}

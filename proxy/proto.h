@@ -68,6 +68,15 @@ bool proto_error_fields(const uint8_t *body, size_t len, const char **severity,
  */
 bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out);
 
+/*
+ * The statement engine appends one column (its mirror call) to RETURNING lists; the
+ * client must not see it.  These write into out the same RowDescription ('T') or
+ * DataRow ('D') without its last column; msg is the whole message, header included.
+ * False on a malformed message or one with no column to drop.
+ */
+bool proto_rowdesc_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out);
+bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out);
+
 /* The int32 code of an Authentication message body, or false when too short. */
 bool proto_auth_code(const uint8_t *body, size_t len, uint32_t *code);
 

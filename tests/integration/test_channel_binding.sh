@@ -14,7 +14,7 @@ work=$(mktemp -d /tmp/pgshunt-cb.XXXXXX)
 pid=
 
 cleanup() {
-	[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+	if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT

@@ -717,9 +717,128 @@ static void test_auth_code(void **state)
 	}
 }
 
+
+/* ---- dropping the engine's extra RETURNING column ---- */
+
+static void put_field(struct pktbuf *b, const char *name, uint32_t type_oid)
+{
+	pktbuf_put_string(b, name);
+	pktbuf_put_uint32(b, 0);
+	pktbuf_put_uint16(b, 0);
+	pktbuf_put_uint32(b, type_oid);
+	pktbuf_put_uint16(b, 0xffff);
+	pktbuf_put_uint32(b, 0xffffffff);
+	pktbuf_put_uint16(b, 0);
+}
+
+static void test_rowdesc_drop_last(void **state)
+{
+	(void)state;
+	struct pktbuf in, want, out;
+	pktbuf_init(&in);
+	pktbuf_init(&want);
+	pktbuf_init(&out);
+	pktbuf_start(&in, 'T');
+	pktbuf_put_uint16(&in, 3);
+	put_field(&in, "created_at", 1184);
+	put_field(&in, "status", 25);
+	put_field(&in, "put_next", 16);
+	pktbuf_finish(&in);
+	pktbuf_start(&want, 'T');
+	pktbuf_put_uint16(&want, 2);
+	put_field(&want, "created_at", 1184);
+	put_field(&want, "status", 25);
+	pktbuf_finish(&want);
+	assert_true(proto_rowdesc_drop_last(in.data, (uint32_t)in.len, &out));
+	assert_int_equal(out.len, want.len);
+	assert_memory_equal(out.data, want.data, want.len);
+
+	/* One column only: dropping it leaves an empty description. */
+	pktbuf_reset(&in);
+	pktbuf_reset(&out);
+	pktbuf_start(&in, 'T');
+	pktbuf_put_uint16(&in, 1);
+	put_field(&in, "put_next", 16);
+	pktbuf_finish(&in);
+	assert_true(proto_rowdesc_drop_last(in.data, (uint32_t)in.len, &out));
+	assert_int_equal(out.len, 7);
+	assert_int_equal(out.data[6], 0);
+
+	/* Malformed: every truncation, a trailing byte, no column, the wrong type. */
+	pktbuf_reset(&in);
+	pktbuf_start(&in, 'T');
+	pktbuf_put_uint16(&in, 2);
+	put_field(&in, "a", 23);
+	put_field(&in, "b", 23);
+	pktbuf_finish(&in);
+	for (uint32_t cut = 0; cut < in.len; cut++) {
+		pktbuf_reset(&out);
+		assert_false(proto_rowdesc_drop_last(in.data, cut, &out));
+	}
+	uint8_t *longer = malloc(in.len + 1);
+	memcpy(longer, in.data, in.len);
+	longer[in.len] = 0;
+	assert_false(proto_rowdesc_drop_last(longer, (uint32_t)in.len + 1, &out));
+	free(longer);
+	static const uint8_t none[] = {'T', 0, 0, 0, 6, 0, 0};
+	assert_false(proto_rowdesc_drop_last(none, sizeof(none), &out));
+	in.data[0] = 'D';
+	assert_false(proto_rowdesc_drop_last(in.data, (uint32_t)in.len, &out));
+	pktbuf_free(&in);
+	pktbuf_free(&want);
+	pktbuf_free(&out);
+}
+
+static void test_datarow_drop_last(void **state)
+{
+	(void)state;
+	struct pktbuf in, out;
+	pktbuf_init(&in);
+	pktbuf_init(&out);
+	pktbuf_start(&in, 'D');
+	pktbuf_put_uint16(&in, 3);
+	pktbuf_put_uint32(&in, 3);
+	pktbuf_put_bytes(&in, "abc", 3);
+	pktbuf_put_uint32(&in, 0xffffffff); /* NULL */
+	pktbuf_put_uint32(&in, 1);
+	pktbuf_put_bytes(&in, "t", 1);
+	pktbuf_finish(&in);
+	assert_true(proto_datarow_drop_last(in.data, (uint32_t)in.len, &out));
+	static const uint8_t want[] = {'D', 0, 0, 0, 17, 0, 2, 0, 0, 0, 3, 'a', 'b', 'c',
+				       0xff, 0xff, 0xff, 0xff};
+	assert_int_equal(out.len, sizeof(want));
+	assert_memory_equal(out.data, want, sizeof(want));
+
+	/* A NULL last column is dropped as well. */
+	pktbuf_reset(&in);
+	pktbuf_reset(&out);
+	pktbuf_start(&in, 'D');
+	pktbuf_put_uint16(&in, 2);
+	pktbuf_put_uint32(&in, 1);
+	pktbuf_put_bytes(&in, "x", 1);
+	pktbuf_put_uint32(&in, 0xffffffff);
+	pktbuf_finish(&in);
+	assert_true(proto_datarow_drop_last(in.data, (uint32_t)in.len, &out));
+	assert_int_equal(out.len, 12);
+
+	/* Lengths that lie, truncations, no columns. */
+	for (uint32_t cut = 0; cut < in.len; cut++) {
+		pktbuf_reset(&out);
+		assert_false(proto_datarow_drop_last(in.data, cut, &out));
+	}
+	static const uint8_t lie[] = {'D', 0, 0, 0, 10, 0, 1, 0x7f, 0, 0, 0};
+	assert_false(proto_datarow_drop_last(lie, sizeof(lie), &out));
+	static const uint8_t none[] = {'D', 0, 0, 0, 6, 0, 0};
+	assert_false(proto_datarow_drop_last(none, sizeof(none), &out));
+	pktbuf_free(&in);
+	pktbuf_free(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_rowdesc_drop_last),
+	    cmocka_unit_test(test_datarow_drop_last),
 	    cmocka_unit_test(test_startup_v3_full),
 	    cmocka_unit_test(test_startup_incomplete_every_prefix),
 	    cmocka_unit_test(test_startup_followed_by_more_bytes),

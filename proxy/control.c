@@ -1,0 +1,319 @@
+#include "proxy/control.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+#include "proxy/pgshunt.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct control_req {
+	struct control_req *next;
+	char *sql;
+	int nparams;
+	char **params;
+	control_cb cb; /* NULL once forgotten */
+	void *arg;
+};
+
+enum control_state {
+	CTL_DOWN,       /* no connection; a retry timer may be armed */
+	CTL_CONNECTING, /* PQconnectPoll in progress */
+	CTL_IDLE,       /* connected, nothing sent */
+	CTL_SENDING,    /* query sent, libpq still flushing it */
+	CTL_WAITING,    /* waiting for results */
+};
+
+static struct {
+	PGconn *conn;
+	enum control_state state;
+	struct event *io;          /* one-shot, re-armed for the direction libpq needs */
+	struct event *retry;       /* reconnect timer */
+	int backoff_ms;
+	struct control_req *head;  /* head is the query in flight when SENDING/WAITING */
+	struct control_req *tail;
+	PGresult *result;          /* the answer being gathered for head */
+	bool stopping;
+} ctl;
+
+static void control_drive(void);
+
+bool control_available(void)
+{
+	return shunt.cfg.control_dsn && shunt.cfg.control_dsn[0];
+}
+
+bool control_connected(void)
+{
+	return ctl.state >= CTL_IDLE;
+}
+
+static void req_free(struct control_req *r)
+{
+	for (int i = 0; i < r->nparams; i++)
+		free(r->params[i]);
+	free(r->params);
+	free(r->sql);
+	free(r);
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	control_drive();
+}
+
+static void arm(short what)
+{
+	if (ctl.io)
+		event_free(ctl.io);
+	ctl.io = event_new(shunt.base, PQsocket(ctl.conn), what, on_io, NULL);
+	if (ctl.io)
+		event_add(ctl.io, NULL);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	control_start();
+}
+
+/* Pop head and hand its answer over; the callback may queue more. */
+static void finish_head(const PGresult *res)
+{
+	struct control_req *r = ctl.head;
+	ctl.head = r->next;
+	if (!ctl.head)
+		ctl.tail = NULL;
+	if (r->cb)
+		r->cb(res, r->arg);
+	req_free(r);
+}
+
+static void connection_lost(const char *why)
+{
+	log_warning("control connection lost: %s", why);
+	if (ctl.io) {
+		event_free(ctl.io);
+		ctl.io = NULL;
+	}
+	PQclear(ctl.result);
+	ctl.result = NULL;
+	bool in_flight = ctl.state == CTL_SENDING || ctl.state == CTL_WAITING;
+	PQfinish(ctl.conn);
+	ctl.conn = NULL;
+	ctl.state = CTL_DOWN;
+	if (in_flight && ctl.head)
+		finish_head(NULL);
+	if (ctl.stopping)
+		return;
+	ctl.backoff_ms = ctl.backoff_ms ? ctl.backoff_ms * 2 : BACKOFF_MIN_MS;
+	if (ctl.backoff_ms > BACKOFF_MAX_MS)
+		ctl.backoff_ms = BACKOFF_MAX_MS;
+	struct timeval tv = {ctl.backoff_ms / 1000, (ctl.backoff_ms % 1000) * 1000};
+	if (!ctl.retry)
+		ctl.retry = evtimer_new(shunt.base, on_retry, NULL);
+	if (ctl.retry)
+		evtimer_add(ctl.retry, &tv);
+}
+
+static void drive_connecting(void)
+{
+	switch (PQconnectPoll(ctl.conn)) {
+	case PGRES_POLLING_READING:
+		arm(EV_READ);
+		return;
+	case PGRES_POLLING_WRITING:
+		arm(EV_WRITE);
+		return;
+	case PGRES_POLLING_OK:
+		PQsetnonblocking(ctl.conn, 1);
+		ctl.state = CTL_IDLE;
+		ctl.backoff_ms = 0;
+		log_info("control connection up (backend %d)", PQbackendPID(ctl.conn));
+		control_drive();
+		return;
+	default:
+		connection_lost(PQerrorMessage(ctl.conn));
+		return;
+	}
+}
+
+static void drive_send(void)
+{
+	struct control_req *r = ctl.head;
+	/* Without parameters the simple protocol runs it: scripts hold several statements. */
+	int sent = r->nparams ? PQsendQueryParams(ctl.conn, r->sql, r->nparams, NULL,
+						  (const char *const *)r->params, NULL, NULL, 0)
+			      : PQsendQuery(ctl.conn, r->sql);
+	if (!sent) {
+		connection_lost(PQerrorMessage(ctl.conn));
+		return;
+	}
+	ctl.state = CTL_SENDING;
+	control_drive();
+}
+
+/* Keep the first error, else the last result, as the answer. */
+static void gather(PGresult *res)
+{
+	if (ctl.result && PQresultStatus(ctl.result) == PGRES_FATAL_ERROR) {
+		PQclear(res);
+		return;
+	}
+	PQclear(ctl.result);
+	ctl.result = res;
+}
+
+static void drive_results(void)
+{
+	if (!PQconsumeInput(ctl.conn)) {
+		connection_lost(PQerrorMessage(ctl.conn));
+		return;
+	}
+	while (!PQisBusy(ctl.conn)) {
+		PGresult *res = PQgetResult(ctl.conn);
+		if (!res) {
+			PGresult *answer = ctl.result;
+			ctl.result = NULL;
+			ctl.state = CTL_IDLE;
+			finish_head(answer);
+			PQclear(answer);
+			control_drive();
+			return;
+		}
+		gather(res);
+	}
+	arm(EV_READ);
+}
+
+static void control_drive(void)
+{
+	switch (ctl.state) {
+	case CTL_DOWN:
+		return;
+	case CTL_CONNECTING:
+		drive_connecting();
+		return;
+	case CTL_IDLE:
+		if (ctl.head)
+			drive_send();
+		return;
+	case CTL_SENDING: {
+		int rc = PQflush(ctl.conn);
+		if (rc < 0) {
+			connection_lost(PQerrorMessage(ctl.conn));
+		} else if (rc == 1) {
+			arm(EV_WRITE);
+		} else {
+			ctl.state = CTL_WAITING;
+			drive_results();
+		}
+		return;
+	}
+	case CTL_WAITING:
+		drive_results();
+		return;
+	}
+}
+
+void control_start(void)
+{
+	static const char *const keys[] = {"dbname", "application_name", NULL};
+	if (!control_available() || ctl.state != CTL_DOWN)
+		return;
+	ctl.stopping = false;
+	const char *values[] = {shunt.cfg.control_dsn, "pgshunt control", NULL};
+	ctl.conn = PQconnectStartParams(keys, values, 1);
+	if (!ctl.conn || PQstatus(ctl.conn) == CONNECTION_BAD) {
+		ctl.state = CTL_CONNECTING; /* so that connection_lost() tidies up */
+		connection_lost(ctl.conn ? PQerrorMessage(ctl.conn) : "out of memory");
+		return;
+	}
+	ctl.state = CTL_CONNECTING;
+	drive_connecting();
+}
+
+void control_stop(void)
+{
+	ctl.stopping = true;
+	if (ctl.retry) {
+		event_free(ctl.retry);
+		ctl.retry = NULL;
+	}
+	if (ctl.state != CTL_DOWN)
+		connection_lost("pgshunt is stopping");
+	while (ctl.head)
+		finish_head(NULL);
+	if (ctl.io) {
+		event_free(ctl.io);
+		ctl.io = NULL;
+	}
+}
+
+bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,
+		   void *arg)
+{
+	if (!control_available())
+		return false;
+	struct control_req *r = calloc(1, sizeof(*r));
+	if (!r)
+		return false;
+	r->sql = strdup(sql);
+	r->params = nparams ? calloc((size_t)nparams, sizeof(char *)) : NULL;
+	r->nparams = nparams;
+	r->cb = cb;
+	r->arg = arg;
+	bool ok = r->sql && (!nparams || r->params);
+	for (int i = 0; ok && i < nparams; i++)
+		ok = !params[i] || (r->params[i] = strdup(params[i])) != NULL;
+	if (!ok) {
+		req_free(r);
+		return false;
+	}
+	if (ctl.tail)
+		ctl.tail->next = r;
+	else
+		ctl.head = r;
+	ctl.tail = r;
+	if (ctl.state == CTL_DOWN && !(ctl.retry && evtimer_pending(ctl.retry, NULL)))
+		control_start();
+	else if (ctl.state == CTL_IDLE)
+		control_drive();
+	return true;
+}
+
+void control_forget(void *arg)
+{
+	for (struct control_req *r = ctl.head; r; r = r->next)
+		if (r->arg == arg)
+			r->cb = NULL;
+}
+
+bool control_ok(const PGresult *res)
+{
+	if (!res)
+		return false;
+	ExecStatusType st = PQresultStatus(res);
+	return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+const char *control_sqlstate(const PGresult *res)
+{
+	const char *code = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	return code ? code : "08006";
+}
+
+const char *control_message(const PGresult *res)
+{
+	if (!res)
+		return "the control connection to the server was lost";
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	return msg ? msg : PQresultErrorMessage(res);
+}

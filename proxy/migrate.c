@@ -1,0 +1,401 @@
+#include "proxy/migrate.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proxy/admin.h"
+#include "proxy/control.h"
+#include "proxy/log.h"
+#include "proxy/pgshunt.h"
+#include "proxy/session.h"
+#include "proxy/sql.h"
+#include "rules/rules.h"
+
+#define STATE_SQL        "SELECT phase, epoch, degraded FROM pgshunt.state"
+#define RELOAD_RETRY_S   1
+#define UNDEFINED_TABLE  "42P01"
+#define INVALID_SCHEMA   "3F000"
+#define NOT_IN_STATE     "55000" /* object_not_in_prerequisite_state */
+#define OBJECT_IN_USE    "55006"
+
+const char *const migrate_phase_columns[] = {"phase",      "degraded",     "epoch",
+					     "known",      "table",        "next_table",
+					     "buffer_table", NULL};
+const char *const migrate_prepare_columns[] = {"step", "detail", NULL};
+
+/* ---- the phase in force ---- */
+
+static struct event *reload_timer;
+
+static bool is_missing_schema(const PGresult *res)
+{
+	const char *code = control_sqlstate(res);
+	return res && (strcmp(code, UNDEFINED_TABLE) == 0 || strcmp(code, INVALID_SCHEMA) == 0);
+}
+
+/* Take pgshunt.state's row (phase, epoch, degraded) as the phase in force. */
+static bool apply_state(const PGresult *res)
+{
+	enum phase p;
+	if (!control_ok(res) || PQntuples(res) != 1 || !phase_parse(PQgetvalue(res, 0, 0), &p))
+		return false;
+	shunt.phase.phase = p;
+	shunt.phase.epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+	shunt.phase.degraded = PQgetvalue(res, 0, 2)[0] == 't';
+	shunt.phase.known = true;
+	shunt.phase.installed = true;
+	return true;
+}
+
+static void on_reload_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	migrate_load_phase();
+}
+
+static void on_state_loaded(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (apply_state(res)) {
+		log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
+			 phase_name(shunt.phase.phase), shunt.phase.epoch,
+			 shunt.phase.degraded ? "on" : "off");
+		return;
+	}
+	if (is_missing_schema(res)) {
+		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
+		log_info("no pgshunt control schema in the database yet: phase passthrough");
+		return;
+	}
+	log_warning("could not read the phase: %s; retrying in %d s", control_message(res),
+		    RELOAD_RETRY_S);
+	if (!reload_timer)
+		reload_timer = evtimer_new(shunt.base, on_reload_timer, NULL);
+	struct timeval tv = {RELOAD_RETRY_S, 0};
+	if (reload_timer)
+		evtimer_add(reload_timer, &tv);
+}
+
+void migrate_load_phase(void)
+{
+	if (!control_available()) {
+		/* No control connection, no migration: nothing but passthrough is safe. */
+		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
+		return;
+	}
+	if (!control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL))
+		log_error("could not queue the phase query");
+}
+
+void migrate_stop(void)
+{
+	if (reload_timer)
+		event_free(reload_timer);
+	reload_timer = NULL;
+}
+
+bool migrate_cmd_show_phase(struct session *s, struct admin_result *r, const char *args)
+{
+	char epoch[24];
+	(void)s;
+	(void)args;
+	snprintf(epoch, sizeof(epoch), "%" PRIu64, shunt.phase.epoch);
+	const char *v[] = {phase_name(shunt.phase.phase),
+			   shunt.phase.degraded ? "on" : "off",
+			   epoch,
+			   shunt.phase.known ? "yes" : "no",
+			   shunt.cfg.table,
+			   shunt.cfg.next_table,
+			   shunt.cfg.buffer_table};
+	admin_res_row(r, sizeof(v) / sizeof(v[0]), v);
+	return true;
+}
+
+/* ---- SET PHASE and DEGRADED: one change at a time, fleet-wide state in the database ---- */
+
+/*
+ * The change in progress.  Its callbacks carry &op, not the session, so that a console
+ * client that goes away cannot leave the change half-known: the database answer is
+ * still applied, only the reply is dropped.
+ */
+static struct {
+	bool busy;
+	struct session *s; /* NULL once the console session is gone */
+	enum phase to;
+	bool degraded;
+	bool force;
+	bool set_phase;  /* SET PHASE (else DEGRADED) */
+	const char *tag; /* "SET PHASE" or "DEGRADED" */
+} op;
+
+static void op_finish(const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void op_finish(const char *sqlstate, const char *fmt, ...)
+{
+	char msg[512] = "";
+	struct session *s = op.s;
+	if (fmt) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+	}
+	op.busy = false;
+	op.s = NULL;
+	if (s)
+		admin_deferred_done(s, sqlstate ? NULL : op.tag, sqlstate, msg);
+}
+
+static struct session *prepare_session;
+
+void migrate_session_gone(struct session *s)
+{
+	if (op.s == s)
+		op.s = NULL;
+	if (prepare_session == s)
+		prepare_session = NULL;
+}
+
+static void on_set_done(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!control_ok(res) || PQntuples(res) != 1) {
+		op_finish(control_sqlstate(res), "%s failed: %s", op.tag, control_message(res));
+		return;
+	}
+	enum phase from = shunt.phase.phase;
+	shunt.phase.phase = op.to;
+	shunt.phase.degraded = op.degraded;
+	shunt.phase.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	if (op.force)
+		log_warning("SET PHASE %s FORCE: data preconditions SKIPPED (from %s, epoch %" PRIu64
+			    ")",
+			    phase_name(op.to), phase_name(from), shunt.phase.epoch);
+	else
+		log_info("%s: phase %s, degraded %s, epoch %" PRIu64, op.tag, phase_name(op.to),
+			 op.degraded ? "on" : "off", shunt.phase.epoch);
+	op_finish(NULL, NULL);
+}
+
+static void op_write(void)
+{
+	char by[160];
+	snprintf(by, sizeof(by), "pgshunt console (%s)", op.s ? op.s->prefix : "gone");
+	const char *params[] = {phase_name(op.to), op.degraded ? "true" : "false",
+				op.force ? "true" : "false", by, op.tag};
+	if (!control_query("SELECT pgshunt.set_phase($1, $2::boolean, $3::boolean, $4, $5)", 5,
+			   params, on_set_done, &op))
+		op_finish("53200", "out of memory");
+}
+
+/* Data preconditions of the target phase (SPEC §2); FORCE skips them. */
+static const char *const precondition_sql[PHASE__COUNT] = {
+	[PHASE_DUAL_WRITE] = "SELECT CASE WHEN to_regclass($1) IS NULL THEN 'next_table ' || $1 "
+			     "|| ' does not exist: run MIGRATE PREPARE' WHEN to_regclass($2) IS "
+			     "NULL THEN 'buffer_table ' || $2 || ' does not exist: run MIGRATE "
+			     "PREPARE' END",
+	[PHASE_READ_NEXT] = "SELECT CASE WHEN coalesce((SELECT state FROM pgshunt.jobs WHERE name "
+			    "= 'backfill'), '') <> 'done' THEN 'the backfill has not completed' "
+			    "WHEN coalesce((SELECT state FROM pgshunt.jobs WHERE name = 'verify'), "
+			    "'') <> 'clean' THEN 'the last VERIFY is not clean' END",
+};
+
+static void on_preconditions(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!control_ok(res)) {
+		op_finish(control_sqlstate(res), "checking preconditions failed: %s",
+			  control_message(res));
+		return;
+	}
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+		op_finish(NOT_IN_STATE, "cannot enter %s: %s (SET PHASE %s FORCE skips this check)",
+			  phase_name(op.to), PQgetvalue(res, 0, 0), phase_name(op.to));
+		return;
+	}
+	op_write();
+}
+
+static void op_check_preconditions(void)
+{
+	const char *sql = op.force ? NULL : precondition_sql[op.to];
+	const char *params[] = {shunt.cfg.next_table, shunt.cfg.buffer_table};
+	if (!sql || op.to < shunt.phase.phase) {
+		op_write();
+		return;
+	}
+	if (!control_query(sql, 2, params, on_preconditions, &op))
+		op_finish("53200", "out of memory");
+}
+
+static void on_current_state(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (is_missing_schema(res)) {
+		op_finish(NOT_IN_STATE, "the pgshunt control schema does not exist: run MIGRATE "
+					"PREPARE first");
+		return;
+	}
+	if (!apply_state(res)) {
+		op_finish(control_sqlstate(res), "reading the phase failed: %s",
+			  control_message(res));
+		return;
+	}
+	/* What the database says wins: DEGRADED keeps its phase, SET PHASE its flag. */
+	if (op.set_phase)
+		op.degraded = shunt.phase.degraded;
+	else
+		op.to = shunt.phase.phase;
+	/* DEGRADED keeps the phase; SET PHASE must move it by one step. */
+	const char *why = op.set_phase ? phase_move_refusal(shunt.phase.phase, op.to) : NULL;
+	if (why) {
+		op_finish(NOT_IN_STATE, "cannot move from %s to %s: %s",
+			  phase_name(shunt.phase.phase), phase_name(op.to), why);
+		return;
+	}
+	why = rules_unservable(op.to, op.degraded);
+	if (why) {
+		op_finish("0A000", "this pgshunt cannot serve %s%s yet: %s", phase_name(op.to),
+			  op.degraded ? " with DEGRADED on" : "", why);
+		return;
+	}
+	op_check_preconditions();
+}
+
+static bool op_begin(struct session *s, struct admin_result *r, const char *tag, enum phase to,
+		     bool degraded, bool force)
+{
+	if (!control_available()) {
+		admin_res_error(r, NOT_IN_STATE, "control_dsn is not set: pgshunt has no "
+						 "connection to keep the phase in");
+		return false;
+	}
+	if (op.busy) {
+		admin_res_error(r, OBJECT_IN_USE, "another SET PHASE or DEGRADED is in progress");
+		return false;
+	}
+	op.busy = true;
+	op.s = s;
+	op.tag = tag;
+	op.set_phase = strcmp(tag, "SET PHASE") == 0;
+	op.to = to;
+	op.degraded = degraded;
+	op.force = force;
+	if (!control_query(STATE_SQL, 0, NULL, on_current_state, &op)) {
+		op.busy = false;
+		admin_res_error(r, "53200", "out of memory");
+		return false;
+	}
+	r->deferred = true;
+	return true;
+}
+
+bool migrate_cmd_set_phase(struct session *s, struct admin_result *r, const char *args)
+{
+	char name[32] = "", extra[32] = "", junk[2] = "";
+	enum phase to;
+	int n = sscanf(args, "%31s %31s %1s", name, extra, junk);
+	if (n < 1 || n > 2 || (n == 2 && strcasecmp(extra, "FORCE") != 0) ||
+	    !phase_parse(name, &to)) {
+		admin_res_error(r, "42601", "usage: SET PHASE passthrough|dual_write|read_next|"
+					    "cutover|finalized [FORCE]");
+		return false;
+	}
+	/* DEGRADED is re-read with the phase, under the same lock-free single change. */
+	return op_begin(s, r, "SET PHASE", to, shunt.phase.degraded, n == 2);
+}
+
+bool migrate_cmd_degraded(struct session *s, struct admin_result *r, const char *args)
+{
+	char word[8] = "", junk[2] = "";
+	int n = sscanf(args, "%7s %1s", word, junk);
+	bool on = strcasecmp(word, "ON") == 0;
+	if (n != 1 || (!on && strcasecmp(word, "OFF") != 0)) {
+		admin_res_error(r, "42601", "usage: DEGRADED ON|OFF");
+		return false;
+	}
+	return op_begin(s, r, "DEGRADED", shunt.phase.phase, on, false);
+}
+
+/* ---- MIGRATE PREPARE ---- */
+
+static void on_prepared(const PGresult *res, void *arg)
+{
+	struct session *s = arg;
+	prepare_session = NULL;
+	if (!control_ok(res)) {
+		admin_deferred_done(s, NULL, control_sqlstate(res), control_message(res));
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *v[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1)};
+		admin_row(s, 2, v);
+	}
+	log_info("MIGRATE PREPARE done (%d steps)", PQntuples(res));
+	migrate_load_phase();
+	admin_deferred_done(s, "MIGRATE PREPARE", NULL, NULL);
+}
+
+static void on_installed(const PGresult *res, void *arg)
+{
+	struct session *s = arg;
+	if (!control_ok(res)) {
+		prepare_session = NULL;
+		admin_deferred_done(s, NULL, control_sqlstate(res), control_message(res));
+		return;
+	}
+	char premake[16];
+	snprintf(premake, sizeof(premake), "%d", shunt.cfg.partition_premake);
+	const char *interval = shunt.cfg.partition_interval == PARTITION_DAY    ? "day"
+			       : shunt.cfg.partition_interval == PARTITION_WEEK ? "week"
+										: "month";
+	const char *params[] = {shunt.cfg.table,        shunt.cfg.next_table,
+				shunt.cfg.buffer_table, shunt.cfg.partition_column,
+				interval,               premake,
+				shunt.cfg.key_columns};
+	if (!control_query("SELECT step, detail FROM pgshunt.migrate_prepare($1::regclass, $2, $3, "
+			   "$4::name, $5, $6::int, string_to_array(replace($7, ' ', ''), "
+			   "',')::name[])",
+			   7, params, on_prepared, s)) {
+		prepare_session = NULL;
+		admin_deferred_done(s, NULL, "53200", "out of memory");
+	}
+}
+
+bool migrate_cmd_prepare(struct session *s, struct admin_result *r, const char *args)
+{
+	(void)args;
+	if (!control_available()) {
+		admin_res_error(r, NOT_IN_STATE, "control_dsn is not set: MIGRATE PREPARE needs "
+						 "pgshunt's own connection");
+		return false;
+	}
+	if (prepare_session) {
+		admin_res_error(r, OBJECT_IN_USE, "MIGRATE PREPARE is already running");
+		return false;
+	}
+	/* Both scripts are idempotent; one simple-protocol round trip installs them. */
+	size_t len = strlen(sql_schema) + strlen(sql_prepare) + 2;
+	char *sql = malloc(len);
+	if (!sql) {
+		admin_res_error(r, "53200", "out of memory");
+		return false;
+	}
+	snprintf(sql, len, "%s\n%s", sql_schema, sql_prepare);
+	bool queued = control_query(sql, 0, NULL, on_installed, s);
+	free(sql);
+	if (!queued) {
+		admin_res_error(r, "53200", "out of memory");
+		return false;
+	}
+	prepare_session = s;
+	r->deferred = true;
+	return true;
+}

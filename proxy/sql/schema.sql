@@ -1,0 +1,204 @@
+-- pgshunt control schema, version 1.
+--
+-- Installed by pgshunt over its control connection (embedded in the binary by
+-- proxy/sql/embed.sh, sent together with prepare.sql as one simple Query, hence one
+-- implicit transaction).  Idempotent: safe to run again and again, also by several
+-- proxies at once (the advisory lock below serialises them).  Plain SQL only: no psql
+-- meta-commands, no BEGIN/COMMIT (the caller owns the transaction; with psql use -1).
+--
+-- Versioning: pgshunt.schema_version holds the version this script brought the schema
+-- to.  A later version of this file keeps every CREATE ... IF NOT EXISTS as it is and
+-- adds its changes in the migration block at the end, guarded by
+-- "IF v < N THEN ... END IF" (ALTER TABLE ... ADD COLUMN IF NOT EXISTS and the like),
+-- then raises the version.  Never edit a released step.
+
+-- One installer at a time (a bigint key: the two-int key space is the per-row locks'),
+-- held to the end of the transaction.  Then refuse to run over a schema a newer pgshunt
+-- installed (this script would replace its functions with older ones); checked first so
+-- nothing below runs.
+DO $$
+DECLARE
+    v integer;
+BEGIN
+    -- Quiet the "already exists, skipping" notices of a re-run (to the end of the
+    -- transaction; outside one, to the end of this statement only).
+    PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgshunt:install', 0));
+    IF pg_catalog.to_regclass('pgshunt.schema_version') IS NOT NULL THEN
+        EXECUTE 'SELECT max(version) FROM pgshunt.schema_version' INTO v;
+        IF v > 1 THEN
+            RAISE EXCEPTION 'pgshunt control schema is at version %, newer than this pgshunt''s (1)', v
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Upgrade this pgshunt: an older binary must not downgrade the schema.';
+        END IF;
+    END IF;
+END
+$$;
+
+CREATE SCHEMA IF NOT EXISTS pgshunt;
+COMMENT ON SCHEMA pgshunt IS 'pgshunt control schema (version in pgshunt.schema_version)';
+
+-- The application's roles call the mirror helpers (pgshunt.put_next & co.) from their
+-- own statements: they need USAGE on the schema.  Tables and control functions below
+-- are not granted to PUBLIC.
+GRANT USAGE ON SCHEMA pgshunt TO PUBLIC;
+
+CREATE TABLE IF NOT EXISTS pgshunt.schema_version (
+    singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    version      integer     NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO pgshunt.schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;
+
+-- The phase in force, fleet-wide.  Exactly one row: the primary key on a column that
+-- can only be true allows at most one, the triggers below refuse DELETE and TRUNCATE.
+CREATE TABLE IF NOT EXISTS pgshunt.state (
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    phase       text        NOT NULL DEFAULT 'passthrough'
+                CHECK (phase IN ('passthrough', 'dual_write', 'read_next', 'cutover', 'finalized')),
+    epoch       bigint      NOT NULL DEFAULT 1,
+    degraded    boolean     NOT NULL DEFAULT false,
+    table_name  text,
+    next_name   text,
+    buffer_name text,
+    changed_at  timestamptz,
+    changed_by  text
+);
+INSERT INTO pgshunt.state DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION pgshunt.state_keep_row() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgshunt.state must keep exactly one row'
+        USING ERRCODE = 'integrity_constraint_violation',
+              HINT = 'Change the phase with pgshunt.set_phase().';
+END
+$$;
+REVOKE ALL ON FUNCTION pgshunt.state_keep_row() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                   WHERE tgrelid = 'pgshunt.state'::pg_catalog.regclass
+                     AND tgname = 'state_keep_row') THEN
+        CREATE TRIGGER state_keep_row BEFORE DELETE ON pgshunt.state
+            FOR EACH ROW EXECUTE FUNCTION pgshunt.state_keep_row();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                   WHERE tgrelid = 'pgshunt.state'::pg_catalog.regclass
+                     AND tgname = 'state_keep_row_truncate') THEN
+        CREATE TRIGGER state_keep_row_truncate BEFORE TRUNCATE ON pgshunt.state
+            FOR EACH STATEMENT EXECUTE FUNCTION pgshunt.state_keep_row();
+    END IF;
+END
+$$;
+
+-- Every phase change, in order.
+CREATE TABLE IF NOT EXISTS pgshunt.phase_log (
+    id         bigserial   PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT now(),
+    from_phase text,
+    to_phase   text        NOT NULL,
+    epoch      bigint      NOT NULL,
+    degraded   boolean     NOT NULL,
+    forced     boolean     NOT NULL DEFAULT false,
+    by         text,
+    note       text
+);
+
+-- The fleet: one row per running pgshunt, kept alive by its heartbeat.
+CREATE TABLE IF NOT EXISTS pgshunt.proxies (
+    proxy_id      text        PRIMARY KEY,
+    host          text,
+    pid           integer,
+    version       text,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    lease_until   timestamptz,
+    acked_epoch   bigint,
+    inflight      integer,
+    insert_p99_ms double precision
+);
+
+-- Background jobs (backfill, verify, drain, partitions): progress and resumable cursor.
+CREATE TABLE IF NOT EXISTS pgshunt.jobs (
+    name       text        PRIMARY KEY,
+    state      text        NOT NULL DEFAULT 'idle',
+    cursor     jsonb,
+    rows_done  bigint      NOT NULL DEFAULT 0,
+    rows_total bigint,
+    started_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    runner     text,
+    error      text
+);
+
+-- The ledger of potential double-billing found by the drain: a buffered row whose key
+-- already exists in the table it is drained into.
+CREATE TABLE IF NOT EXISTS pgshunt.conflicts (
+    id           bigserial   PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    key          jsonb       NOT NULL,
+    buffered_row jsonb,
+    existing_row jsonb,
+    conflict     text        NOT NULL,
+    resolution   text
+);
+CREATE INDEX IF NOT EXISTS conflicts_at_idx ON pgshunt.conflicts (at);
+
+REVOKE ALL ON pgshunt.schema_version, pgshunt.state, pgshunt.phase_log, pgshunt.proxies,
+    pgshunt.jobs, pgshunt.conflicts FROM PUBLIC;
+
+-- Change the phase and/or the degraded flag.  Every call is a change: the epoch goes up
+-- by one (so every session re-pins), a phase_log row is written, and
+-- pg_notify('pgshunt_phase', '{"phase": ..., "epoch": ..., "degraded": ...}') is sent
+-- (delivered at commit).  NULL p_phase or p_degraded keeps the current value.  No
+-- precondition is checked here: the proxy does that before calling.  Concurrent callers
+-- are serialised by the row lock on the state row.
+CREATE OR REPLACE FUNCTION pgshunt.set_phase(p_phase text, p_degraded boolean, p_forced boolean,
+                                             p_by text, p_note text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $$
+DECLARE
+    v_from  text;
+    v_phase text;
+    v_deg   boolean;
+    v_epoch bigint;
+BEGIN
+    SELECT s.phase INTO v_from FROM pgshunt.state AS s FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgshunt.state has no row' USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE pgshunt.state AS s
+       SET phase      = coalesce(p_phase, s.phase),
+           degraded   = coalesce(p_degraded, s.degraded),
+           epoch      = s.epoch + 1,
+           changed_at = now(),
+           changed_by = p_by
+    RETURNING s.phase, s.degraded, s.epoch INTO v_phase, v_deg, v_epoch;
+    INSERT INTO pgshunt.phase_log (from_phase, to_phase, epoch, degraded, forced, by, note)
+    VALUES (v_from, v_phase, v_epoch, v_deg, coalesce(p_forced, false), p_by, p_note);
+    PERFORM pg_notify('pgshunt_phase',
+                      json_build_object('phase', v_phase, 'epoch', v_epoch,
+                                        'degraded', v_deg)::text);
+    RETURN v_epoch;
+END
+$$;
+REVOKE ALL ON FUNCTION pgshunt.set_phase(text, boolean, boolean, text, text) FROM PUBLIC;
+
+-- Migrations between schema versions go here, each guarded by the version it needs.
+DO $$
+DECLARE
+    v integer;
+BEGIN
+    SELECT version INTO v FROM pgshunt.schema_version FOR UPDATE;
+    -- Version 1 is what the statements above create.  Later versions add, e.g.:
+    -- IF v < 2 THEN ALTER TABLE pgshunt.jobs ADD COLUMN IF NOT EXISTS ...; v := 2; END IF;
+    UPDATE pgshunt.schema_version SET version = v, updated_at = now() WHERE version <> v;
+END
+$$;

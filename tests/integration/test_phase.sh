@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The phase console commands against a database of their own: SHOW PHASE, MIGRATE
+# PREPARE, SET PHASE and DEGRADED, with the phase kept in pgshunt.state.
+set -euo pipefail
+
+bin=${PGSHUNT_BIN:-./pgshunt}
+harness=tests/harness/pgserver.sh
+db=phase_$$
+work=$(mktemp -d /tmp/pgshunt-phase.XXXXXX)
+pid=
+direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_admin password=admin-secret"
+
+cleanup() {
+	if [ -n "$pid" ]; then
+		kill -TERM "$pid" 2>/dev/null && sleep 0.3
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	psql -X -q "$direct dbname=shunt_test" -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+	echo "FAIL: $*" >&2
+	[ -f "$work/pgshunt.log" ] && tail -n 20 "$work/pgshunt.log" >&2
+	exit 1
+}
+
+psql -X -q "$direct dbname=shunt_test" -c "CREATE DATABASE $db"
+psql -X -q -v ON_ERROR_STOP=1 "$direct dbname=$db" -f tests/fixtures/ingest_schema.sql
+psql -X -q "$direct dbname=$db" -c "SELECT seed_ingest_idempotency(500)" >/dev/null
+
+start_proxy() { # extra config lines...
+	local port
+	port=$(bash "$harness" freeport)
+	{
+		echo "[pgshunt]"
+		echo "listen_addr = 127.0.0.1"
+		echo "listen_port = $port"
+		echo "server_host = 127.0.0.1"
+		echo "server_port = $SHUNT_SERVER_PORT"
+		echo "server_tls_sslmode = disable"
+		echo "admin_users = shunt_admin"
+		echo "partition_interval = month"
+		echo "partition_premake = 2"
+		for line in "$@"; do echo "$line"; done
+	} >"$work/pgshunt.ini"
+	"$bin" "$work/pgshunt.ini" 2>"$work/pgshunt.log" &
+	pid=$!
+	for _ in $(seq 100); do
+		pg_isready -q -h 127.0.0.1 -p "$port" && break
+		sleep 0.1
+	done
+	console="host=127.0.0.1 port=$port dbname=pgshunt user=shunt_admin password=admin-secret"
+}
+
+stop_proxy() {
+	kill -TERM "$pid"
+	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	pid=
+}
+
+run() { psql -X -qtA -F'|' "$console" -c "$1" 2>&1; }
+
+expect_error() { # command sqlstate message-pattern
+	local out
+	if out=$(psql -X -qtA -v VERBOSITY=verbose "$console" -c "$1" 2>&1); then
+		fail "$1 succeeded: $out"
+	fi
+	grep -q "ERROR:  $2:" <<<"$out" || fail "$1: want SQLSTATE $2, got: $out"
+	grep -qE -- "$3" <<<"$out" || fail "$1: message lacks /$3/: $out"
+	echo "ok: $1 -> $2"
+}
+
+# --- without control_dsn: nothing to keep the phase in ---
+start_proxy
+[ "$(run 'SHOW PHASE' | cut -d'|' -f1-2)" = "passthrough|off" ] || fail "SHOW PHASE without control_dsn"
+expect_error "SET PHASE dual_write" 55000 "control_dsn is not set"
+expect_error "MIGRATE PREPARE" 55000 "control_dsn is not set"
+stop_proxy
+
+# --- with control_dsn, before MIGRATE PREPARE ---
+start_proxy "control_dsn = $direct dbname=$db"
+for _ in $(seq 50); do
+	[ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] && break
+	sleep 0.1
+done
+[ "$(run 'SHOW PHASE')" = "passthrough|off|0|yes|public.ingest_idempotency|public.ingest_idempotency_next|public.ingest_fallback_buffer" ] ||
+	fail "SHOW PHASE before prepare: $(run 'SHOW PHASE')"
+expect_error "SET PHASE dual_write" 55000 "control schema does not exist: run MIGRATE PREPARE"
+expect_error "SET PHASE sideways" 42601 "usage: SET PHASE"
+expect_error "SET PHASE dual_write PLEASE" 42601 "usage: SET PHASE"
+expect_error "DEGRADED MAYBE" 42601 "usage: DEGRADED ON\\|OFF"
+
+# --- MIGRATE PREPARE builds next, its partitions, the buffer and the control schema ---
+out=$(run 'MIGRATE PREPARE') || fail "MIGRATE PREPARE: $out"
+[ "$(wc -l <<<"$out")" -ge 3 ] || fail "MIGRATE PREPARE reported too little: $out"
+echo "ok: MIGRATE PREPARE ($(wc -l <<<"$out") steps)"
+q() { psql -X -qtA "$direct dbname=$db" -c "$1"; }
+[ "$(q "SELECT relkind FROM pg_class WHERE oid = 'public.ingest_idempotency_next'::regclass")" = p ] ||
+	fail "next_table is not partitioned"
+[ "$(q "SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.ingest_idempotency_next'::regclass")" -ge 5 ] ||
+	fail "too few partitions for 120 days of history + 2 ahead"
+[ "$(q "SELECT to_regclass('public.ingest_fallback_buffer') IS NOT NULL")" = t ] || fail "no buffer table"
+[ "$(q "SELECT phase || '/' || degraded FROM pgshunt.state")" = "passthrough/false" ] || fail "pgshunt.state"
+again=$(run 'MIGRATE PREPARE') || fail "second MIGRATE PREPARE: $again"
+echo "ok: MIGRATE PREPARE again"
+
+# --- SET PHASE: one step at a time, and only into phases this pgshunt can serve ---
+expect_error "SET PHASE read_next" 55000 "one step at a time"
+expect_error "SET PHASE passthrough" 55000 "already"
+expect_error "SET PHASE dual_write" 0A000 "cannot serve dual_write yet"
+expect_error "SET PHASE dual_write FORCE" 0A000 "cannot serve dual_write yet"
+expect_error "DEGRADED ON" 0A000 "cannot serve passthrough with DEGRADED on yet"
+[ "$(q "SELECT phase FROM pgshunt.state")" = passthrough ] || fail "a refused change was written"
+
+# DEGRADED OFF is a real change of nothing but the epoch: it is written and logged.
+epoch0=$(q "SELECT epoch FROM pgshunt.state")
+[ "$(run 'DEGRADED OFF')" = "" ] || fail "DEGRADED OFF"
+epoch1=$(q "SELECT epoch FROM pgshunt.state")
+[ "$epoch1" -gt "$epoch0" ] || fail "epoch did not move: $epoch0 -> $epoch1"
+[ "$(run 'SHOW PHASE' | cut -d'|' -f3)" = "$epoch1" ] || fail "SHOW PHASE epoch is not the database's"
+[ "$(q "SELECT count(*) FROM pgshunt.phase_log WHERE epoch = $epoch1")" = 1 ] || fail "no phase_log row"
+echo "ok: DEGRADED OFF wrote epoch $epoch1"
+
+# A restarted proxy learns the phase from the database.
+stop_proxy
+start_proxy "control_dsn = $direct dbname=$db"
+for _ in $(seq 50); do
+	[ "$(run 'SHOW PHASE' | cut -d'|' -f3)" = "$epoch1" ] && break
+	sleep 0.1
+done
+[ "$(run 'SHOW PHASE' | cut -d'|' -f3)" = "$epoch1" ] || fail "restarted proxy did not read the epoch"
+echo "ok: phase read back after restart"
+
+# The console answers the extended protocol too (psycopg 3 uses it).
+/usr/bin/python3 - "$console" <<'EOF' || fail "SHOW PHASE over the extended protocol"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    cur = c.execute("SHOW PHASE")
+    names = [d.name for d in cur.description]
+    row = cur.fetchone()
+    assert names[:2] == ["phase", "degraded"], names
+    assert row[0] == "passthrough" and row[1] == "off", row
+    try:
+        c.execute("SET PHASE read_next")
+        raise SystemExit("SET PHASE read_next succeeded")
+    except psycopg.Error as e:
+        assert e.sqlstate == "55000", e.sqlstate
+    assert c.execute("SHOW PHASE").fetchone()[0] == "passthrough"
+EOF
+echo "ok: extended protocol"
+echo "phase: ok"
