@@ -182,7 +182,15 @@ static bool parse_bounded(struct parse_result *r, const char *text, size_t len)
 		result_fail(r, PARSE_SYNTAX_ERROR, "statement text holds a NUL byte");
 		return false;
 	}
-	if (scan_bound(text, len) != PARSE_OK) {
+	switch (scan_bound(text, len)) {
+	case PARSE_OK:
+		break;
+	case PARSE_TOO_LARGE:
+		result_fail(r, PARSE_TOO_LARGE,
+		            "statement too large to parse: multi-column SET "
+		            "lists would copy their source too often");
+		return false;
+	default:
 		result_fail(r, PARSE_TOO_DEEP,
 		            "statement nested too deeply (more than %d brackets "
 		            "or a too long chain of operators)",

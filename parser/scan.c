@@ -15,14 +15,27 @@
  * per '+'), but which libpg_query writes out to JSON recursively.  Measured with the
  * default 8 MB stack: "SELECT 1" followed by 65,000 "+1" overflows it (about 128
  * bytes of stack a level); right-recursive chains (NOT NOT ..., nested CASE) stop at
- * bison's own limit of 10,000 levels first.  So each bracket level counts its operator
- * characters and its chaining keywords; a comma, AND, OR, WHEN, THEN or ELSE starts a
- * new operand (their operands become flat lists, not nested nodes), and the sum over
- * the open brackets estimates the depth.  The estimate counts high ("<=" counts 2):
- * 4,000 keeps the real depth far below the overflow, and above what cJSON reads
- * anyway (1,000 nested JSON values, about 330 tree levels).
+ * bison's own limit of 10,000 levels first.
+ *
+ * So the scan estimates the depth from above, per bracket level: each operator
+ * character and each chaining keyword adds one; a closed bracket is an operand as deep
+ * as its deepest content plus one (a chain of chains nests: "((1+1...)+1...)"); a
+ * comma, AND, OR, WHEN, THEN or ELSE starts a sibling operand (their operands become
+ * flat lists, not nested nodes).  The estimate is the sum over the open levels.  It
+ * counts high ("<=" counts 2): 4,000 keeps the real depth far below the overflow, and
+ * above what cJSON reads anyway (1,000 nested JSON values, about 330 tree levels).
  */
 #define SCAN_MAX_CHAIN 4000
+
+/*
+ * The other way a short text makes a huge tree: "SET (a, b, ...) = source" gives every
+ * column a MultiAssignRef pointing at the one source node, and libpg_query writes the
+ * source out once per column; nested (a sub-SELECT holding another such SET) the counts
+ * multiply.  A 2 KB statement was measured making libpg_query allocate 1 GB and exit
+ * the process.  The product of the column counts of such lists times the statement's
+ * length bounds what the duplication writes; above this many bytes it is refused.
+ */
+#define SCAN_MAX_EXPANSION (2u << 20)
 
 static bool is_space(unsigned char c)
 {
@@ -223,21 +236,39 @@ bool scan_tok_is(const char *s, const struct scan_tok *tok, const char *word)
 
 /* ---- the bound ---- */
 
-/* Per open bracket: operator characters of the current operand, chaining keywords. */
+/* One open bracket level. */
 struct bound_level {
-	uint32_t ops;
-	uint32_t chain_kw;
+	uint32_t cur;      /* depth of the operand being read */
+	uint32_t finished; /* depth of the deepest sibling operand already read */
+	uint32_t chain_kw; /* UNION, JOIN ...: they nest across commas */
+	uint32_t targets;  /* items when this may be a SET (a, b, ...) list, else 0 */
 };
 
 struct bound {
 	struct bound_level lv[PARSER_MAX_DEPTH + 1];
 	unsigned depth;
-	uint32_t chain; /* sum of ops + chain_kw over lv[0..depth] */
+	uint32_t outer;          /* the estimate of the levels below lv[depth] */
+	bool after_set;          /* the last token was SET or ',': "(" may open targets */
+	uint32_t closed_targets; /* the last token closed a target list of this many */
+	uint64_t expansion;      /* product of multi-column SET widths in this statement */
+	size_t stmt_start;
 };
 
 static const char *const chain_words[] = {"union",   "intersect", "except",  "join",
                                           "collate", "at",        "operator"};
 static const char *const operand_words[] = {"and", "or", "when", "then", "else"};
+
+static uint32_t level_depth(const struct bound_level *l)
+{
+	return (l->cur > l->finished ? l->cur : l->finished) + l->chain_kw + 1;
+}
+
+static void bound_next_operand(struct bound_level *l)
+{
+	if (l->cur > l->finished)
+		l->finished = l->cur;
+	l->cur = 0;
+}
 
 static void bound_word(struct bound *b, const char *s, const struct scan_tok *tok)
 {
@@ -246,13 +277,11 @@ static void bound_word(struct bound *b, const char *s, const struct scan_tok *to
 	for (size_t i = 0; i < sizeof(chain_words) / sizeof(chain_words[0]); i++)
 		if (scan_tok_is(s, tok, chain_words[i])) {
 			l->chain_kw++;
-			b->chain++;
 			return;
 		}
 	for (size_t i = 0; i < sizeof(operand_words) / sizeof(operand_words[0]); i++)
 		if (scan_tok_is(s, tok, operand_words[i])) {
-			b->chain -= l->ops;
-			l->ops = 0;
+			bound_next_operand(l);
 			return;
 		}
 }
@@ -265,44 +294,81 @@ static bool bound_char(struct bound *b, char c)
 	if (c == '(' || c == '[') {
 		if (b->depth == PARSER_MAX_DEPTH)
 			return false;
-		b->lv[++b->depth] = (struct bound_level){0, 0};
+		b->outer += l->cur + l->chain_kw + 1;
+		b->lv[++b->depth] = (struct bound_level){0, 0, 0, c == '(' && b->after_set};
 	} else if ((c == ')' || c == ']') && b->depth > 0) {
-		b->chain -= l->ops + l->chain_kw;
-		b->depth--;
+		uint32_t inner = level_depth(l);
+		b->closed_targets = l->targets;
+		l = &b->lv[--b->depth];
+		b->outer -= l->cur + l->chain_kw + 1;
+		l->cur = (l->cur > inner ? l->cur : inner) + 1;
 	} else if (c == ',') {
-		b->chain -= l->ops;
-		l->ops = 0;
+		bound_next_operand(l);
+		l->targets += l->targets > 0;
 	} else if (c == ';' && b->depth == 0) {
-		b->chain = 0;
-		*l = (struct bound_level){0, 0};
+		*l = (struct bound_level){0, 0, 0, 0};
 	} else if (c == ':') {
-		l->ops++;
-		b->chain++;
+		l->cur++;
 	}
 	return true;
 }
 
+/* "(a, b) =": a multi-column SET; false when its statement expands too much. */
+static bool bound_expansion(struct bound *b, const char *s, const struct scan_tok *tok,
+                            uint32_t closed)
+{
+	if (tok->kind == TOK_OP && tok->end - tok->start == 1 && s[tok->start] == '=' &&
+	    closed > 1) {
+		b->expansion *= closed;
+		if (b->expansion > SCAN_MAX_EXPANSION)
+			b->expansion = SCAN_MAX_EXPANSION + 1; /* saturate: it can only grow */
+	}
+	if (tok->kind != TOK_END &&
+	    !(tok->kind == TOK_CHAR && s[tok->start] == ';' && b->depth == 0))
+		return true;
+	/* The statement ends: its length times the widths bounds the duplication. */
+	if (b->expansion > 1 && b->expansion * (tok->start - b->stmt_start) > SCAN_MAX_EXPANSION)
+		return false;
+	b->expansion = 1;
+	b->stmt_start = tok->end;
+	return true;
+}
+
+/* One token; the status the bound says so far. */
+static int bound_token(struct bound *b, const char *s, const struct scan_tok *tok)
+{
+	uint32_t closed = b->closed_targets;
+	struct bound_level *l = &b->lv[b->depth];
+
+	b->closed_targets = 0;
+	if (tok->kind == TOK_OP)
+		l->cur += (uint32_t)(tok->end - tok->start);
+	else if (tok->kind == TOK_WORD)
+		bound_word(b, s, tok);
+	else if (tok->kind == TOK_CHAR && !bound_char(b, s[tok->start]))
+		return PARSE_TOO_DEEP;
+	l = &b->lv[b->depth];
+	if (b->outer + l->cur + l->chain_kw + 1 > SCAN_MAX_CHAIN)
+		return PARSE_TOO_DEEP;
+	if (!bound_expansion(b, s, tok, closed))
+		return PARSE_TOO_LARGE;
+	b->after_set =
+	    scan_tok_is(s, tok, "set") || (tok->kind == TOK_CHAR && s[tok->start] == ',');
+	return PARSE_OK;
+}
+
 int scan_bound(const char *s, size_t len)
 {
-	struct bound b;
+	struct bound b = {.expansion = 1};
 	struct scan_tok tok;
 	size_t pos = 0;
+	int status;
 
-	b.depth = 0;
-	b.chain = 0;
-	b.lv[0] = (struct bound_level){0, 0};
-	for (scan_next(s, len, &pos, &tok); tok.kind != TOK_END; scan_next(s, len, &pos, &tok)) {
-		if (tok.kind == TOK_OP) {
-			b.lv[b.depth].ops += (uint32_t)(tok.end - tok.start);
-			b.chain += (uint32_t)(tok.end - tok.start);
-		} else if (tok.kind == TOK_WORD) {
-			bound_word(&b, s, &tok);
-		} else if (tok.kind == TOK_CHAR && !bound_char(&b, s[tok.start])) {
-			return PARSE_TOO_DEEP;
-		}
-		if (b.chain + b.depth > SCAN_MAX_CHAIN)
-			return PARSE_TOO_DEEP;
-	}
+	do {
+		scan_next(s, len, &pos, &tok);
+		if ((status = bound_token(&b, s, &tok)) != PARSE_OK)
+			return status;
+	} while (tok.kind != TOK_END);
 	return PARSE_OK;
 }
 

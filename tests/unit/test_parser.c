@@ -697,6 +697,19 @@ static void test_too_deep(void **state)
 	expect_generated("SELECT ", "NOT ", 9990, "true FROM ingest_idempotency", PARSE_TOO_DEEP);
 	expect_generated("SELECT ", "NOT ", 100000, "true FROM ingest_idempotency", PARSE_TOO_DEEP);
 	expect_generated("SELECT ", "- ", 100000, "1 FROM ingest_idempotency", PARSE_TOO_DEEP);
+	/* Chains of chains: each level short, the tree as deep as all of them together. */
+	char *prefix = malloc(7 + 100 + 2), *unit = malloc(2 * 3000 + 2);
+	assert_non_null(prefix);
+	assert_non_null(unit);
+	memcpy(prefix, "SELECT ", 7);
+	memset(prefix + 7, '(', 100);
+	strcpy(prefix + 107, "1");
+	for (int i = 0; i < 3000; i++)
+		memcpy(unit + 2 * i, "+1", 2);
+	strcpy(unit + 6000, ")");
+	expect_generated(prefix, unit, 100, " FROM ingest_idempotency", PARSE_TOO_DEEP);
+	free(prefix);
+	free(unit);
 	/* Within the bounds: 200 brackets, and a long flat OR list. */
 	expect_generated("SELECT ", "(", 200, "1" /* unbalanced */, PARSE_SYNTAX_ERROR);
 	expect_generated("SELECT * FROM ingest_idempotency WHERE a = 1", " OR a = 1", 20000, "",
