@@ -1,0 +1,754 @@
+/*
+ * The walk over one statement's parse tree (see walk.h).
+ *
+ * The tree is walked generically: every object and array is visited, so a relation
+ * named anywhere (a subquery, a CTE, a join, a LATERAL item, an ON CONFLICT clause...)
+ * is found without a list of where relations may appear.  A RangeVar is recognised by
+ * its "relname" member, whether it is wrapped ({"RangeVar": {...}} in lists) or a typed
+ * field (InsertStmt.relation, IntoClause.rel, PartitionCmd.name...).  A few node types
+ * carry a handler (table `nodes`): write statements mark their target and record their
+ * clauses, DDL marks what it acts on, WITH scopes its CTE names.
+ *
+ * What is a relation reference is decided by RangeVars only.  A name inside a string
+ * literal (a function argument such as pg_relation_size('ingest_idempotency'), a
+ * regclass cast, a function or DO body) is not a reference: the server resolves those
+ * at run time, where no proxy can follow.  The exceptions are DROP, COMMENT ON and
+ * SECURITY LABEL, whose parse trees hold the relation as a list of name strings with
+ * no location; their names are found in the text by token scanning.
+ */
+#include "parser/walk.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parser/scan.h"
+
+/* Nested JSON values visited; cJSON refuses more than 1000 anyway. */
+#define WALK_MAX_DEPTH  1100
+#define WALK_MAX_SHADOW 32
+
+struct walk {
+	const struct walk_in *in;
+	struct stmt_info *si;
+	size_t stmt_start, stmt_end; /* the statement's span in in->text */
+	const cJSON *principal;      /* the write statement whose ON CONFLICT and RETURNING count */
+	bool locking;                /* some SELECT has FOR UPDATE/SHARE */
+	size_t name_cursor;          /* DROP/COMMENT: where the next listed name is looked for */
+	const char *shadow[WALK_MAX_SHADOW]; /* CTE names in scope equal to a configured name */
+	unsigned nshadow;
+	enum parse_status status; /* the first failure */
+	char *err;
+	size_t errlen;
+};
+
+/* What the position in the tree says about a relation named there. */
+struct ctx {
+	unsigned depth;
+	bool in_cte;     /* under a WITH clause */
+	bool executes;   /* false where the text is not run now: EXPLAIN without ANALYZE,
+	                    a rule's actions */
+	bool ddl_target; /* a relation named here is what a DDL statement acts on */
+};
+
+typedef bool (*node_fn)(struct walk *w, const cJSON *body, struct ctx ctx);
+
+static bool walk_value(struct walk *w, const cJSON *v, struct ctx ctx);
+static bool walk_object(struct walk *w, const cJSON *obj, struct ctx ctx, const cJSON *skip);
+
+__attribute__((format(printf, 3, 4))) static bool
+walk_fail(struct walk *w, enum parse_status status, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (w->status == PARSE_OK) {
+		w->status = status;
+		va_start(ap, fmt);
+		vsnprintf(w->err, w->errlen, fmt, ap);
+		va_end(ap);
+	}
+	return false;
+}
+
+/* ---- small readers of the JSON ---- */
+
+static const cJSON *get(const cJSON *obj, const char *key)
+{
+	return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+static const char *get_str(const cJSON *obj, const char *key)
+{
+	const cJSON *v = get(obj, key);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* libpg_query leaves out members equal to 0 (a location 0, a false flag). */
+static int get_int(const cJSON *obj, const char *key)
+{
+	const cJSON *v = get(obj, key);
+	return cJSON_IsNumber(v) ? v->valueint : 0;
+}
+
+/* The body of a one-member node object: {"InsertStmt": {...}} -> the {...}. */
+static const cJSON *node_body(const cJSON *node, const char *type)
+{
+	const cJSON *c = node ? node->child : NULL;
+	return c && c->string && strcmp(c->string, type) == 0 ? c : NULL;
+}
+
+static const char *node_type(const cJSON *node)
+{
+	return node && node->child ? node->child->string : NULL;
+}
+
+static void copy_name(char *dst, size_t size, const char *src)
+{
+	snprintf(dst, size, "%s", src ? src : "");
+}
+
+/* ---- configured relations ---- */
+
+static int rel_match(const struct parser_tables *t, const char *schema, const char *name)
+{
+	for (int i = 0; i < REL__COUNT; i++) {
+		const struct rel_name *r = &t->rel[i];
+		/* The proxy cannot know search_path: an unqualified name is the configured one. */
+		if (strcmp(name, r->name) == 0 &&
+		    (r->schema[0] == '\0' || !schema || strcmp(schema, r->schema) == 0))
+			return i;
+	}
+	return -1;
+}
+
+/* True when name is listed in the comma-separated list (blanks around items ignored). */
+static bool list_has(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+
+	while (list && *list) {
+		list += strspn(list, " \t");
+		size_t item = strcspn(list, ",");
+		size_t len = item;
+		while (len > 0 && (list[len - 1] == ' ' || list[len - 1] == '\t'))
+			len--;
+		if (len == n && memcmp(list, name, n) == 0)
+			return true;
+		list += item + (list[item] == ',');
+	}
+	return false;
+}
+
+static bool is_key_column(const struct walk *w, const char *col)
+{
+	return list_has(w->in->key_columns, col) ||
+	       (w->in->partition_column && strcmp(col, w->in->partition_column) == 0);
+}
+
+/* ---- references ---- */
+
+static bool ref_add(struct walk *w, int role, size_t start, size_t len, bool alias, bool target,
+                    struct ctx ctx)
+{
+	struct stmt_info *si = w->si;
+	struct rel_ref *r = NULL;
+
+	/* libpg_query writes a shared subtree (UPDATE ... SET (a, b) = (SELECT ...)) once per
+	   column: the same place in the text is one reference. */
+	for (uint32_t i = 0; i < si->nrefs && !r; i++)
+		if (si->refs[i].start == start)
+			r = &si->refs[i];
+	if (!r) {
+		if (si->nrefs == PARSER_MAX_REFS)
+			return walk_fail(w, PARSE_TOO_MANY, "more than %d references to %s",
+			                 PARSER_MAX_REFS, w->in->t->rel[role].name);
+		r = &si->refs[si->nrefs++];
+		*r = (struct rel_ref){
+		    .role = (enum rel_role)role, .start = (uint32_t)start, .len = (uint32_t)len};
+	}
+	r->has_alias |= alias;
+	r->is_target |= target;
+	r->in_cte |= ctx.in_cte;
+	if (target && ctx.executes)
+		si->writes = true;
+	return true;
+}
+
+/* The span of the name a RangeVar's location points at, checked against the tree. */
+static bool ref_locate(struct walk *w, int loc, const char *schema, const char *relname,
+                       size_t *len)
+{
+	struct scan_name sn;
+	const char *text = w->in->text;
+
+	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end ||
+	    !scan_name_at(text, w->stmt_end, (size_t)loc, &sn) ||
+	    !scan_name_part_is(&sn, sn.nparts - 1, relname) ||
+	    (schema && (sn.nparts < 2 || !scan_name_part_is(&sn, sn.nparts - 2, schema))))
+		return walk_fail(w, PARSE_SYNTAX_ERROR,
+		                 "cannot find relation name %s at offset %d of the text", relname,
+		                 loc);
+	*len = sn.part_end[sn.nparts - 1] - (size_t)loc;
+	return true;
+}
+
+static bool shadowed(const struct walk *w, const char *name)
+{
+	for (unsigned i = 0; i < w->nshadow; i++)
+		if (strcmp(w->shadow[i], name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A RangeVar.  `shadowable`: an unqualified name here may be a CTE of that name in
+ * scope (not so for the target of INSERT/UPDATE/DELETE/MERGE/COPY, always a table).
+ */
+static bool walk_rangevar(struct walk *w, const cJSON *rv, struct ctx ctx, bool target,
+                          bool shadowable, int *role_out)
+{
+	const char *relname = get_str(rv, "relname");
+	const char *schema = get_str(rv, "schemaname");
+	int role;
+	size_t len = 0;
+
+	if (!relname || (role = rel_match(w->in->t, schema, relname)) < 0)
+		return true;
+	if (shadowable && !schema && shadowed(w, relname))
+		return true;
+	if (role_out)
+		*role_out = role;
+	int loc = get_int(rv, "location");
+	if (!ref_locate(w, loc, schema, relname, &len))
+		return false;
+	return ref_add(w, role, (size_t)loc, len, get(rv, "alias") != NULL, target, ctx);
+}
+
+/* ---- names given as string lists (DROP, COMMENT ON, SECURITY LABEL) ---- */
+
+enum list_shape {
+	SHAPE_NONE,      /* the object is no relation */
+	SHAPE_WHOLE,     /* [[catalog,] schema,] table */
+	SHAPE_MINUS_ONE, /* table parts, then the trigger/rule/policy/constraint name */
+	SHAPE_COLUMN,    /* table parts, then the column: written table.column */
+};
+
+static enum list_shape list_shape(const char *objtype)
+{
+	static const char *const whole[] = {"OBJECT_TABLE", "OBJECT_FOREIGN_TABLE", "OBJECT_VIEW",
+	                                    "OBJECT_MATVIEW"};
+	static const char *const minus_one[] = {"OBJECT_TRIGGER", "OBJECT_RULE", "OBJECT_POLICY",
+	                                        "OBJECT_TABCONSTRAINT"};
+
+	for (size_t i = 0; objtype && i < sizeof(whole) / sizeof(whole[0]); i++)
+		if (strcmp(objtype, whole[i]) == 0)
+			return SHAPE_WHOLE;
+	for (size_t i = 0; objtype && i < sizeof(minus_one) / sizeof(minus_one[0]); i++)
+		if (strcmp(objtype, minus_one[i]) == 0)
+			return SHAPE_MINUS_ONE;
+	return objtype && strcmp(objtype, "OBJECT_COLUMN") == 0 ? SHAPE_COLUMN : SHAPE_NONE;
+}
+
+/* The next name in the text (from the cursor) made of exactly these parts. */
+static bool name_find(struct walk *w, const char *const *parts, unsigned n, size_t *start,
+                      struct scan_name *sn)
+{
+	const char *text = w->in->text;
+	struct scan_tok tok;
+	size_t pos = w->name_cursor;
+
+	for (scan_next(text, w->stmt_end, &pos, &tok); tok.kind != TOK_END;
+	     scan_next(text, w->stmt_end, &pos, &tok)) {
+		if ((tok.kind != TOK_WORD && tok.kind != TOK_QIDENT) ||
+		    !scan_name_at(text, w->stmt_end, tok.start, sn))
+			continue;
+		unsigned i = 0;
+		while (sn->nparts == n && i < n && scan_name_part_is(sn, i, parts[i]))
+			i++;
+		/* A whole name is skipped, so "s.t" never offers its "t" alone. */
+		pos = sn->part_end[sn->nparts - 1];
+		if (i == n) {
+			*start = tok.start;
+			w->name_cursor = pos;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* One {"List": {"items": [{"String": {"sval": ...}}, ...]}} naming an object. */
+static bool list_ref(struct walk *w, const cJSON *list, enum list_shape shape, struct ctx ctx)
+{
+	const char *parts[SCAN_MAX_PARTS + 1];
+	unsigned n = 0, nrel;
+	const cJSON *item;
+	struct scan_name sn;
+	size_t start;
+	int role;
+
+	cJSON_ArrayForEach(item, get(node_body(list, "List"), "items"))
+	{
+		const char *s = get_str(node_body(item, "String"), "sval");
+		if (!s || n == SCAN_MAX_PARTS + 1)
+			return true; /* not a name PostgreSQL accepts for a relation */
+		parts[n++] = s;
+	}
+	nrel = shape == SHAPE_WHOLE ? n : n - 1;
+	if (n == 0 || nrel == 0 || nrel > SCAN_MAX_PARTS)
+		return true;
+	role = rel_match(w->in->t, nrel > 1 ? parts[nrel - 2] : NULL, parts[nrel - 1]);
+	if (role < 0)
+		return true;
+	/* "TRIGGER trg ON tbl": the relation follows the object's own name. */
+	if ((shape == SHAPE_MINUS_ONE && !name_find(w, parts + nrel, 1, &start, &sn)) ||
+	    !name_find(w, parts, shape == SHAPE_COLUMN ? n : nrel, &start, &sn))
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "cannot find relation name %s in the text",
+		                 parts[nrel - 1]);
+	return ref_add(w, role, start, sn.part_end[nrel - 1] - start, false, ctx.ddl_target, ctx);
+}
+
+/* ---- node handlers ---- */
+
+static bool h_param(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	(void)body;
+	(void)ctx;
+	w->si->has_params = true;
+	return true;
+}
+
+static bool h_ddl(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	ctx.ddl_target = true;
+	return walk_object(w, body, ctx, NULL);
+}
+
+/* Positions that name a relation only to read its definition: LIKE, REFERENCES. */
+static bool h_refonly(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	ctx.ddl_target = false;
+	return walk_object(w, body, ctx, NULL);
+}
+
+static bool h_names(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const char *type = get_str(body, "removeType");
+	enum list_shape shape = list_shape(type ? type : get_str(body, "objtype"));
+	const cJSON *list;
+
+	ctx.ddl_target = true;
+	w->name_cursor = w->stmt_start;
+	if (shape != SHAPE_NONE) {
+		cJSON_ArrayForEach(list, get(body, "objects"))
+		{
+			if (!list_ref(w, list, shape, ctx))
+				return false;
+		}
+		list = get(body, "object");
+		if (list && !list_ref(w, list, shape, ctx))
+			return false;
+	}
+	return walk_object(w, body, ctx, NULL);
+}
+
+static bool h_rule(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const cJSON *rel = get(body, "relation");
+
+	if (rel && !walk_rangevar(w, rel, ctx, true, false, NULL))
+		return false;
+	/* The actions run later, when the rule fires, not now. */
+	ctx.ddl_target = false;
+	ctx.executes = false;
+	return walk_object(w, body, ctx, rel);
+}
+
+static bool h_select(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const cJSON *into = get(body, "intoClause");
+	struct ctx into_ctx = ctx;
+
+	if (get(body, "lockingClause"))
+		w->locking = true;
+	/* SELECT ... INTO creates the relation it names. */
+	into_ctx.ddl_target = true;
+	into_ctx.depth++;
+	if (into && !walk_value(w, into, into_ctx))
+		return false;
+	ctx.ddl_target = false;
+	return walk_object(w, body, ctx, into);
+}
+
+static bool h_copy(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const cJSON *rel = get(body, "relation");
+
+	ctx.ddl_target = false;
+	if (rel && !walk_rangevar(w, rel, ctx, cJSON_IsTrue(get(body, "is_from")), false, NULL))
+		return false;
+	return walk_object(w, body, ctx, rel);
+}
+
+static bool is_write_node(const cJSON *node)
+{
+	const char *type = node_type(node);
+	return type && (strcmp(type, "InsertStmt") == 0 || strcmp(type, "UpdateStmt") == 0 ||
+	                strcmp(type, "DeleteStmt") == 0 || strcmp(type, "MergeStmt") == 0);
+}
+
+static bool h_cte(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	if (is_write_node(get(body, "ctequery")))
+		w->si->writable_cte = true;
+	ctx.in_cte = true;
+	return walk_object(w, body, ctx, NULL);
+}
+
+/* ANALYZE runs the statement: "ANALYZE", "(ANALYZE)", "(ANALYZE on)", not "(ANALYZE 0)". */
+static bool explain_analyze(const cJSON *options)
+{
+	const cJSON *opt;
+	bool on = false;
+
+	cJSON_ArrayForEach(opt, options)
+	{
+		const cJSON *def = node_body(opt, "DefElem");
+		const char *name = get_str(def, "defname");
+		if (!name || strcmp(name, "analyze") != 0)
+			continue;
+		const cJSON *arg = get(def, "arg");
+		const char *s = get_str(node_body(arg, "String"), "sval");
+		if (!arg)
+			on = true;
+		else if (s)
+			on =
+			    strcmp(s, "false") != 0 && strcmp(s, "off") != 0 && strcmp(s, "0") != 0;
+		else if (node_body(arg, "Integer"))
+			on = get_int(node_body(arg, "Integer"), "ival") != 0;
+		else if (node_body(arg, "Boolean"))
+			on = cJSON_IsTrue(get(node_body(arg, "Boolean"), "boolval"));
+		else
+			on = true; /* unknown spelling: assume it runs */
+	}
+	return on;
+}
+
+static bool h_explain(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	ctx.executes = ctx.executes && explain_analyze(get(body, "options"));
+	return walk_object(w, body, ctx, NULL);
+}
+
+static bool h_named(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	copy_name(w->si->prepared_name, sizeof(w->si->prepared_name), get_str(body, "name"));
+	return walk_object(w, body, ctx, NULL);
+}
+
+/* ---- write statements ---- */
+
+static void targets_check_keys(struct walk *w, const cJSON *list)
+{
+	const cJSON *item;
+
+	cJSON_ArrayForEach(item, list)
+	{
+		const char *col = get_str(node_body(item, "ResTarget"), "name");
+		if (col && is_key_column(w, col))
+			w->si->sets_key_columns = true;
+	}
+}
+
+static void write_check_keys(struct walk *w, const cJSON *body)
+{
+	const cJSON *when;
+
+	targets_check_keys(w, get(body, "targetList")); /* UpdateStmt */
+	targets_check_keys(w, get(get(body, "onConflictClause"), "targetList"));
+	cJSON_ArrayForEach(when, get(body, "mergeWhenClauses"))
+	{
+		const cJSON *c = node_body(when, "MergeWhenClause");
+		const char *cmd = get_str(c, "commandType");
+		if (cmd && strcmp(cmd, "CMD_UPDATE") == 0)
+			targets_check_keys(w, get(c, "targetList"));
+	}
+}
+
+/* "ON CONFLICT ... " from the location libpg_query gives (the ON) to RETURNING or the end. */
+static bool write_conflict(struct walk *w, const cJSON *occ)
+{
+	struct stmt_info *si = w->si;
+	const char *action = get_str(occ, "action");
+	int loc = get_int(occ, "location");
+	struct scan_tok tok;
+	size_t pos = (size_t)loc;
+
+	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end)
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "ON CONFLICT outside its statement");
+	scan_next(w->in->text, w->stmt_end, &pos, &tok);
+	if (tok.start != (size_t)loc || !scan_tok_is(w->in->text, &tok, "on"))
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "ON CONFLICT not at offset %d", loc);
+	si->conflict =
+	    action && strcmp(action, "ONCONFLICT_UPDATE") == 0 ? CONFLICT_UPDATE : CONFLICT_NOTHING;
+	si->conflict_on_constraint = get_str(get(occ, "infer"), "conname") != NULL;
+	si->conflict_start = (uint32_t)loc;
+	si->conflict_len =
+	    (uint32_t)(scan_clause_end(w->in->text, (size_t)loc, w->stmt_end, "returning") -
+	               (size_t)loc);
+	return true;
+}
+
+/*
+ * The RETURNING list: from the first item's location (the start of its expression, an
+ * opening parenthesis included) to the end of the last token of the statement.  RETURNING
+ * is the last clause of INSERT, UPDATE, DELETE (and MERGE in later versions), so the list
+ * ends where the statement does, less trailing blanks and comments.
+ */
+static bool write_returning(struct walk *w, const cJSON *list)
+{
+	int loc = get_int(node_body(cJSON_GetArrayItem(list, 0), "ResTarget"), "location");
+
+	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end)
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "RETURNING list outside its statement");
+	w->si->has_returning = true;
+	w->si->returning_start = (uint32_t)loc;
+	w->si->returning_len =
+	    (uint32_t)(scan_clause_end(w->in->text, (size_t)loc, w->stmt_end, NULL) - (size_t)loc);
+	return true;
+}
+
+static bool h_write(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const cJSON *rel = get(body, "relation");
+	const cJSON *occ = get(body, "onConflictClause");
+	const cJSON *ret = get(body, "returningList");
+	int role = -1;
+
+	ctx.ddl_target = false;
+	if (rel && !walk_rangevar(w, rel, ctx, true, false, &role))
+		return false;
+	if (role >= 0) /* only a configured table's key matters */
+		write_check_keys(w, body);
+	if (body == w->principal) {
+		if (occ && !write_conflict(w, occ))
+			return false;
+		if (cJSON_GetArraySize(ret) > 0 && !write_returning(w, ret))
+			return false;
+	}
+	return walk_object(w, body, ctx, rel);
+}
+
+/* ---- the walk ---- */
+
+struct node_entry {
+	const char *type;
+	enum stmt_kind kind; /* of a statement of this type (refined in stmt_classify) */
+	node_fn fn;
+};
+
+/* Sorted by type for bsearch. */
+static const struct node_entry nodes[] = {
+    {"AlterObjectSchemaStmt", STMT_DDL, h_ddl},
+    {"AlterOwnerStmt", STMT_DDL, h_ddl},
+    {"AlterPolicyStmt", STMT_DDL, h_ddl},
+    {"AlterPublicationStmt", STMT_DDL, h_ddl},
+    {"AlterTableStmt", STMT_DDL, h_ddl},
+    {"ClusterStmt", STMT_DDL, h_ddl},
+    {"CommentStmt", STMT_DDL, h_names},
+    {"CommonTableExpr", STMT_OTHER, h_cte},
+    {"Constraint", STMT_OTHER, h_refonly},
+    {"CopyStmt", STMT_COPY_TO, h_copy},
+    {"CreateForeignTableStmt", STMT_DDL, h_ddl},
+    {"CreatePolicyStmt", STMT_DDL, h_ddl},
+    {"CreatePublicationStmt", STMT_DDL, h_ddl},
+    {"CreateStatsStmt", STMT_DDL, h_ddl},
+    {"CreateStmt", STMT_DDL, h_ddl},
+    {"CreateTableAsStmt", STMT_DDL, h_ddl},
+    {"CreateTrigStmt", STMT_DDL, h_ddl},
+    {"DeallocateStmt", STMT_DEALLOCATE, h_named},
+    {"DeleteStmt", STMT_DELETE, h_write},
+    {"DropStmt", STMT_DDL, h_names},
+    {"ExecuteStmt", STMT_EXECUTE, h_named},
+    {"ExplainStmt", STMT_EXPLAIN, h_explain},
+    {"GrantStmt", STMT_DDL, h_ddl},
+    {"IndexStmt", STMT_DDL, h_ddl},
+    {"InsertStmt", STMT_INSERT, h_write},
+    {"LockStmt", STMT_DDL, h_ddl},
+    {"MergeStmt", STMT_MERGE, h_write},
+    {"ParamRef", STMT_OTHER, h_param},
+    {"PrepareStmt", STMT_PREPARE, h_named},
+    {"RefreshMatViewStmt", STMT_DDL, h_ddl},
+    {"ReindexStmt", STMT_DDL, h_ddl},
+    {"RenameStmt", STMT_DDL, h_ddl},
+    {"RuleStmt", STMT_DDL, h_rule},
+    {"SecLabelStmt", STMT_DDL, h_names},
+    {"SelectStmt", STMT_SELECT, h_select},
+    {"TableLikeClause", STMT_OTHER, h_refonly},
+    {"TruncateStmt", STMT_TRUNCATE, h_ddl},
+    {"UpdateStmt", STMT_UPDATE, h_write},
+    {"VacuumStmt", STMT_DDL, h_ddl},
+    {"ViewStmt", STMT_DDL, h_ddl},
+};
+
+static int node_cmp(const void *key, const void *entry)
+{
+	return strcmp(key, ((const struct node_entry *)entry)->type);
+}
+
+static const struct node_entry *node_find(const char *type)
+{
+	/* Node types are capitalised, member names are not: most keys skip the search. */
+	if (!type || type[0] < 'A' || type[0] > 'Z')
+		return NULL;
+	return bsearch(type, nodes, sizeof(nodes) / sizeof(nodes[0]), sizeof(nodes[0]), node_cmp);
+}
+
+static bool shadow_push(struct walk *w, const cJSON *cte)
+{
+	const char *name = get_str(node_body(cte, "CommonTableExpr"), "ctename");
+
+	if (!name || rel_match(w->in->t, NULL, name) < 0)
+		return true;
+	if (w->nshadow == WALK_MAX_SHADOW)
+		return walk_fail(w, PARSE_TOO_MANY, "too many CTEs named like %s", name);
+	w->shadow[w->nshadow++] = name;
+	return true;
+}
+
+/*
+ * WITH: a CTE's name hides a table of that name in the statement, and in the CTEs
+ * after it; with RECURSIVE, in all of them.  Names stay pushed until the statement
+ * that holds the WITH is done (walk_object pops them).
+ */
+static bool walk_with(struct walk *w, const cJSON *with, struct ctx ctx)
+{
+	const cJSON *ctes = get(with, "ctes");
+	const cJSON *cte;
+	bool recursive = cJSON_IsTrue(get(with, "recursive"));
+
+	ctx.in_cte = true;
+	ctx.depth++;
+	cJSON_ArrayForEach(cte, ctes)
+	{
+		if (recursive && !shadow_push(w, cte))
+			return false;
+	}
+	cJSON_ArrayForEach(cte, ctes)
+	{
+		if (!walk_value(w, cte, ctx) || (!recursive && !shadow_push(w, cte)))
+			return false;
+	}
+	return true;
+}
+
+static bool walk_object(struct walk *w, const cJSON *obj, struct ctx ctx, const cJSON *skip)
+{
+	const cJSON *with = get(obj, "withClause");
+	const cJSON *c;
+	unsigned mark = w->nshadow;
+	bool ok = true;
+
+	if (++ctx.depth > WALK_MAX_DEPTH)
+		return walk_fail(w, PARSE_TOO_DEEP, "parse tree nested too deeply");
+	if (get_str(obj, "relname"))
+		return walk_rangevar(w, obj, ctx, ctx.ddl_target, true, NULL);
+	if (with)
+		ok = walk_with(w, with, ctx);
+	for (c = obj->child; ok && c; c = c->next) {
+		const struct node_entry *e = node_find(c->string);
+		if (c == with || c == skip)
+			continue;
+		ok = e ? e->fn(w, c, ctx) : walk_value(w, c, ctx);
+	}
+	w->nshadow = mark;
+	return ok;
+}
+
+static bool walk_value(struct walk *w, const cJSON *v, struct ctx ctx)
+{
+	const cJSON *c;
+
+	if (cJSON_IsObject(v))
+		return walk_object(w, v, ctx, NULL);
+	if (!cJSON_IsArray(v))
+		return true;
+	if (++ctx.depth > WALK_MAX_DEPTH)
+		return walk_fail(w, PARSE_TOO_DEEP, "parse tree nested too deeply");
+	for (c = v->child; c; c = c->next)
+		if (!walk_value(w, c, ctx))
+			return false;
+	return true;
+}
+
+/* ---- the statement ---- */
+
+/* INSERT ... VALUES (one VALUES list, however ordered or limited) vs INSERT ... SELECT. */
+static enum stmt_kind insert_kind(const cJSON *body)
+{
+	const cJSON *sel = node_body(get(body, "selectStmt"), "SelectStmt");
+	const char *op = get_str(sel, "op");
+
+	if (!sel || (get(sel, "valuesLists") && (!op || strcmp(op, "SETOP_NONE") == 0)))
+		return STMT_INSERT;
+	return STMT_INSERT_SELECT;
+}
+
+static enum stmt_kind stmt_classify(const struct walk *w, const cJSON *stmt)
+{
+	const cJSON *body = stmt ? stmt->child : NULL;
+	const struct node_entry *e = body ? node_find(body->string) : NULL;
+
+	if (!e)
+		return STMT_OTHER;
+	switch (e->kind) {
+	case STMT_SELECT:
+		if (get(body, "intoClause"))
+			return STMT_DDL;
+		return w->locking ? STMT_SELECT_LOCKING : STMT_SELECT;
+	case STMT_INSERT:
+		return insert_kind(body);
+	case STMT_COPY_TO:
+		return cJSON_IsTrue(get(body, "is_from")) ? STMT_COPY_FROM : STMT_COPY_TO;
+	default:
+		return e->kind;
+	}
+}
+
+/* The statement PREPARE, EXPLAIN and DECLARE CURSOR wrap, NULL for other kinds. */
+static const cJSON *stmt_wrapped(const cJSON *stmt)
+{
+	const char *type = node_type(stmt);
+
+	if (type && (strcmp(type, "PrepareStmt") == 0 || strcmp(type, "ExplainStmt") == 0 ||
+	             strcmp(type, "DeclareCursorStmt") == 0))
+		return get(stmt->child, "query");
+	return NULL;
+}
+
+enum parse_status walk_stmt(const struct walk_in *in, const cJSON *stmt, size_t start, size_t end,
+                            struct stmt_info *si, char *err, size_t errlen)
+{
+	const cJSON *inner = stmt_wrapped(stmt);
+	struct walk w = {
+	    .in = in,
+	    .si = si,
+	    .stmt_start = start,
+	    .stmt_end = end,
+	    .principal = inner ? (inner->child) : (stmt ? stmt->child : NULL),
+	    .status = PARSE_OK,
+	    .err = err,
+	    .errlen = errlen,
+	};
+	struct ctx ctx = {.executes = true};
+
+	memset(si, 0, sizeof(*si));
+	si->start = (uint32_t)start;
+	si->len = (uint32_t)(end - start);
+	if (!walk_value(&w, stmt, ctx))
+		return w.status;
+	si->kind = stmt_classify(&w, stmt);
+	si->inner = inner ? stmt_classify(&w, inner) : STMT_OTHER;
+	si->touches = si->nrefs > 0;
+	return PARSE_OK;
+}

@@ -1,0 +1,1 @@
+INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING created_at;

@@ -1,0 +1,1 @@
+WITH ingest_idempotency AS (SELECT * FROM ingest_idempotency), w AS (DELETE FROM "public" . "ingest_idempotency" x RETURNING *) SELECT * FROM ingest_idempotency, public.ingest_idempotency_next FOR UPDATE SKIP LOCKED

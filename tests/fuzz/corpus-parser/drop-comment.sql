@@ -1,0 +1,1 @@
+DROP TABLE archive.ingest_idempotency, ingest_idempotency; DROP TRIGGER ingest_idempotency ON ingest_idempotency; COMMENT ON COLUMN public.ingest_idempotency.status IS $$x$$

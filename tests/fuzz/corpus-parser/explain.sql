@@ -1,0 +1,1 @@
+EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO ingest_idempotency AS t VALUES (1) ON CONFLICT ON CONSTRAINT pk DO UPDATE SET created_at = now() RETURNING t.*, (xmax = 0)

@@ -1,0 +1,1 @@
+MERGE INTO ingest_idempotency t USING ingest_fallback_buffer s ON t.idempotency_key = s.idempotency_key WHEN MATCHED THEN UPDATE SET site_id = s.site_id WHEN NOT MATCHED THEN INSERT VALUES (s.site_id) WHEN MATCHED THEN DELETE

@@ -1,0 +1,1 @@
+BEGIN; UPDATE ingest_idempotency SET (status, site_id) = (SELECT a, b FROM ingest_idempotency_next) WHERE site_id = $1; SELECT 'ingest_idempotency' /* ingest_idempotency */; COMMIT

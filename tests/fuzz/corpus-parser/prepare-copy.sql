@@ -1,0 +1,1 @@
+PREPARE p (text) AS SELECT * FROM ingest_idempotency WHERE site_id = $1 FOR UPDATE; EXECUTE p('a'); DEALLOCATE ALL; COPY (SELECT * FROM ingest_idempotency) TO STDOUT; TRUNCATE ingest_fallback_buffer

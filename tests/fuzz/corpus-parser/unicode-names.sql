@@ -1,0 +1,1 @@
+SELECT * FROM U&"!0069ngest_idempotency" UESCAPE '!' JOIN U&"\0069ngest_idempotency_next" USING (site_id)
