@@ -28,6 +28,7 @@
 #endif
 
 #define EXIT_CONFIG 2
+#define PARSE_CACHE_ENTRIES 4096
 
 struct pgshunt shunt;
 
@@ -337,6 +338,16 @@ int main(int argc, char **argv)
 	log_use_syslog(daemonize || shunt.cfg.log_syslog);
 	signal(SIGPIPE, SIG_IGN);
 	shunt.started = time(NULL);
+	if (!parser_tables_init(&shunt.tables, shunt.cfg.table, shunt.cfg.next_table,
+				shunt.cfg.buffer_table)) {
+		fprintf(stderr, "pgshunt: table, next_table or buffer_table is not a [schema.]name\n");
+		return EXIT_CONFIG;
+	}
+	shunt.parse_cache = parser_cache_new(PARSE_CACHE_ENTRIES);
+	if (!shunt.parse_cache) {
+		fprintf(stderr, "pgshunt: out of memory\n");
+		return 1;
+	}
 	shunt.base = event_base_new();
 	if (!shunt.base) {
 		log_error("cannot create the event loop");
@@ -347,6 +358,7 @@ int main(int argc, char **argv)
 	SSL_CTX_free(shunt.client_tls);
 	SSL_CTX_free(shunt.server_tls);
 	conf_free(&shunt.cfg);
+	parser_cache_free(shunt.parse_cache);
 	iobuf_pool_release();
 	log_info("pgshunt stopped");
 	return status;

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "conf/conf.h"
+#include "parser/parser.h"
 #include "proxy/phase.h"
 
 struct session;
@@ -42,6 +43,8 @@ struct pgshunt {
 	time_t started;
 	struct stats stats;
 	struct phase_state phase; /* the copy of pgshunt.state the proxy acts on */
+	struct parser_tables tables;       /* table, next_table, buffer_table as parsed names */
+	struct parser_cache *parse_cache;  /* parse results by (epoch, text) */
 };
 
 extern struct pgshunt shunt;

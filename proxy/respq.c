@@ -37,6 +37,7 @@ static bool respq_grow(struct respq *q)
 bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, uint32_t tag)
 {
 	/* The server will discard this request unanswered: queue nothing for it. */
+	q->last_pushed = false;
 	if (q->ignore_till_sync && kind != REQ_SYNC)
 		return true;
 	q->ignore_till_sync = false;
@@ -46,10 +47,26 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, ui
 	e->kind = (uint8_t)kind;
 	e->action = (uint8_t)action;
 	e->tag = tag;
+	e->xform = 0;
+	e->step = 0;
+	e->ctx = NULL;
 	e->fake = NULL;
 	e->fake_len = 0;
 	q->count++;
+	q->last_pushed = true;
 	return true;
+}
+
+struct respq_entry *respq_last(struct respq *q)
+{
+	if (!q->last_pushed || q->count == 0)
+		return NULL;
+	return &q->items[(q->head + q->count - 1) & (q->cap - 1)];
+}
+
+struct respq_entry *respq_first(struct respq *q)
+{
+	return q->count ? &q->items[q->head] : NULL;
 }
 
 bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, uint32_t len)
@@ -92,6 +109,9 @@ static void respq_pop(struct respq *q)
 {
 	free(q->items[q->head].fake);
 	q->items[q->head].fake = NULL;
+	free(q->items[q->head].ctx);
+	q->items[q->head].ctx = NULL;
+	q->last_pushed = false;
 	q->head = (q->head + 1) & (q->cap - 1);
 	q->count--;
 }

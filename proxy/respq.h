@@ -42,7 +42,10 @@ enum resp_action {
 struct respq_entry {
 	uint8_t kind;      /* enum req_kind */
 	uint8_t action;    /* enum resp_action */
+	uint8_t xform;     /* the caller's transform of the answers (engine.h), 0 = none */
 	uint32_t tag;      /* caller's cookie, e.g. which injected step this is */
+	uint32_t step;     /* caller's progress through the answers (e.g. statement index) */
+	void *ctx;         /* caller's data for the answers, freed (free()) with the entry */
 	uint8_t *fake;     /* RESP_FAKE: the answer, owned by the queue */
 	uint32_t fake_len;
 };
@@ -53,6 +56,7 @@ struct respq {
 	uint32_t count;            /* entries in use */
 	uint32_t cap;              /* power of two, 0 before the first push */
 	bool ignore_till_sync;     /* an extended request failed and no Sync is queued yet */
+	bool last_pushed;          /* the newest entry is the last push's (respq_last) */
 };
 
 /* What a server message means for the FIFO. */
@@ -69,6 +73,12 @@ void respq_free(struct respq *q);
 /* Queue the entry of a request being sent.  False only on allocation failure. */
 bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action,
 		uint32_t tag) WARN_UNUSED;
+
+/* The entry just pushed (NULL when the push queued nothing), to attach xform/ctx to. */
+struct respq_entry *respq_last(struct respq *q);
+
+/* The oldest entry, or NULL: the one the next server message belongs to. */
+struct respq_entry *respq_first(struct respq *q);
 
 /* Queue a request answered locally with these bytes (copied).  False on no memory. */
 bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer,

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "proxy/admin.h"
+#include "proxy/engine.h"
 #include "proxy/log.h"
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
@@ -105,6 +106,7 @@ static void session_free(struct session *s)
 	conn_close(&s->server);
 	respq_free(&s->respq);
 	admin_free(s);
+	engine_free(s);
 	free(s->user);
 	free(s->database);
 	free(s->startup_pkt);
@@ -633,7 +635,7 @@ static bool client_process_startup(struct session *s)
 
 /* ---- authentication pass-through ---- */
 
-static bool queue_client(struct session *s, const void *p, size_t n)
+bool session_queue_client(struct session *s, const void *p, size_t n)
 {
 	if (conn_queue(&s->client, p, n))
 		return true;
@@ -641,13 +643,16 @@ static bool queue_client(struct session *s, const void *p, size_t n)
 	return false;
 }
 
-static bool queue_server(struct session *s, const void *p, size_t n)
+bool session_queue_server(struct session *s, const void *p, size_t n)
 {
 	if (conn_queue(&s->server, p, n))
 		return true;
 	session_fatal(s, "53200", "out of memory");
 	return false;
 }
+
+#define queue_client session_queue_client
+#define queue_server session_queue_server
 
 static bool send_own_key(struct session *s)
 {
@@ -845,6 +850,10 @@ static bool release_fakes(struct session *s)
 static bool server_message_active(struct session *s, char type, const uint8_t *msg,
 				  uint32_t total)
 {
+	bool drop = false;
+	/* The engine sees the message while its request is still at the FIFO's head. */
+	if (!engine_server_message(s, respq_first(&s->respq), type, msg, total, &drop))
+		return false;
 	struct respq_verdict v = respq_on_message(&s->respq, type);
 
 	if (type == 'Z' && total >= 6) {
@@ -861,7 +870,8 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 		if (v.action == RESP_FORWARD)
 			shunt.stats.errors_total++;
 	}
-	if (v.action == RESP_FORWARD && !queue_client(s, msg, total))
+	bool to_client = v.action == RESP_FORWARD || (v.action == RESP_SKIP && !drop);
+	if (to_client && !drop && !queue_client(s, msg, total))
 		return false;
 	return !v.completes || release_fakes(s);
 }
@@ -869,27 +879,13 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 static bool client_message_active(struct session *s, char type, const uint8_t *msg,
 				  uint32_t total)
 {
-	enum req_kind kind;
-
 	if (type == 'X') {
 		if (queue_server(s, msg, total) && conn_flush(&s->server))
 			slog(LOG_LEVEL_DEBUG, s->prefix, "terminate relayed");
 		session_close(s, "client terminated the session");
 		return false;
 	}
-	if (respq_kind_for(type, &kind)) {
-		if (respq_empty(&s->respq))
-			s->busy_since_us = now_us();
-		if (!respq_push(&s->respq, kind, RESP_FORWARD, 0)) {
-			session_fatal(s, "53200", "out of memory");
-			return false;
-		}
-		if (type == 'Q' || type == 'E') {
-			s->queries++;
-			shunt.stats.queries_total++;
-		}
-	}
-	return queue_server(s, msg, total);
+	return engine_client_message(s, type, msg, total) && release_fakes(s);
 }
 
 /* Relay bytes of a message too large to hold, as they arrive. */
@@ -1016,7 +1012,8 @@ static bool server_process_messages(struct session *s)
 			return false;
 		}
 		if (total > iobuf_len(in)) {
-			if (s->state == SS_ACTIVE && (type == 'D' || type == 'd')) {
+			if (s->state == SS_ACTIVE && (type == 'D' || type == 'd') &&
+			    !engine_needs_whole(respq_first(&s->respq))) {
 				server_start_stream(s, type, total);
 				continue;
 			}

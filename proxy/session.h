@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "proxy/conn.h"
+#include "proxy/phase.h"
 #include "proxy/respq.h"
 
 enum session_state {
@@ -69,6 +70,8 @@ struct session {
 	uint64_t busy_since_us;      /* when the FIFO went non-empty, for query_time */
 	uint64_t queries;
 	struct admin_session *admin; /* SS_ADMIN only */
+	struct engine *eng;          /* statement engine state, NULL until a statement needs it */
+	struct phase_state pin;      /* the phase serving the current transaction (I8) */
 };
 
 /* Take an accepted client socket (non-blocking).  Closes it on failure. */
@@ -93,6 +96,10 @@ bool session_idle(const struct session *s);
 /* PAUSE/RESUME and shutdown: revisit sessions at their idle points. */
 void session_resume_all(void);
 void session_shutdown_idle(void);
+
+/* Queue bytes (no flush); false, with the session closed, when memory ran out. */
+bool session_queue_client(struct session *s, const void *p, size_t n);
+bool session_queue_server(struct session *s, const void *p, size_t n);
 
 /* Queue bytes to the client and flush. False when the client is gone. */
 bool session_send_client(struct session *s, const void *p, size_t n);

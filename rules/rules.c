@@ -2,11 +2,122 @@
 
 #include <stddef.h>
 
+const struct rel_ref *rules_write_target(const struct stmt_info *st)
+{
+	for (uint32_t i = 0; i < st->nrefs; i++)
+		if (st->refs[i].is_target)
+			return &st->refs[i];
+	return NULL;
+}
+
+static struct rule_decision refuse(const char *reason)
+{
+	return (struct rule_decision){.action = RULE_REFUSE, .reason = reason};
+}
+
+static struct rule_decision forward(void)
+{
+	return (struct rule_decision){.action = RULE_FORWARD};
+}
+
+static bool is_write_kind(enum stmt_kind kind)
+{
+	switch (kind) {
+	case STMT_INSERT:
+	case STMT_INSERT_SELECT:
+	case STMT_UPDATE:
+	case STMT_DELETE:
+	case STMT_MERGE:
+	case STMT_COPY_FROM:
+	case STMT_TRUNCATE:
+	case STMT_DDL:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Statements that change only what they target: the mirror can follow their rows. */
+static struct rule_decision mirror_write(const struct stmt_info *st)
+{
+	if (st->writable_cte)
+		return refuse("a data-modifying WITH clause cannot be mirrored");
+	if (st->sets_key_columns)
+		return refuse("an UPDATE that changes key or partition columns cannot be mirrored");
+	const char *fn = st->kind == STMT_DELETE ? "pgshunt.del_next" : "pgshunt.put_next";
+	return (struct rule_decision){.action = RULE_MIRROR, .mirror_fn = fn};
+}
+
+/*
+ * dual_write and read_next write old first and mirror into next; read_next also reads
+ * next, which is not built yet (rules_unservable() keeps it closed).
+ */
+static struct rule_decision decide_dual_write(const struct stmt_info *st)
+{
+	const struct rel_ref *target = rules_write_target(st);
+	if (target && target->role != REL_OLD)
+		return refuse("next_table and buffer_table are written by pgshunt only");
+	if (st->writable_cte && st->writes)
+		return refuse("a data-modifying WITH clause cannot be mirrored");
+	switch (st->kind) {
+	case STMT_SELECT:
+	case STMT_SELECT_LOCKING:
+	case STMT_COPY_TO:
+	case STMT_DEALLOCATE:
+	case STMT_EXECUTE:
+		return forward();
+	case STMT_EXPLAIN:
+		/* EXPLAIN ANALYZE runs the statement: a write would go unmirrored. */
+		return is_write_kind(st->inner) ? refuse("EXPLAIN of a write is not mirrored")
+						: forward();
+	case STMT_INSERT:
+	case STMT_INSERT_SELECT:
+	case STMT_UPDATE:
+	case STMT_DELETE:
+	case STMT_PREPARE:
+		break;
+	case STMT_MERGE:
+		return target ? refuse("MERGE into the table cannot be mirrored (it has no RETURNING "
+				       "in PostgreSQL 15)")
+			      : forward();
+	case STMT_COPY_FROM:
+		return refuse("COPY into the table cannot be mirrored");
+	case STMT_TRUNCATE:
+		return refuse("TRUNCATE would empty one table only");
+	case STMT_DDL:
+		return refuse("DDL on the table would change one table only");
+	default:
+		return refuse("pgshunt does not know how to mirror this statement");
+	}
+	if (st->kind == STMT_PREPARE) {
+		if (!is_write_kind(st->inner))
+			return forward();
+		if (st->inner == STMT_MERGE || st->inner == STMT_COPY_FROM ||
+		    st->inner == STMT_TRUNCATE || st->inner == STMT_DDL)
+			return refuse("the prepared statement cannot be mirrored");
+	}
+	return target ? mirror_write(st) : forward();
+}
+
+struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
+{
+	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
+		return forward();
+	if (degraded)
+		return refuse("DEGRADED mode is not built in this version");
+	switch (phase) {
+	case PHASE_DUAL_WRITE:
+		return decide_dual_write(st);
+	default:
+		return refuse("this phase is not built in this version");
+	}
+}
+
 const char *rules_unservable(enum phase phase, bool degraded)
 {
 	if (degraded)
 		return "redirecting inserts to the buffer table is not built in this version";
-	if (phase != PHASE_PASSTHROUGH)
-		return "mirroring and rewriting statements is not built in this version";
+	if (phase != PHASE_PASSTHROUGH && phase != PHASE_DUAL_WRITE)
+		return "reading from next_table and writing it first are not built in this version";
 	return NULL;
 }

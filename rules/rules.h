@@ -1,16 +1,36 @@
 /*
  * What each phase does to each statement (docs/ENGINE.md has the whole table).
  *
- * This version of pgshunt serves passthrough only: the rewrites of the other phases
- * are being built, and until a phase's row is complete pgshunt refuses to enter it,
- * rather than forward writes that would split the two tables.
+ * rules_decide() is the one place that maps (phase, DEGRADED, statement) to an action;
+ * the session carries the action out (proxy/engine.c).  A phase whose rewrites are
+ * not built yet is refused as a whole by rules_unservable(), rather than served with
+ * writes that would split the two tables.
  */
 #ifndef PGSHUNT_RULES_H
 #define PGSHUNT_RULES_H
 
 #include <stdbool.h>
 
+#include "parser/parser.h"
 #include "proxy/phase.h"
+
+enum rule_action {
+	RULE_FORWARD, /* send the statement as it is */
+	RULE_MIRROR,  /* append the mirror call to RETURNING (mirror_fn on the target row) */
+	RULE_REFUSE,  /* 0A000 with reason */
+};
+
+struct rule_decision {
+	enum rule_action action;
+	const char *mirror_fn; /* RULE_MIRROR: "pgshunt.put_next" or "pgshunt.del_next" */
+	const char *reason;    /* RULE_REFUSE: why, for the message naming table and phase */
+};
+
+/* The action for one statement of a touching query in this phase. */
+struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st);
+
+/* The configured relation a statement writes, or NULL when it writes none of them. */
+const struct rel_ref *rules_write_target(const struct stmt_info *st);
 
 /* NULL when pgshunt can serve this phase (with DEGRADED as given), else why not. */
 const char *rules_unservable(enum phase phase, bool degraded);

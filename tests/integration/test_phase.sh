@@ -58,6 +58,7 @@ stop_proxy() {
 	kill -TERM "$pid"
 	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 	pid=
+	if grep -qE 'Sanitizer|runtime error' "$work/pgshunt.log"; then fail "sanitizer report in the log"; fi
 }
 
 run() { psql -X -qtA -F'|' "$console" -c "$1" 2>&1; }
@@ -109,10 +110,23 @@ echo "ok: MIGRATE PREPARE again"
 # --- SET PHASE: one step at a time, and only into phases this pgshunt can serve ---
 expect_error "SET PHASE read_next" 55000 "one step at a time"
 expect_error "SET PHASE passthrough" 55000 "already"
-expect_error "SET PHASE dual_write" 0A000 "cannot serve dual_write yet"
-expect_error "SET PHASE dual_write FORCE" 0A000 "cannot serve dual_write yet"
 expect_error "DEGRADED ON" 0A000 "cannot serve passthrough with DEGRADED on yet"
 [ "$(q "SELECT phase FROM pgshunt.state")" = passthrough ] || fail "a refused change was written"
+# Data preconditions: a missing buffer_table stops dual_write, FORCE skips the check.
+q "ALTER TABLE public.ingest_fallback_buffer RENAME TO moved_away" >/dev/null
+expect_error "SET PHASE dual_write" 55000 "buffer_table public.ingest_fallback_buffer does not exist"
+out=$(run "SET PHASE dual_write FORCE"); [ -z "$out" ] || fail "SET PHASE dual_write FORCE: $out"
+grep -q 'FORCE: data preconditions SKIPPED' "$work/pgshunt.log" || fail "FORCE was not logged loudly"
+[ "$(q "SELECT forced FROM pgshunt.phase_log ORDER BY id DESC LIMIT 1")" = t ] || fail "phase_log forced"
+out=$(run "SET PHASE passthrough"); [ -z "$out" ] || fail "back from a forced dual_write: $out"
+q "ALTER TABLE public.moved_away RENAME TO ingest_fallback_buffer" >/dev/null
+out=$(run "SET PHASE dual_write"); [ -z "$out" ] || fail "SET PHASE dual_write: $out"
+[ "$(q "SELECT phase FROM pgshunt.state")" = dual_write ] || fail "dual_write not written"
+expect_error "SET PHASE read_next" 0A000 "cannot serve read_next yet"
+expect_error "SET PHASE read_next FORCE" 0A000 "cannot serve read_next yet"
+expect_error "SET PHASE cutover" 55000 "one step at a time"
+[ "$(run 'SET PHASE passthrough')" = "" ] || fail "one step back to passthrough"
+[ "$(q "SELECT count(*) FROM pgshunt.phase_log WHERE to_phase = 'dual_write'")" = 2 ] || fail "phase_log"
 
 # DEGRADED OFF is a real change of nothing but the epoch: it is written and logged.
 epoch0=$(q "SELECT epoch FROM pgshunt.state")
@@ -150,4 +164,5 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
     assert c.execute("SHOW PHASE").fetchone()[0] == "passthrough"
 EOF
 echo "ok: extended protocol"
+stop_proxy
 echo "phase: ok"

@@ -1,0 +1,49 @@
+/*
+ * The statement engine inside a session: pins the phase per transaction (I8), finds
+ * the statements that touch the configured tables (parser.h), has rules.h decide, and
+ * carries the decision out: rewritten Query and Parse messages, re-prepared named
+ * statements, refusals, and the answers' transforms (the extra mirror column dropped).
+ *
+ * Statements that do not pass the byte prefilter are forwarded untouched (I6); a
+ * session that never touches the table never allocates engine state.
+ */
+#ifndef PGSHUNT_ENGINE_H
+#define PGSHUNT_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proxy/respq.h"
+
+struct session;
+struct engine;
+
+/* How a request's answers are changed on the way to the client. */
+enum xform {
+	XF_NONE = 0,
+	XF_DROP_LAST,  /* RowDescription and DataRows lose their last column */
+	XF_DROP_ROWS,  /* RowDescription (NoData for a Describe) and DataRows are dropped */
+	XF_SWALLOW,    /* everything up to and including CommandComplete is dropped */
+};
+
+/*
+ * Handle one whole client request message of an active session: it is forwarded (as
+ * is or rewritten), or answered, with its FIFO entries queued.  False when the session
+ * was closed.
+ */
+bool engine_client_message(struct session *s, char type, const uint8_t *msg, uint32_t total);
+
+/*
+ * A server message for the request at the FIFO's head (head may be NULL): true when
+ * the message goes on, possibly replaced by *out (then *out_len > 0); *drop set when
+ * it must not reach the client at all.
+ */
+bool engine_server_message(struct session *s, struct respq_entry *head, char type,
+			   const uint8_t *msg, uint32_t total, bool *drop);
+
+/* True when the head's answers are transformed, so DataRows must arrive whole. */
+bool engine_needs_whole(const struct respq_entry *head);
+
+void engine_free(struct session *s);
+
+#endif
