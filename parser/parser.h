@@ -45,8 +45,9 @@ bool parser_tables_init(struct parser_tables *t, const char *table, const char *
 bool parser_prefilter(const struct parser_tables *t, const char *text, size_t len);
 
 enum stmt_kind {
-	STMT_OTHER,         /* touches a configured table in a way not listed below (e.g. a
-			       function call argument, a view definition) */
+	STMT_OTHER,         /* touches a configured table in a way not listed below (e.g.
+			       DECLARE CURSOR, CALL with a subquery argument; a name inside a
+			       string literal is no reference at all, a view definition is DDL) */
 	STMT_SELECT,        /* plain read (incl. SELECT ... INTO? no: that is DDL, see below) */
 	STMT_SELECT_LOCKING,/* SELECT ... FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE */
 	STMT_INSERT,        /* INSERT ... VALUES / DEFAULT VALUES */
@@ -92,7 +93,8 @@ struct stmt_info {
 	uint32_t len;
 	bool touches;            /* mentions at least one configured relation */
 	bool writes;             /* a configured relation is written (target of a write kind or
-				    of a data-modifying CTE) */
+				    of a data-modifying CTE, or of DDL).  EXPLAIN without ANALYZE
+				    writes nothing; PREPARE: what the prepared statement writes */
 	bool writable_cte;       /* a WITH clause holds an INSERT/UPDATE/DELETE/MERGE */
 	enum conflict_action conflict;
 	bool conflict_on_constraint; /* ON CONFLICT ON CONSTRAINT name (vs a column list) */
@@ -105,7 +107,8 @@ struct stmt_info {
 				    the partition column (see parser_parse's key_columns) */
 	bool has_params;         /* $n parameters appear */
 	char prepared_name[64];  /* PREPARE/EXECUTE/DEALLOCATE: the name ("" = DEALLOCATE ALL) */
-	enum stmt_kind inner;    /* PREPARE/EXPLAIN: the kind of the wrapped statement */
+	enum stmt_kind inner;    /* PREPARE/EXPLAIN (and DECLARE CURSOR, kind OTHER): the kind
+				    of the wrapped statement */
 	uint32_t nrefs;
 	struct rel_ref refs[PARSER_MAX_REFS];
 };
@@ -113,7 +116,8 @@ struct stmt_info {
 enum parse_status {
 	PARSE_OK,
 	PARSE_SYNTAX_ERROR, /* libpg_query rejected it (the server might not: newer syntax) */
-	PARSE_TOO_LARGE,    /* longer than PARSER_MAX_TEXT */
+	PARSE_TOO_LARGE,    /* longer than PARSER_MAX_TEXT, or multi-column SET lists that
+			       would make libpg_query's tree explode */
 	PARSE_TOO_DEEP,     /* nesting beyond PARSER_MAX_DEPTH */
 	PARSE_TOO_MANY,     /* more than PARSER_MAX_STMTS statements or PARSER_MAX_REFS refs */
 	PARSE_NO_MEMORY,
@@ -126,7 +130,8 @@ enum parse_status {
 struct parse_result {
 	enum parse_status status;
 	char error[256];   /* for the refusal message when status != PARSE_OK */
-	bool touches;      /* any statement touches a configured relation */
+	bool touches;      /* any statement touches a configured relation (true when
+			      status != PARSE_OK: not known, so assumed) */
 	uint32_t nstmts;
 	struct stmt_info *stmts; /* nstmts entries, owned */
 };

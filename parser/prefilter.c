@@ -122,13 +122,18 @@ static bool find_ci(const char *text, size_t len, const char *needle, size_t nle
  */
 static const char *needle_get(const char *name, size_t *len)
 {
-	const char *p = name + strspn(name, "\"");
+	const char *p = name;
+	size_t n = 0;
 
-	*len = strcspn(p, "\"");
-	if (*len == 0) { /* nothing but quotes */
+	while (*p == '"')
+		p++;
+	while (p[n] != '\0' && p[n] != '"')
+		n++;
+	if (n == 0) { /* nothing but quotes */
 		*len = name[0] != '\0';
 		return name;
 	}
+	*len = n;
 	return p;
 }
 
@@ -162,10 +167,16 @@ static bool has_unicode_ident(const char *text, size_t len)
 
 bool parser_prefilter(const struct parser_tables *t, const char *text, size_t len)
 {
+	if (len == 0)
+		return false;
+	/* Working out which names another one covers costs about 50 ns, a pass of memchr
+	   over a short text much less: only a long text is worth it. */
+	bool skip_covered = len > 1024;
+
 	for (int i = 0; i < REL__COUNT; i++) {
 		size_t nlen;
 		const char *needle = needle_get(t->rel[i].name, &nlen);
-		if (!needle_covered(t, i) && find_ci(text, len, needle, nlen))
+		if (!(skip_covered && needle_covered(t, i)) && find_ci(text, len, needle, nlen))
 			return true;
 	}
 	return has_unicode_ident(text, len);

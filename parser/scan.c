@@ -242,13 +242,15 @@ struct bound_level {
 	uint32_t finished; /* depth of the deepest sibling operand already read */
 	uint32_t chain_kw; /* UNION, JOIN ...: they nest across commas */
 	uint32_t targets;  /* items when this may be a SET (a, b, ...) list, else 0 */
+	bool in_set;       /* between SET and WHERE/FROM/RETURNING/WHEN at this level */
 };
 
 struct bound {
 	struct bound_level lv[PARSER_MAX_DEPTH + 1];
 	unsigned depth;
 	uint32_t outer;          /* the estimate of the levels below lv[depth] */
-	bool after_set;          /* the last token was SET or ',': "(" may open targets */
+	bool after_set;          /* the last token was SET, or ',' in a SET list: "(" may
+	                            open a target list */
 	uint32_t closed_targets; /* the last token closed a target list of this many */
 	uint64_t expansion;      /* product of multi-column SET widths in this statement */
 	size_t stmt_start;
@@ -273,7 +275,10 @@ static void bound_next_operand(struct bound_level *l)
 static void bound_word(struct bound *b, const char *s, const struct scan_tok *tok)
 {
 	struct bound_level *l = &b->lv[b->depth];
+	size_t n = tok->end - tok->start;
 
+	if (n < 2 || n > 9 || !strchr("uUiIeEjJcCaAoOwWtT", s[tok->start]))
+		return; /* cheap test first: most words are none of these */
 	for (size_t i = 0; i < sizeof(chain_words) / sizeof(chain_words[0]); i++)
 		if (scan_tok_is(s, tok, chain_words[i])) {
 			l->chain_kw++;
@@ -295,7 +300,7 @@ static bool bound_char(struct bound *b, char c)
 		if (b->depth == PARSER_MAX_DEPTH)
 			return false;
 		b->outer += l->cur + l->chain_kw + 1;
-		b->lv[++b->depth] = (struct bound_level){0, 0, 0, c == '(' && b->after_set};
+		b->lv[++b->depth] = (struct bound_level){0, 0, 0, c == '(' && b->after_set, false};
 	} else if ((c == ')' || c == ']') && b->depth > 0) {
 		uint32_t inner = level_depth(l);
 		b->closed_targets = l->targets;
@@ -306,7 +311,7 @@ static bool bound_char(struct bound *b, char c)
 		bound_next_operand(l);
 		l->targets += l->targets > 0;
 	} else if (c == ';' && b->depth == 0) {
-		*l = (struct bound_level){0, 0, 0, 0};
+		*l = (struct bound_level){0, 0, 0, 0, false};
 	} else if (c == ':') {
 		l->cur++;
 	}
@@ -334,6 +339,23 @@ static bool bound_expansion(struct bound *b, const char *s, const struct scan_to
 	return true;
 }
 
+/* Whether a "(" after tok may open a SET (a, b, ...) list; notes where SET lists are. */
+static bool bound_set_list(struct bound_level *l, const char *s, const struct scan_tok *tok)
+{
+	if (tok->kind == TOK_CHAR)
+		return s[tok->start] == ',' && l->in_set;
+	if (tok->kind != TOK_WORD || !strchr("sSwWfFrR", s[tok->start]))
+		return false;
+	if (scan_tok_is(s, tok, "set")) {
+		l->in_set = true;
+		return true;
+	}
+	if (scan_tok_is(s, tok, "where") || scan_tok_is(s, tok, "from") ||
+	    scan_tok_is(s, tok, "returning") || scan_tok_is(s, tok, "when"))
+		l->in_set = false;
+	return false;
+}
+
 /* One token; the status the bound says so far. */
 static int bound_token(struct bound *b, const char *s, const struct scan_tok *tok)
 {
@@ -352,17 +374,24 @@ static int bound_token(struct bound *b, const char *s, const struct scan_tok *to
 		return PARSE_TOO_DEEP;
 	if (!bound_expansion(b, s, tok, closed))
 		return PARSE_TOO_LARGE;
-	b->after_set =
-	    scan_tok_is(s, tok, "set") || (tok->kind == TOK_CHAR && s[tok->start] == ',');
+	b->after_set = bound_set_list(l, s, tok);
 	return PARSE_OK;
 }
 
 int scan_bound(const char *s, size_t len)
 {
-	struct bound b = {.expansion = 1};
+	struct bound b; /* lv[] above depth is written before it is read */
 	struct scan_tok tok;
 	size_t pos = 0;
 	int status;
+
+	b.lv[0] = (struct bound_level){0, 0, 0, 0, false};
+	b.depth = 0;
+	b.outer = 0;
+	b.after_set = false;
+	b.closed_targets = 0;
+	b.expansion = 1;
+	b.stmt_start = 0;
 
 	do {
 		scan_next(s, len, &pos, &tok);

@@ -15,6 +15,20 @@
  * at run time, where no proxy can follow.  The exceptions are DROP, COMMENT ON and
  * SECURITY LABEL, whose parse trees hold the relation as a list of name strings with
  * no location; their names are found in the text by token scanning.
+ *
+ * Locations, as libpg_query 15-4.0 gives them (checked against its output, and by the
+ * corpus test): byte offsets into the whole query string, members equal to 0 left out.
+ *   RawStmt       stmt_location: just after the previous ";" (leading blanks and
+ *                 comments belong to the statement); stmt_len excludes the ";"; 0 or
+ *                 absent on the last statement means "to the end of the string".
+ *   RangeVar      the first byte of the possibly qualified name ("db.public.t", a
+ *                 quote, U&); never ONLY, a bracket around the name, "*" or the alias.
+ *                 The name's length is read from the text (scan_name_at), and checked
+ *                 against relname/schemaname.
+ *   OnConflictClause  the ON of "ON CONFLICT" (its infer clause: the "(" or ON CONSTRAINT).
+ *   ResTarget     in a RETURNING or SELECT list: the start of the expression, an opening
+ *                 parenthesis included; in a SET list: the column name.
+ *   ParamRef      the "$".
  */
 #include "parser/walk.h"
 
@@ -644,15 +658,20 @@ static bool walk_with(struct walk *w, const cJSON *with, struct ctx ctx)
 
 static bool walk_object(struct walk *w, const cJSON *obj, struct ctx ctx, const cJSON *skip)
 {
-	const cJSON *with = get(obj, "withClause");
+	const cJSON *with = NULL;
 	const cJSON *c;
 	unsigned mark = w->nshadow;
 	bool ok = true;
 
 	if (++ctx.depth > WALK_MAX_DEPTH)
 		return walk_fail(w, PARSE_TOO_DEEP, "parse tree nested too deeply");
-	if (get_str(obj, "relname"))
-		return walk_rangevar(w, obj, ctx, ctx.ddl_target, true, NULL);
+	/* One pass for the two members that change how the others are read. */
+	for (c = obj->child; c; c = c->next) {
+		if (c->string[0] == 'r' && strcmp(c->string, "relname") == 0 && cJSON_IsString(c))
+			return walk_rangevar(w, obj, ctx, ctx.ddl_target, true, NULL);
+		if (c->string[0] == 'w' && strcmp(c->string, "withClause") == 0)
+			with = c;
+	}
 	if (with)
 		ok = walk_with(w, with, ctx);
 	for (c = obj->child; ok && c; c = c->next) {

@@ -577,17 +577,24 @@ static void test_tables_init_bad(void **state)
 
 /* ---- parser_prefilter ---- */
 
-/* On a heap block of exactly the text's size, so ASan catches a read past the end. */
+/* On a heap block of exactly the text's size, so ASan catches a read past the end; and
+   again after 1100 blanks, past the length where the prefilter skips covered names. */
 static bool prefilter_exact(const struct parser_tables *t, const char *s)
 {
-	size_t n = strlen(s);
-	char *copy = malloc(n ? n : 1);
+	size_t n = strlen(s), pad = 1100;
+	char *copy = malloc(n ? n : 1), *padded = malloc(pad + n);
 	bool got;
 
 	assert_non_null(copy);
+	assert_non_null(padded);
 	memcpy(copy, s, n);
 	got = parser_prefilter(t, copy, n);
+	memset(padded, ' ', pad);
+	memcpy(padded + pad, s, n);
+	if (parser_prefilter(t, padded, pad + n) != got)
+		fail_msg("prefilter of \"%s\" changes with leading blanks", s);
 	free(copy);
+	free(padded);
 	return got;
 }
 
