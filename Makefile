@@ -9,7 +9,7 @@
 #   make fmt       format the C sources with the pinned .clang-format
 
 CC      ?= cc
-PKGS    := libevent_core libevent_pthreads openssl libpq
+PKGS    := libevent_core libevent_extra libevent_pthreads openssl libpq
 CPPFLAGS += -I. -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
@@ -112,28 +112,42 @@ fuzz-build:
 		$(FUZZ_BUILD)/libpgshunt.a
 	clang $(CPPFLAGS) $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined \
 		-o $(FUZZ_BUILD)/fuzz_proto tests/fuzz/fuzz_proto.c $(FUZZ_BUILD)/libpgshunt.a $(LDLIBS)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -O1 -g -fsanitize=fuzzer,address,undefined \
+		-o $(FUZZ_BUILD)/fuzz_parser tests/fuzz/fuzz_parser.c $(FUZZ_BUILD)/libpgshunt.a $(LDLIBS)
 
+# Open-ended: FUZZ_TARGET=fuzz_parser for the statement parser (default: the framing).
+FUZZ_TARGET ?= fuzz_proto
 fuzz: fuzz-build
 	@mkdir -p tests/fuzz/corpus-work
-	$(FUZZ_BUILD)/fuzz_proto -max_len=4096 tests/fuzz/corpus-work tests/fuzz/corpus
+	$(FUZZ_BUILD)/$(FUZZ_TARGET) -max_len=4096 -rss_limit_mb=1024 tests/fuzz/corpus-work \
+		$(if $(filter fuzz_parser,$(FUZZ_TARGET)),tests/fuzz/corpus-parser,tests/fuzz/corpus)
 
 # New inputs go to a scratch folder so the committed seed corpus stays as it is.
 fuzz-smoke: fuzz-build
 	@rm -rf $(FUZZ_BUILD)/smoke-corpus && mkdir -p $(FUZZ_BUILD)/smoke-corpus
 	$(FUZZ_BUILD)/fuzz_proto -runs=2000000 -max_len=4096 $(FUZZ_BUILD)/smoke-corpus tests/fuzz/corpus
+	@rm -rf $(FUZZ_BUILD)/smoke-parser && mkdir -p $(FUZZ_BUILD)/smoke-parser
+	$(FUZZ_BUILD)/fuzz_parser -runs=20000 -max_len=4096 -rss_limit_mb=1024 \
+		-dict=tests/fuzz/parser.dict $(FUZZ_BUILD)/smoke-parser tests/fuzz/corpus-parser
 
 # --- demo and benchmark ---
 demo: deps pgshunt
 	@bash tests/demo.sh
 
-bench: deps pgshunt
+bench: deps pgshunt $(BUILD)/parser_bench
 	@bash bench/bench.sh
+	@echo "## P3: parser CPU per table-touching statement"
+	@$(BUILD)/parser_bench
+
+$(BUILD)/parser_bench: bench/parser_bench.c $(LIB)
+	$(CC) $(CPPFLAGS) -O2 -o $@ $< $(LIB) $(LDLIBS)
 
 fmt:
-	clang-format -i proxy/*.[ch] conf/*.[ch] tests/unit/*.c
+	clang-format -i proxy/*.[ch] conf/*.[ch] parser/*.c parser/scan.h parser/walk.h rules/*.[ch] \
+		tests/unit/*.c tests/fuzz/*.c bench/parser_bench.c
 
 clean:
 	rm -rf build pgshunt
 
-# The version is compiled into main.o.
-$(BUILD)/proxy/main.o: VERSION
+# The version is compiled into main.o and metrics.o (pgshunt_build_info).
+$(BUILD)/proxy/main.o $(BUILD)/proxy/metrics.o: VERSION

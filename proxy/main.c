@@ -18,6 +18,7 @@
 #include "proxy/control.h"
 #include "proxy/iobuf.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
@@ -281,6 +282,17 @@ static int parse_args(int argc, char **argv, bool *daemonize, bool *verbose)
 	return optind;
 }
 
+/* After the listeners: a port named by both keys is reported against metrics_addr. */
+static bool start_metrics(void)
+{
+	char err[512];
+
+	if (metrics_start(err, sizeof(err)))
+		return true;
+	log_error("%s", err);
+	return false;
+}
+
 static int run(void)
 {
 	struct event *sigs[3];
@@ -294,13 +306,14 @@ static int run(void)
 	}
 	control_start();
 	migrate_load_phase();
-	if (listen_tcp() && listen_unix()) {
+	if (listen_tcp() && listen_unix() && start_metrics()) {
 		log_info("pgshunt %s ready; server %s:%d", PGSHUNT_VERSION, shunt.cfg.server_host,
 			 shunt.cfg.server_port);
 		event_base_dispatch(shunt.base);
 	} else {
 		status = 1;
 	}
+	metrics_stop();
 	close_listeners();
 	close_all_sessions();
 	migrate_stop();

@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 pkgs="build-essential pkg-config clang libevent-dev libssl-dev libpq-dev libpg-query-dev
-libinih-dev libcjson-dev libcmocka-dev libsystemd-dev postgresql-15 postgresql-client-15
+libinih-dev libcjson-dev uthash-dev libcmocka-dev libsystemd-dev postgresql-15 postgresql-client-15
 pgbouncer python3-psycopg libpostgresql-jdbc-java default-jdk-headless nodejs npm valgrind
 openssl procps iproute2"
 

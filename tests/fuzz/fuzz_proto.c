@@ -245,12 +245,19 @@ static void fuzz_admin(const uint8_t *body, size_t len)
 	CHECK(norm != NULL);
 	normalize(stmt, norm);
 	const struct admin_cmd *want = NULL;
-	for (size_t i = 0; i < admin_command_count(); i++)
-		if (strcmp(admin_command_at(i)->words, norm) == 0)
-			want = admin_command_at(i);
+	for (size_t i = 0; i < admin_command_count() && !want; i++) {
+		const struct admin_cmd *c = admin_command_at(i);
+		size_t wl = strlen(c->words);
+		/* Exactly the words, or (for commands with arguments) the words and a blank. */
+		if (strcmp(c->words, norm) == 0 ||
+		    (c->takes_args && strncmp(c->words, norm, wl) == 0 && norm[wl] == ' '))
+			want = c;
+	}
 	CHECK(cmd == want);
-	if (cmd)
+	if (cmd && !cmd->takes_args)
 		CHECK(args == stmt + strlen(stmt));
+	if (cmd)
+		CHECK(args >= stmt && args <= stmt + strlen(stmt));
 	free(norm);
 	free(stmt);
 }
@@ -268,7 +275,7 @@ static void model_push(struct model *m, enum req_kind kind, enum resp_action act
 	if (m->ignore_till_sync && kind != REQ_SYNC)
 		return;
 	m->ignore_till_sync = false;
-	m->items[m->tail++] = (struct respq_entry){(uint8_t)kind, (uint8_t)action, tag};
+	m->items[m->tail++] = (struct respq_entry){.kind = (uint8_t)kind, .action = (uint8_t)action, .tag = tag};
 }
 
 /* From the protocol documentation: which message finishes which request. */
