@@ -39,7 +39,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 INTEG_SRCS := $(wildcard tests/integration/*.c)
 INTEG_BINS := $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all check unit integration demo bench fuzz fuzz-smoke asan deps fmt clean install
+.PHONY: all check unit integration demo bench fuzz fuzz-smoke asan deps fmt clean install deb
 
 all: pgshunt
 
@@ -141,6 +141,28 @@ bench: deps pgshunt $(BUILD)/parser_bench
 
 $(BUILD)/parser_bench: bench/parser_bench.c $(LIB)
 	$(CC) $(CPPFLAGS) -O2 -o $@ $< $(LIB) $(LDLIBS)
+
+# --- installation and the Debian package ---
+# `make install` installs under PREFIX (default /usr/local), staged under DESTDIR.
+# The Debian package (packaging/debian/rules) runs it with PREFIX=/usr and adds
+# /etc/pgshunt/pgshunt.ini itself; nothing here writes to /etc.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/pgshunt
+INSTALL ?= install
+
+install: pgshunt
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(DOCDIR)
+	$(INSTALL) -m 0755 pgshunt $(DESTDIR)$(BINDIR)/pgshunt
+	$(INSTALL) -m 0644 docs/man/pgshunt.1 $(DESTDIR)$(MANDIR)/man1/pgshunt.1
+	$(INSTALL) -m 0644 docs/man/pgshunt.ini.5 $(DESTDIR)$(MANDIR)/man5/pgshunt.ini.5
+	$(INSTALL) -m 0644 conf/pgshunt.ini $(DESTDIR)$(DOCDIR)/pgshunt.ini.sample
+
+# The .deb (and its -dbgsym) in build/deb/; needs dpkg-dev and debhelper.
+deb:
+	@bash packaging/build-deb.sh
 
 fmt:
 	clang-format -i proxy/*.[ch] conf/*.[ch] parser/*.c parser/scan.h parser/walk.h rules/*.[ch] \

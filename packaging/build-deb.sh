@@ -12,8 +12,9 @@
 # .buildinfo to OUTDIR (default build/deb/, emptied of earlier pgshunt packages first),
 # with the build's output as OUTDIR/pgshunt-build.log.
 #
-# Needs dpkg-dev, debhelper and the Build-Depends of packaging/debian/control.
-# DEB_BUILD_OPTIONS is passed through (e.g. nocheck skips the unit tests).
+# Needs dpkg-dev, debhelper and the Build-Depends of packaging/debian/control.  The
+# build runs the unit tests (`make unit`); DEB_BUILD_OPTIONS=nocheck
+# DEB_BUILD_PROFILES=nocheck skips them and their build dependency (libcmocka-dev).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
 		shift 2
 		;;
 	-h | --help)
-		sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -44,6 +45,9 @@ die() {
 
 command -v dpkg-buildpackage >/dev/null || die "dpkg-buildpackage not found: apt-get install dpkg-dev debhelper"
 command -v dh >/dev/null || die "dh not found: apt-get install debhelper"
+
+# From `make deb`: the scratch build is a build of its own, not part of the caller's.
+unset MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES
 
 cd "$root"
 version=$(cat VERSION)
@@ -71,8 +75,10 @@ rm -rf "$src/debian"
 cp -a packaging/debian "$src/debian"
 cp packaging/pgshunt.service "$src/debian/pgshunt.service"
 
-if ! make -C "$src" -n install DESTDIR=/nonexistent PREFIX=/usr >/dev/null 2>&1; then
-	die "the Makefile has no working install target (make install DESTDIR=... PREFIX=/usr)"
+# A .PHONY install without a rule would "succeed" and package nothing.
+dry_run=$(make -C "$src" -n install DESTDIR=/nonexistent PREFIX=/usr 2>&1 || true)
+if ! grep -q /nonexistent/usr/bin <<<"$dry_run"; then
+	die "the Makefile has no install target that installs \$(DESTDIR)\$(PREFIX)/bin/pgshunt"
 fi
 
 echo "build-deb: building pgshunt $changelog_version in $src"

@@ -230,6 +230,54 @@ static bool mirror_edit(struct edits *ed, const char *text, size_t len, const st
 	return edit_add(ed, st->start + st->len, 0, strdup(buf));
 }
 
+/*
+ * FOR UPDATE/SHARE OF names FROM items, not tables: the renamed FROM item keeps the
+ * table's name as its alias, so the name in the OF list stays as it is.
+ */
+static bool in_lock_clause(const char *text, const struct stmt_info *st, const struct rel_ref *ref)
+{
+	struct scan_tok tok, prev = {0};
+	size_t pos = st->start, end = st->start + st->len;
+	bool in_list = false;
+	while (pos < end) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END || tok.start >= ref->start)
+			return in_list && tok.start == ref->start;
+		if (scan_tok_is(text, &tok, "of") &&
+		    (scan_tok_is(text, &prev, "update") || scan_tok_is(text, &prev, "share")))
+			in_list = true;
+		else if (in_list && tok.kind != TOK_WORD && tok.kind != TOK_QIDENT &&
+			 !(tok.kind == TOK_CHAR && (text[tok.start] == ',' || text[tok.start] == '.')))
+			in_list = false;
+		prev = tok;
+	}
+	return false;
+}
+
+/*
+ * A read in read_next: each mention of the table names next_table instead, keeping
+ * the name it was written with as the alias, so qualified column references resolve.
+ */
+static bool rename_edits(struct edits *ed, const char *text, size_t len,
+			 const struct stmt_info *st)
+{
+	char row[160], buf[400];
+	for (uint32_t i = 0; i < st->nrefs; i++) {
+		const struct rel_ref *ref = &st->refs[i];
+		if (ref->role != REL_OLD || in_lock_clause(text, st, ref))
+			continue;
+		if (ref->has_alias || st->kind == STMT_COPY_TO)
+			snprintf(buf, sizeof(buf), "%s", shunt.cfg.next_table);
+		else if (target_row_name(text, len, ref, row, sizeof(row)))
+			snprintf(buf, sizeof(buf), "%s AS %s", shunt.cfg.next_table, row);
+		else
+			return false;
+		if (!edit_add(ed, ref->start, ref->len, strdup(buf)))
+			return false;
+	}
+	return true;
+}
+
 /* A statement that fails with 0A000 and pgshunt's reason, in place of a refused one. */
 static char *refusal_statement(enum phase phase, const char *reason)
 {
@@ -394,6 +442,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 			return false;
 	} else if (d.action == RULE_MIRROR &&
 		   !mirror_edit(&plan->ed, text, len, st, d.mirror_fn, &xf)) {
+		return false;
+	} else if (d.action == RULE_RENAME && !rename_edits(&plan->ed, text, len, st)) {
 		return false;
 	}
 	if (st->kind == STMT_PREPARE) {
@@ -608,8 +658,10 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 		return NULL;
 	}
 	struct edits ed = {0};
-	if (d.action == RULE_MIRROR &&
-	    !mirror_edit(&ed, query, strlen(query), st, d.mirror_fn, xform)) {
+	if ((d.action == RULE_MIRROR &&
+	     !mirror_edit(&ed, query, strlen(query), st, d.mirror_fn, xform)) ||
+	    (d.action == RULE_RENAME && !rename_edits(&ed, query, strlen(query), st))) {
+		edits_free(&ed);
 		*reason = "pgshunt could not rewrite the statement";
 		return NULL;
 	}

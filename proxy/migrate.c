@@ -231,7 +231,8 @@ static void op_check_preconditions(void)
 		op_write();
 		return;
 	}
-	if (!control_query(sql, 2, params, on_preconditions, &op))
+	int nparams = strstr(sql, "$1") ? 2 : 0; /* only dual_write's check names the tables */
+	if (!control_query(sql, nparams, nparams ? params : NULL, on_preconditions, &op))
 		op_finish("53200", "out of memory");
 }
 

@@ -99,6 +99,17 @@ static struct rule_decision decide_dual_write(const struct stmt_info *st)
 	return target ? mirror_write(st) : forward();
 }
 
+/* The statement reads the table (and writes none of the configured relations). */
+static bool reads_table(const struct stmt_info *st)
+{
+	if (rules_write_target(st))
+		return false;
+	for (uint32_t i = 0; i < st->nrefs; i++)
+		if (st->refs[i].role == REL_OLD)
+			return true;
+	return false;
+}
+
 struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
 {
 	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
@@ -108,6 +119,13 @@ struct rule_decision rules_decide(enum phase phase, bool degraded, const struct 
 	switch (phase) {
 	case PHASE_DUAL_WRITE:
 		return decide_dual_write(st);
+	case PHASE_READ_NEXT: {
+		/* Writes as in dual_write (old first, mirrored); reads come from next. */
+		struct rule_decision d = decide_dual_write(st);
+		if (d.action == RULE_FORWARD && reads_table(st))
+			d.action = RULE_RENAME;
+		return d;
+	}
 	default:
 		return refuse("this phase is not built in this version");
 	}
@@ -117,7 +135,7 @@ const char *rules_unservable(enum phase phase, bool degraded)
 {
 	if (degraded)
 		return "redirecting inserts to the buffer table is not built in this version";
-	if (phase != PHASE_PASSTHROUGH && phase != PHASE_DUAL_WRITE)
-		return "reading from next_table and writing it first are not built in this version";
+	if (phase != PHASE_PASSTHROUGH && phase != PHASE_DUAL_WRITE && phase != PHASE_READ_NEXT)
+		return "writing next_table first and the final rename are not built in this version";
 	return NULL;
 }

@@ -17,6 +17,7 @@
 enum rule_action {
 	RULE_FORWARD, /* send the statement as it is */
 	RULE_MIRROR,  /* append the mirror call to RETURNING (mirror_fn on the target row) */
+	RULE_RENAME,  /* a read: every mention of the table is pointed at next_table */
 	RULE_REFUSE,  /* 0A000 with reason */
 };
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 pkgs="build-essential pkg-config clang libevent-dev libssl-dev libpq-dev libpg-query-dev
 libinih-dev libcjson-dev uthash-dev libcmocka-dev libsystemd-dev postgresql-15 postgresql-client-15
 pgbouncer python3-psycopg libpostgresql-jdbc-java default-jdk-headless nodejs npm valgrind
-openssl procps iproute2"
+openssl procps iproute2 dpkg-dev debhelper systemd python3-yaml groff-base man-db curl"
 
 have() { command -v "$1" >/dev/null 2>&1; }
 

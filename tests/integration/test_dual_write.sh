@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 fail() {
 	echo "FAIL: $*" >&2
-	[ -f "$work/pgshunt.log" ] && grep -v 'level=debug' "$work/pgshunt.log" | tail -n 20 >&2
+	[ -f "$work/pgshunt.log" ] && grep -v "level=debug" "$work/pgshunt.log" | grep -iE "phase|error|warn" | tail -n 30 >&2
 	exit 1
 }
 ok() { echo "ok: $*"; }
@@ -161,6 +161,34 @@ missing=$(q "SELECT count(*) FROM ingest_idempotency o WHERE (o.created_at >= '$
 written=$(q "SELECT count(*) FROM ingest_idempotency_next")
 [ "$written" -gt 100 ] || fail "too few rows reached next_table: $written"
 ok "next_table: $written rows, each identical to the table's, none missing"
+
+# --- read_next (forced: the backfill is not built, so next holds only what was mirrored) ---
+out=$(c 'SET PHASE read_next' 2>&1) && fail "read_next without a backfill was allowed: $out"
+grep -q "backfill" <<<"$out" || fail "read_next refusal does not name the backfill: $out"
+out=$(c 'SET PHASE read_next FORCE') || fail "SET PHASE read_next FORCE: $out"
+# A row only the table has (written around pgshunt) is invisible; reads come from next.
+q "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('direct', 'only-old', '\x00')"
+[ "$(a -c "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'direct'")" = 0 ] || fail "read_next read the table"
+n_next=$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 's1'")
+[ "$(a -c "SELECT count(*) FROM public.ingest_idempotency WHERE ingest_idempotency.site_id = 's1'")" = "$n_next" ] ||
+	fail "qualified read in read_next"
+[ "$(a -c "SELECT i.idempotency_key FROM ingest_idempotency AS i WHERE i.site_id = 's1' AND i.idempotency_key = 'k1' FOR UPDATE OF i")" = k1 ] ||
+	fail "locking read with an alias"
+[ "$(a -c "SELECT idempotency_key FROM ingest_idempotency WHERE site_id = 's1' AND idempotency_key = 'k1' FOR UPDATE OF ingest_idempotency SKIP LOCKED")" = k1 ] ||
+	fail "FOR UPDATE OF the table's name"
+[ "$(a -c "COPY (SELECT 1) TO STDOUT" -c "COPY ingest_idempotency TO STDOUT" | grep -c '^direct')" = 0 ] || fail "COPY TO read the table"
+/usr/bin/python3 - "$app" <<'EOF' || fail "psycopg in read_next"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    assert c.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s", ("direct",)).fetchone()[0] == 0
+    r = c.execute("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES (%s, %s, %s) RETURNING idempotency_key", ("rn", "k", b"\x01"))
+    assert r.fetchone()[0] == "k"
+    assert c.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s", ("rn",)).fetchone()[0] == 1
+EOF
+[ "$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'rn'")" = 1 ] || fail "read_next write not mirrored"
+out=$(c 'SET PHASE dual_write') || fail "back to dual_write: $out"
+[ "$(a -c "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'direct'")" = 1 ] || fail "dual_write reads the table again"
+ok "read_next: reads from next_table (plain, qualified, aliased, locking, COPY, extended), writes still mirrored; back to dual_write"
 
 # --- one step back ---
 out=$(c 'SET PHASE passthrough') || fail "SET PHASE passthrough: $out"

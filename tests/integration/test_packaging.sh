@@ -9,11 +9,16 @@
 # started with the packaged config and with the Kubernetes ConfigMap's config, and
 # stopped with SIGTERM), checks the package's contents and maintainer scripts,
 # `systemd-analyze verify`s the unit in a scratch root, checks the man pages with
-# groff's warnings on, parses packaging/kubernetes/sidecar.yaml with python3-yaml and
-# checks packaging/Dockerfile's runtime libraries against the binary.
+# groff's warnings on (and that pgshunt.ini(5) names every key of conf/conf.c),
+# parses packaging/kubernetes/sidecar.yaml with python3-yaml, checks that the
+# Build-Depends and the Dockerfile's build stage name the package of every header the
+# sources include, that the Dockerfile's runtime stage names the package of every
+# library the binary needs, and that `make pgshunt` works on the Docker build context.
 #
 # Needs no PostgreSQL.  Skips (exit 0) only when dpkg-buildpackage is missing;
-# tests/install-deps.sh installs it (dpkg-dev, debhelper).
+# tests/install-deps.sh installs it (dpkg-dev, debhelper).  Also needs groff,
+# python3-yaml, openssl, and systemd for `systemd-analyze` (skipped with a note
+# without it).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -68,14 +73,42 @@ grep -q 'adduser --system --group' "$work/control/postinst" || fail "postinst do
 grep -q "deb-systemd-helper enable 'pgshunt.service'" "$work/control/postinst" ||
 	fail "postinst does not enable pgshunt.service (dh_installsystemd)"
 # The user must exist before debhelper's snippet starts the service.
-user_line=$(grep -n 'adduser --system' "$work/control/postinst" | head -n1 | cut -d: -f1)
-start_line=$(grep -n 'deb-systemd-invoke' "$work/control/postinst" | head -n1 | cut -d: -f1)
+user_line=$(grep -n -m1 'adduser --system' "$work/control/postinst" | cut -d: -f1)
+start_line=$(grep -n -m1 'deb-systemd-invoke' "$work/control/postinst" | cut -d: -f1)
 [ "$user_line" -lt "$start_line" ] || fail "postinst starts the service before it creates the user"
 depends=$(dpkg-deb -f "$deb" Depends)
 for d in adduser libc6 libssl3 libpq5 libinih1; do
 	grep -qE "(^|, )$d( |,|$)" <<<"$depends" || fail "Depends lacks $d: $depends"
 done
 ok "conffile, postinst (user before start), Depends: $depends"
+
+# Every library header the sources include comes from a package that
+# packaging/debian/control's Build-Depends and the Dockerfile's build stage name.
+build_depends=$(sed -n '/^Build-Depends:/,/^[A-Z][A-Za-z-]*:/{/^Build-Depends:/p;/^[[:space:]]/p}' \
+	packaging/debian/control | sed 's/^Build-Depends://' | tr ',' '\n' | awk '{print $1}')
+build_stage=$(awk '/^FROM /{stage++} stage==1' packaging/Dockerfile)
+cflags=$(pkg-config --cflags libevent_core openssl libpq 2>/dev/null || true)
+headers=$(
+	shopt -s nullglob
+	cat proxy/*.[ch] conf/*.[ch] parser/*.[ch] rules/*.[ch] |
+	sed -n 's/^#include <\([^>]*\)>.*/\1/p' | sort -u)
+dev_pkgs=""
+for h in $headers; do
+	# shellcheck disable=SC2086
+	path=$(printf '#include <%s>\n' "$h" | cc -E $cflags -x c - 2>/dev/null |
+		sed -n "s|^# [0-9]* \"\(/[^\"]*/$h\)\".*|\1|p" | sed -n 1p) || true
+	[ -n "$path" ] || fail "<$h>, included by the sources, is not installed"
+	# The compiler's own headers (stdarg.h, ...) come with build-essential.
+	case $path in /usr/include/*) ;; *) continue ;; esac
+	pkg=$(dpkg -S "$path" 2>/dev/null | sed -n '1s/:.*//p') || true
+	case $pkg in "" | libc6-dev | linux-libc-dev) continue ;; esac
+	grep -qxF "$pkg" <<<"$build_depends" ||
+		fail "packaging/debian/control: Build-Depends lacks $pkg (for <$h>)"
+	grep -qE "[[:space:]]$pkg([[:space:]]|\$)" <<<"$build_stage" ||
+		fail "packaging/Dockerfile: the build stage does not install $pkg (for <$h>)"
+	case " $dev_pkgs " in *" $pkg "*) ;; *) dev_pkgs="$dev_pkgs $pkg" ;; esac
+done
+ok "Build-Depends and the Dockerfile's build stage cover the headers' packages:$dev_pkgs"
 
 # --- the packaged binary --------------------------------------------------------
 pkgroot=$work/root
@@ -97,8 +130,9 @@ http_status() {
 	IFS= read -r -t 5 line <&3 || line=""
 	exec 3<&-
 	line=${line%$'\r'}
-	set -- $line
-	echo "${2:-none}"
+	local code
+	read -r _ code _ <<<"$line"
+	echo "${code:-none}"
 }
 
 # run_config NAME FILE [METRICS_PORT]: start the packaged binary on FILE, wait until
@@ -145,19 +179,22 @@ run_config "packaged pgshunt.ini" "$work/default.ini"
 unit=packaging/pgshunt.service
 cmp -s "$unit" "$pkgroot$unit_in_pkg" || fail "the packaged unit differs from $unit"
 grep -qxF 'ExecStart=/usr/bin/pgshunt /etc/pgshunt/pgshunt.ini' "$unit" || fail "$unit: ExecStart"
+# shellcheck disable=SC2016 # $MAINPID is systemd's, not ours
 grep -qxF 'ExecReload=/bin/kill -HUP $MAINPID' "$unit" || fail "$unit: ExecReload"
 grep -qxF 'User=pgshunt' "$unit" || fail "$unit: User"
 stop_timeout=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$unit")
 default_shutdown=$(sed -n 's/.*KEY(shutdown_timeout, CONF_INT, "\([0-9]*\)".*/\1/p' conf/conf.c)
-[ -n "$stop_timeout" ] && [ -n "$default_shutdown" ] && [ "$stop_timeout" -gt "$default_shutdown" ] ||
+if [ -z "$stop_timeout" ] || [ -z "$default_shutdown" ] || [ "$stop_timeout" -le "$default_shutdown" ]; then
 	fail "$unit: TimeoutStopSec ($stop_timeout) must be above the default shutdown_timeout ($default_shutdown)"
+fi
 if command -v systemd-analyze >/dev/null; then
 	# A scratch root: the unpacked package, the host's units (sysinit.target and
 	# friends) and /bin/kill, so that nothing is installed on the host.
-	cp -an /lib/systemd/system/. "$pkgroot/lib/systemd/system/" 2>/dev/null ||
-		cp -an /usr/lib/systemd/system/. "$pkgroot$(dirname "$unit_in_pkg")/"
+	host_units=/lib/systemd/system
+	[ -d "$host_units" ] || host_units=/usr/lib/systemd/system
+	cp -an "$host_units/." "$pkgroot$(dirname "$unit_in_pkg")/"
 	mkdir -p "$pkgroot/bin"
-	cp "$(command -v kill)" "$pkgroot/bin/kill"
+	cp "$(type -P kill)" "$pkgroot/bin/kill"
 	man_opt=--man=no
 	# Documentation=man:... is checked with man(1), against the packaged pages.
 	command -v man >/dev/null && man_opt=--man=yes
@@ -334,24 +371,28 @@ uid=$(sed -n 's/^USER \([0-9]*\).*/\1/p' "$df")
 grep -q "runAsUser: $uid\$" packaging/kubernetes/sidecar.yaml || fail "sidecar.yaml's runAsUser is not the image's uid $uid"
 # The runtime stage's packages: the second apt-get install.
 runtime_pkgs=$(awk '/^FROM /{stage++} stage==2' "$df" | sed -n '/apt-get install/,/rm -rf/p' |
-	tr ' \\' '\n\n' | grep -E '^lib[a-z0-9.+-]+$' | sort -u)
+	grep -oE '(^|[[:space:]])lib[a-z0-9.+-]+' | awk '{print $1}' | sort -u)
 [ -n "$runtime_pkgs" ] || fail "$df: no runtime packages found"
 # Every library the binary needs comes from one of them (libc6 is in the base image).
 for lib in $(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-	pkg=$(dpkg -S "*/$lib" 2>/dev/null | head -n1 | cut -d: -f1) || true
+	pkg=$(dpkg -S "*/$lib" 2>/dev/null | sed -n '1s/:.*//p') || true
 	[ -n "$pkg" ] || fail "no installed package ships $lib"
 	[ "$pkg" = libc6 ] && continue
 	grep -qxF "$pkg" <<<"$runtime_pkgs" || fail "$df: the runtime stage lacks $pkg (for $lib)"
 done
-if [ -n "$(apt-cache policy libpq5 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v none)" ]; then
+if apt-cache policy libpq5 2>/dev/null | grep -q '^ *Candidate: [0-9]'; then
 	for p in $runtime_pkgs; do
 		apt-cache show --no-all-versions "$p" >/dev/null 2>&1 || fail "$df: no package $p in apt"
 	done
 fi
 # The build stage, on a context filtered by Dockerfile.dockerignore, builds.
 mkdir "$work/context"
-git ls-files -z --cached --others --exclude-standard 2>/dev/null |
-	tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/context" -xf -
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	git ls-files -z --cached --others --exclude-standard |
+		tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$work/context" -xf -
+else
+	tar --exclude=./tests/drivers/node/node_modules -cf - . | tar -C "$work/context" -xf -
+fi
 (
 	cd "$work/context"
 	shopt -s globstar nullglob dotglob
@@ -364,6 +405,6 @@ git ls-files -z --cached --others --exclude-standard 2>/dev/null |
 	make -s -j"$(nproc)" pgshunt >"$work/context.log" 2>&1 ||
 		fail "make pgshunt fails on the Docker context: $(tail -n 20 "$work/context.log")"
 )
-ok "Dockerfile: runtime packages cover every NEEDED library ($(echo $runtime_pkgs)); the context builds"
+ok "Dockerfile: runtime packages cover every NEEDED library ($(tr '\n' ' ' <<<"$runtime_pkgs"| sed 's/ $//')); the context builds"
 
 echo "packaging: all checks passed"
