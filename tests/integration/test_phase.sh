@@ -122,11 +122,15 @@ out=$(run "SET PHASE passthrough"); [ -z "$out" ] || fail "back from a forced du
 q "ALTER TABLE public.moved_away RENAME TO ingest_fallback_buffer" >/dev/null
 out=$(run "SET PHASE dual_write"); [ -z "$out" ] || fail "SET PHASE dual_write: $out"
 [ "$(q "SELECT phase FROM pgshunt.state")" = dual_write ] || fail "dual_write not written"
-expect_error "SET PHASE read_next" 0A000 "cannot serve read_next yet"
-expect_error "SET PHASE read_next FORCE" 0A000 "cannot serve read_next yet"
+expect_error "SET PHASE read_next" 55000 "backfill has not completed"
 expect_error "SET PHASE cutover" 55000 "one step at a time"
+out=$(run "SET PHASE read_next FORCE"); [ -z "$out" ] || fail "SET PHASE read_next FORCE: $out"
+expect_error "SET PHASE cutover" 0A000 "cannot serve cutover yet"
+expect_error "SET PHASE cutover FORCE" 0A000 "cannot serve cutover yet"
+expect_error "SET PHASE passthrough" 55000 "one step at a time"
+out=$(run "SET PHASE dual_write"); [ -z "$out" ] || fail "back to dual_write: $out"
 [ "$(run 'SET PHASE passthrough')" = "" ] || fail "one step back to passthrough"
-[ "$(q "SELECT count(*) FROM pgshunt.phase_log WHERE to_phase = 'dual_write'")" = 2 ] || fail "phase_log"
+[ "$(q "SELECT count(*) FROM pgshunt.phase_log WHERE to_phase = 'dual_write'")" = 3 ] || fail "phase_log: $(q 'SELECT to_phase FROM pgshunt.phase_log ORDER BY id')"
 
 # DEGRADED OFF is a real change of nothing but the epoch: it is written and logged.
 epoch0=$(q "SELECT epoch FROM pgshunt.state")
