@@ -255,6 +255,26 @@ static bool in_lock_clause(const char *text, const struct stmt_info *st, const s
 }
 
 /*
+ * `TABLE name` and `ONLY (name)` take no alias after the name: there the mention is
+ * renamed without one (such statements cannot qualify columns with it anyway).
+ */
+static bool alias_not_allowed(const char *text, const struct stmt_info *st,
+			      const struct rel_ref *ref)
+{
+	struct scan_tok tok, prev = {0}, before = {0};
+	size_t pos = st->start;
+	while (pos < ref->start) {
+		scan_next(text, ref->start, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		before = prev;
+		prev = tok;
+	}
+	return scan_tok_is(text, &prev, "table") ||
+	       (prev.kind == TOK_CHAR && text[prev.start] == '(' && scan_tok_is(text, &before, "only"));
+}
+
+/*
  * A read in read_next: each mention of the table names next_table instead, keeping
  * the name it was written with as the alias, so qualified column references resolve.
  */
@@ -266,7 +286,7 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 		const struct rel_ref *ref = &st->refs[i];
 		if (ref->role != REL_OLD || in_lock_clause(text, st, ref))
 			continue;
-		if (ref->has_alias || st->kind == STMT_COPY_TO)
+		if (ref->has_alias || st->kind == STMT_COPY_TO || alias_not_allowed(text, st, ref))
 			snprintf(buf, sizeof(buf), "%s", shunt.cfg.next_table);
 		else if (target_row_name(text, len, ref, row, sizeof(row)))
 			snprintf(buf, sizeof(buf), "%s AS %s", shunt.cfg.next_table, row);

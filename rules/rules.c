@@ -44,14 +44,12 @@ static struct rule_decision mirror_write(const struct stmt_info *st)
 		return refuse("a data-modifying WITH clause cannot be mirrored");
 	if (st->sets_key_columns)
 		return refuse("an UPDATE that changes key or partition columns cannot be mirrored");
-	const char *fn = st->kind == STMT_DELETE ? "pgshunt.del_next" : "pgshunt.put_next";
+	enum stmt_kind kind = st->kind == STMT_PREPARE ? st->inner : st->kind;
+	const char *fn = kind == STMT_DELETE ? "pgshunt.del_next" : "pgshunt.put_next";
 	return (struct rule_decision){.action = RULE_MIRROR, .mirror_fn = fn};
 }
 
-/*
- * dual_write and read_next write old first and mirror into next; read_next also reads
- * next, which is not built yet (rules_unservable() keeps it closed).
- */
+/* dual_write and read_next write old first and mirror into next in the same statement. */
 static struct rule_decision decide_dual_write(const struct stmt_info *st)
 {
 	const struct rel_ref *target = rules_write_target(st);
@@ -60,9 +58,12 @@ static struct rule_decision decide_dual_write(const struct stmt_info *st)
 	if (st->writable_cte && st->writes)
 		return refuse("a data-modifying WITH clause cannot be mirrored");
 	switch (st->kind) {
+	case STMT_COPY_TO:
+		/* COPY (DELETE ... RETURNING ...) TO writes, and nothing mirrors it. */
+		return st->writes ? refuse("COPY of a data-modifying query cannot be mirrored")
+				  : forward();
 	case STMT_SELECT:
 	case STMT_SELECT_LOCKING:
-	case STMT_COPY_TO:
 	case STMT_DEALLOCATE:
 	case STMT_EXECUTE:
 		return forward();
@@ -92,9 +93,11 @@ static struct rule_decision decide_dual_write(const struct stmt_info *st)
 	if (st->kind == STMT_PREPARE) {
 		if (!is_write_kind(st->inner))
 			return forward();
-		if (st->inner == STMT_MERGE || st->inner == STMT_COPY_FROM ||
+		if ((st->inner == STMT_MERGE && target) || st->inner == STMT_COPY_FROM ||
 		    st->inner == STMT_TRUNCATE || st->inner == STMT_DDL)
 			return refuse("the prepared statement cannot be mirrored");
+		if (st->inner == STMT_MERGE)
+			return forward();
 	}
 	return target ? mirror_write(st) : forward();
 }
@@ -120,9 +123,14 @@ struct rule_decision rules_decide(enum phase phase, bool degraded, const struct 
 	case PHASE_DUAL_WRITE:
 		return decide_dual_write(st);
 	case PHASE_READ_NEXT: {
-		/* Writes as in dual_write (old first, mirrored); reads come from next. */
+		/*
+		 * Writes as in dual_write (old first, mirrored); reads come from next.  A
+		 * locking read stays on old: writes lock old's row before next's, and a read
+		 * that locked next's row first could deadlock with them.
+		 */
 		struct rule_decision d = decide_dual_write(st);
-		if (d.action == RULE_FORWARD && reads_table(st))
+		if (d.action == RULE_FORWARD && reads_table(st) && st->kind != STMT_SELECT_LOCKING &&
+		    !(st->kind == STMT_PREPARE && st->inner == STMT_SELECT_LOCKING))
 			d.action = RULE_RENAME;
 		return d;
 	}

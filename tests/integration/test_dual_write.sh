@@ -177,6 +177,8 @@ n_next=$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 's1'")
 [ "$(a -c "SELECT idempotency_key FROM ingest_idempotency WHERE site_id = 's1' AND idempotency_key = 'k1' FOR UPDATE OF ingest_idempotency SKIP LOCKED")" = k1 ] ||
 	fail "FOR UPDATE OF the table's name"
 [ "$(a -c "COPY (SELECT 1) TO STDOUT" -c "COPY ingest_idempotency TO STDOUT" | grep -c '^direct')" = 0 ] || fail "COPY TO read the table"
+[ "$(a -c "TABLE ingest_idempotency" | grep -c '^direct')" = 0 ] || fail "TABLE read the table"
+[ "$(a -c "SELECT count(*) FROM ONLY (ingest_idempotency) WHERE site_id = 'direct'")" = 0 ] || fail "ONLY (...) read the table"
 /usr/bin/python3 - "$app" <<'EOF' || fail "psycopg in read_next"
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as c:
