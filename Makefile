@@ -9,7 +9,7 @@
 #   make fmt       format the C sources with the pinned .clang-format
 
 CC      ?= cc
-PKGS    := libevent_core libevent_extra libevent_pthreads openssl libpq
+PKGS    := libevent_core libevent_extra libevent_pthreads openssl libpq libsystemd
 CPPFLAGS += -I. -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \

@@ -833,10 +833,18 @@ bool admin_process(struct session *s)
 			}
 			break;
 		}
-		bool more = admin_message(s, type, iobuf_head(in) + 5, total - 5);
+		/* Consumed before it runs: what it starts may finish before it returns. */
+		uint8_t *msg = malloc(total);
+		if (!msg) {
+			session_fatal(s, "53200", "out of memory");
+			return false;
+		}
+		memcpy(msg, iobuf_head(in), total);
+		iobuf_consume(in, total);
+		bool more = admin_message(s, type, msg + 5, total - 5);
+		free(msg);
 		if (s->state == SS_CLOSED)
 			return false;
-		iobuf_consume(in, total);
 		if (!more)
 			break;
 	}

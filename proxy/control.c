@@ -31,6 +31,7 @@ static struct {
 	enum control_state state;
 	struct event *io;          /* one-shot, re-armed for the direction libpq needs */
 	struct event *retry;       /* reconnect timer */
+	struct event *kick;        /* runs control_drive() from the loop, never from a caller */
 	int backoff_ms;
 	struct control_req *head;  /* head is the query in flight when SENDING/WAITING */
 	struct control_req *tail;
@@ -74,6 +75,17 @@ static void arm(short what)
 	ctl.io = event_new(shunt.base, PQsocket(ctl.conn), what, on_io, NULL);
 	if (ctl.io)
 		event_add(ctl.io, NULL);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (ctl.state == CTL_DOWN && !(ctl.retry && evtimer_pending(ctl.retry, NULL)))
+		control_start();
+	else if (ctl.state == CTL_IDLE)
+		control_drive();
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -255,12 +267,20 @@ void control_stop(void)
 		event_free(ctl.io);
 		ctl.io = NULL;
 	}
+	if (ctl.kick) {
+		event_free(ctl.kick);
+		ctl.kick = NULL;
+	}
 }
 
 bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,
 		   void *arg)
 {
 	if (!control_available())
+		return false;
+	if (!ctl.kick)
+		ctl.kick = event_new(shunt.base, -1, 0, on_kick, NULL);
+	if (!ctl.kick)
 		return false;
 	struct control_req *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -282,10 +302,12 @@ bool control_query(const char *sql, int nparams, const char *const *params, cont
 	else
 		ctl.head = r;
 	ctl.tail = r;
-	if (ctl.state == CTL_DOWN && !(ctl.retry && evtimer_pending(ctl.retry, NULL)))
-		control_start();
-	else if (ctl.state == CTL_IDLE)
-		control_drive();
+	/*
+	 * Never drive from here: on a busy machine the answer can already be readable
+	 * when the query has been sent, and a callback run inside its caller's code
+	 * (a console command still being processed) would re-enter it.
+	 */
+	event_active(ctl.kick, 0, 0);
 	return true;
 }
 

@@ -5,56 +5,12 @@
 # prepared again behind the client's back.
 set -euo pipefail
 
-bin=${PGSHUNT_BIN:-./pgshunt}
-harness=tests/harness/pgserver.sh
-db=dual_$$
-work=$(mktemp -d /tmp/pgshunt-dual.XXXXXX)
-pid=
-direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_admin password=admin-secret"
+. tests/integration/lib.sh
 
-cleanup() {
-	if [ -n "$pid" ]; then
-		kill -TERM "$pid" 2>/dev/null && sleep 0.3
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	psql -X -q "$direct dbname=shunt_test" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	[ -f "$work/pgshunt.log" ] && grep -v "level=debug" "$work/pgshunt.log" | grep -iE "phase|error|warn" | tail -n 30 >&2
-	exit 1
-}
-ok() { echo "ok: $*"; }
-
-psql -X -q "$direct dbname=shunt_test" -c "CREATE DATABASE $db OWNER shunt_trust"
-psql -X -q -v ON_ERROR_STOP=1 "host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$db" \
-	-f tests/fixtures/ingest_schema.sql
-q() { psql -X -qtA "host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$db" -c "$1"; }
+own_database "dual_$$"
+q() { psql -X -qtA "$direct" -c "$1"; }
 q "SELECT seed_ingest_idempotency(1000)" >/dev/null
-
-port=$(bash "$harness" freeport)
-cat >"$work/pgshunt.ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = $port
-server_host = 127.0.0.1
-server_port = $SHUNT_SERVER_PORT
-server_tls_sslmode = disable
-admin_users = shunt_admin
-control_dsn = host=127.0.0.1 port=$SHUNT_SERVER_PORT dbname=$db user=shunt_trust
-log_level = debug
-EOF
-"$bin" "$work/pgshunt.ini" 2>"$work/pgshunt.log" &
-pid=$!
-for _ in $(seq 100); do
-	pg_isready -q -h 127.0.0.1 -p "$port" && break
-	sleep 0.1
-done
-app="host=127.0.0.1 port=$port dbname=$db user=shunt_trust"
-console="host=127.0.0.1 port=$port dbname=pgshunt user=shunt_admin password=admin-secret"
+start_pgshunt "control_dsn = $direct" "log_level = debug"
 a() { psql -X -qtA -v VERBOSITY=verbose "$app" "$@" 2>&1; }
 c() { psql -X -qtA "$console" -c "$1" 2>&1; }
 
@@ -198,10 +154,5 @@ a -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VA
 [ "$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'back'")" = 0 ] || fail "passthrough still mirrors"
 ok "back to passthrough: no more mirroring"
 exec {py_in}>&-
-# A clean exit, and (for sanitizer builds) nothing reported on the way.
-kill -TERM "$pid"
-for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$pid" 2>/dev/null && fail "pgshunt did not exit on SIGTERM"
-pid=
-if grep -qE 'Sanitizer|runtime error' "$work/pgshunt.log"; then fail "sanitizer report in the log"; fi
+stop_pgshunt
 echo "dual_write: ok"

@@ -3,63 +3,13 @@
 # PREPARE, SET PHASE and DEGRADED, with the phase kept in pgshunt.state.
 set -euo pipefail
 
-bin=${PGSHUNT_BIN:-./pgshunt}
-harness=tests/harness/pgserver.sh
-db=phase_$$
-work=$(mktemp -d /tmp/pgshunt-phase.XXXXXX)
-pid=
-direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_admin password=admin-secret"
+. tests/integration/lib.sh
 
-cleanup() {
-	if [ -n "$pid" ]; then
-		kill -TERM "$pid" 2>/dev/null && sleep 0.3
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	psql -X -q "$direct dbname=shunt_test" -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
+own_database "phase_$$"
+psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(500)" >/dev/null
 
-fail() {
-	echo "FAIL: $*" >&2
-	[ -f "$work/pgshunt.log" ] && tail -n 20 "$work/pgshunt.log" >&2
-	exit 1
-}
-
-psql -X -q "$direct dbname=shunt_test" -c "CREATE DATABASE $db"
-psql -X -q -v ON_ERROR_STOP=1 "$direct dbname=$db" -f tests/fixtures/ingest_schema.sql
-psql -X -q "$direct dbname=$db" -c "SELECT seed_ingest_idempotency(500)" >/dev/null
-
-start_proxy() { # extra config lines...
-	local port
-	port=$(bash "$harness" freeport)
-	{
-		echo "[pgshunt]"
-		echo "listen_addr = 127.0.0.1"
-		echo "listen_port = $port"
-		echo "server_host = 127.0.0.1"
-		echo "server_port = $SHUNT_SERVER_PORT"
-		echo "server_tls_sslmode = disable"
-		echo "admin_users = shunt_admin"
-		echo "partition_interval = month"
-		echo "partition_premake = 2"
-		for line in "$@"; do echo "$line"; done
-	} >"$work/pgshunt.ini"
-	"$bin" "$work/pgshunt.ini" 2>"$work/pgshunt.log" &
-	pid=$!
-	for _ in $(seq 100); do
-		pg_isready -q -h 127.0.0.1 -p "$port" && break
-		sleep 0.1
-	done
-	console="host=127.0.0.1 port=$port dbname=pgshunt user=shunt_admin password=admin-secret"
-}
-
-stop_proxy() {
-	kill -TERM "$pid"
-	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-	pid=
-	if grep -qE 'Sanitizer|runtime error' "$work/pgshunt.log"; then fail "sanitizer report in the log"; fi
-}
+start_proxy() { start_pgshunt "partition_interval = month" "partition_premake = 2" "$@"; }
+stop_proxy() { stop_pgshunt; }
 
 run() { psql -X -qtA -F'|' "$console" -c "$1" 2>&1; }
 
@@ -81,7 +31,7 @@ expect_error "MIGRATE PREPARE" 55000 "control_dsn is not set"
 stop_proxy
 
 # --- with control_dsn, before MIGRATE PREPARE ---
-start_proxy "control_dsn = $direct dbname=$db"
+start_proxy "control_dsn = $direct"
 for _ in $(seq 50); do
 	[ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] && break
 	sleep 0.1
@@ -97,7 +47,7 @@ expect_error "DEGRADED MAYBE" 42601 "usage: DEGRADED ON\\|OFF"
 out=$(run 'MIGRATE PREPARE') || fail "MIGRATE PREPARE: $out"
 [ "$(wc -l <<<"$out")" -ge 3 ] || fail "MIGRATE PREPARE reported too little: $out"
 echo "ok: MIGRATE PREPARE ($(wc -l <<<"$out") steps)"
-q() { psql -X -qtA "$direct dbname=$db" -c "$1"; }
+q() { psql -X -qtA "$direct" -c "$1"; }
 [ "$(q "SELECT relkind FROM pg_class WHERE oid = 'public.ingest_idempotency_next'::regclass")" = p ] ||
 	fail "next_table is not partitioned"
 [ "$(q "SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.ingest_idempotency_next'::regclass")" -ge 5 ] ||
@@ -143,7 +93,7 @@ echo "ok: DEGRADED OFF wrote epoch $epoch1"
 
 # A restarted proxy learns the phase from the database.
 stop_proxy
-start_proxy "control_dsn = $direct dbname=$db"
+start_proxy "control_dsn = $direct"
 for _ in $(seq 50); do
 	[ "$(run 'SHOW PHASE' | cut -d'|' -f3)" = "$epoch1" ] && break
 	sleep 0.1
