@@ -89,6 +89,9 @@ static const struct conf_key keys[] = {
 	KEY(guard_direct_writes, CONF_BOOL, "off", 0, 1, true,
 	    "refuse client writes aimed straight at next_table or buffer_table"),
 
+	KEY(pidfile, CONF_STRING, "", 0, 0, false,
+	    "file that holds pgshunt's process ID while it runs, empty for none"),
+
 	KEY(metrics_addr, CONF_STRING, "", 0, 0, false,
 	    "host:port of the HTTP metrics endpoint, empty for none"),
 	KEY(log_level, CONF_LOG_LEVEL, "info", LOG_LEVEL_ERROR, LOG_LEVEL_DEBUG, true,

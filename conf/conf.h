@@ -81,6 +81,9 @@ struct pgshunt_config {
 	int auto_degrade_window_s;
 	bool guard_direct_writes;
 
+	/* the process */
+	char *pidfile; /* "" = none; written once the listeners are up, removed at exit */
+
 	/* observability */
 	char *metrics_addr; /* "host:port", "" = no HTTP endpoint */
 	enum log_level log_level;

@@ -1,6 +1,7 @@
 #include "proxy/admin.h"
 
 #include <ctype.h>
+#include <libpq-fe.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <stdarg.h>
@@ -238,18 +239,31 @@ static bool cmd_show_stats(struct session *self, struct admin_result *r, const c
 	return true;
 }
 
-/* Values that must never be shown: the password inside control_dsn. */
+/*
+ * Values that must never be shown: the password inside control_dsn.  The conninfo is
+ * parsed by libpq itself (key=value with any spacing and quoting, or a URI) and
+ * written back with the password masked, so no spelling of it slips through.
+ */
 static void redact_dsn(const char *dsn, char *out, size_t len)
 {
-	const char *pw = strstr(dsn, "password");
-	if (!pw) {
-		snprintf(out, len, "%s", dsn);
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(dsn, &err);
+	size_t o = 0;
+	out[0] = '\0';
+	if (!opts) {
+		PQfreemem(err);
+		snprintf(out, len, "%s", dsn[0] ? "(unparsable: not shown)" : "");
 		return;
 	}
-	snprintf(out, len, "%.*spassword=********", (int)(pw - dsn), dsn);
-	const char *rest = strpbrk(pw, " \t");
-	if (rest && strlen(out) + strlen(rest) < len)
-		strcat(out, rest);
+	for (PQconninfoOption *opt = opts; opt->keyword && o < len; opt++) {
+		if (!opt->val)
+			continue;
+		bool secret = strcmp(opt->keyword, "password") == 0;
+		int n = snprintf(out + o, len - o, "%s%s=%s", o ? " " : "", opt->keyword,
+				 secret ? "********" : opt->val);
+		o += n > 0 ? (size_t)n : 0;
+	}
+	PQconninfoFree(opts);
 }
 
 static bool cmd_show_config(struct session *self, struct admin_result *r, const char *args)

@@ -10,6 +10,7 @@
 
 enum log_level log_current_level = LOG_LEVEL_INFO;
 static bool use_syslog;
+static bool startup_stderr;
 
 void log_set_level(enum log_level level)
 {
@@ -23,6 +24,11 @@ void log_use_syslog(bool on)
 	else if (!on && use_syslog)
 		closelog();
 	use_syslog = on;
+}
+
+void log_startup_stderr(bool on)
+{
+	startup_stderr = on;
 }
 
 static int syslog_priority(enum log_level level)
@@ -43,19 +49,11 @@ static int syslog_priority(enum log_level level)
  * logfmt: ts=... level=... [session=...] msg="...".  The message is quoted with
  * '"' and '\' escaped so a log shipper can split fields without guessing.
  */
-void log_write(enum log_level level, const char *prefix, const char *fmt, ...)
+static void write_logfmt(enum log_level level, const char *prefix, const char *msg)
 {
-	char msg[1024], quoted[2100], ts[40];
-	va_list ap;
+	char quoted[2100], ts[40];
 	size_t o = 0;
 
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (use_syslog) {
-		syslog(syslog_priority(level), "%s%s%s", prefix ? prefix : "", prefix ? ": " : "", msg);
-		return;
-	}
 	for (const char *p = msg; *p && o < sizeof(quoted) - 3; p++) {
 		if (*p == '"' || *p == '\\')
 			quoted[o++] = '\\';
@@ -71,4 +69,21 @@ void log_write(enum log_level level, const char *prefix, const char *fmt, ...)
 	fprintf(stderr, "ts=%s.%03dZ level=%s pid=%d%s%s%s msg=\"%s\"\n", ts,
 		(int)(tv.tv_usec / 1000), conf_log_level_name(level), (int)getpid(),
 		prefix ? " session=\"" : "", prefix ? prefix : "", prefix ? "\"" : "", quoted);
+}
+
+void log_write(enum log_level level, const char *prefix, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (use_syslog) {
+		syslog(syslog_priority(level), "%s%s%s", prefix ? prefix : "", prefix ? ": " : "", msg);
+		/* Whoever started pgshunt sees why start-up failed, not only syslog. */
+		if (!startup_stderr || level > LOG_LEVEL_WARNING)
+			return;
+	}
+	write_logfmt(level, prefix, msg);
 }

@@ -14,6 +14,9 @@ extern enum log_level log_current_level;
 
 void log_set_level(enum log_level level);
 void log_use_syslog(bool on);
+/* While on, errors and warnings also go to stderr when logging to syslog: start-up
+ * failures must reach the terminal (or the service manager) that started pgshunt. */
+void log_startup_stderr(bool on);
 void log_write(enum log_level level, const char *prefix, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

@@ -3,7 +3,10 @@
  */
 #include <errno.h>
 #include <event2/listener.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +15,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/conf.h"
@@ -43,13 +49,275 @@ static void usage(FILE *f)
 	fprintf(f, "pgshunt %s: a PostgreSQL wire-protocol proxy that carries one table through\n"
 		   "a live migration.\n\n"
 		   "Usage: pgshunt [-d] [-v] CONFIG.ini\n"
-		   "  -d, --daemon   detach from the terminal and log to syslog\n"
+		   "  -d, --daemon   detach once listening (start-up errors still reach stderr),\n"
+		   "                 then log to syslog; see the pidfile key\n"
 		   "  -v, --verbose  log at debug level (overrides log_level)\n"
 		   "  -V, --version  print the version and exit\n"
 		   "  -h, --help     print this help and exit\n\n"
 		   "Signals: SIGHUP reloads the config, SIGTERM shuts down gracefully,\n"
-		   "SIGINT stops at once.  Exit status 2: the config was rejected.\n",
+		   "SIGINT stops at once.  Exit status 2: the config was rejected; 1: start-up\n"
+		   "failed (address in use, pidfile of a running pgshunt, ...).\n",
 		PGSHUNT_VERSION);
+}
+
+/* --- the pidfile --- */
+
+static bool pidfile_written;
+
+/* The PID the file names, or 0 when there is no file or no PID in it. */
+static pid_t pidfile_read(const char *path)
+{
+	char buf[32] = "", *end;
+	FILE *f = fopen(path, "r");
+	long pid;
+
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	pid = strtol(buf, &end, 10);
+	if (end == buf || (*end && *end != '\n') || pid <= 0 || pid > INT_MAX)
+		return 0;
+	return (pid_t)pid;
+}
+
+/*
+ * kill(pid, 0) says a process lives; /proc, when it is readable, says whether it is
+ * a pgshunt: after a reboot or in a fresh container the PID often belongs to
+ * something else, and refusing to start then would need a human.
+ */
+static bool is_live_pgshunt(pid_t pid)
+{
+	char path[64], comm[32] = "";
+	FILE *f;
+
+	if (pid == getpid() || (kill(pid, 0) < 0 && errno != EPERM))
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return true;
+	if (!fgets(comm, sizeof(comm), f))
+		comm[0] = '\0';
+	fclose(f);
+	return strstr(comm, "pgshunt") != NULL;
+}
+
+/* Before anything else: two instances on one pidfile would remove each other's file. */
+static bool pidfile_check(const char *path)
+{
+	pid_t pid = *path ? pidfile_read(path) : 0;
+
+	if (pid == 0)
+		return true;
+	if (is_live_pgshunt(pid)) {
+		fprintf(stderr, "pgshunt: pidfile %s names pgshunt process %d, which is running; "
+				"not starting\n", path, (int)pid);
+		return false;
+	}
+	log_info("pidfile %s names process %d, which is gone: replacing it", path, (int)pid);
+	return true;
+}
+
+/* Written whole under FILE.tmp and renamed, so a reader never sees half a PID. */
+static bool pidfile_write(const char *path)
+{
+	char tmp[PATH_MAX], line[32];
+	int fd, n = snprintf(line, sizeof(line), "%d\n", (int)getpid()), e;
+	bool ok;
+
+	if (!*path)
+		return true;
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+		log_error("pidfile %s: path too long", path);
+		return false;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	ok = fd >= 0 && write(fd, line, (size_t)n) == n;
+	if (fd >= 0 && close(fd) < 0)
+		ok = false;
+	if (ok && rename(tmp, path) == 0) {
+		pidfile_written = true;
+		return true;
+	}
+	e = errno;
+	unlink(tmp);
+	log_error("cannot write pidfile %s: %s", path, strerror(e));
+	return false;
+}
+
+/* Only a file that still names us: another instance may have taken it over since. */
+static void pidfile_remove(const char *path)
+{
+	if (pidfile_written && pidfile_read(path) == getpid() && unlink(path) < 0)
+		log_warning("cannot remove pidfile %s: %s", path, strerror(errno));
+	pidfile_written = false;
+}
+
+/* --- -d: detaching --- */
+
+/* The child's end of the pipe the parent waits on; -1 once detached (or never). */
+static int detach_fd = -1;
+
+/* The parent's exit status: 0 once the child says it listens, else the child's own. */
+static int wait_for_child(pid_t pid, int fd)
+{
+	char c;
+	ssize_t n;
+	int status;
+
+	do
+		n = read(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 1)
+		return 0;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return 1;
+	if (WIFSIGNALED(status))
+		fprintf(stderr, "pgshunt: killed by signal %d during start-up\n", WTERMSIG(status));
+	return WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 1;
+}
+
+/*
+ * Fork, and keep the parent until the child listens and has written its pidfile:
+ * start-up errors reach the terminal, and the exit status says whether pgshunt runs.
+ * The parent leaves with _exit(): its copy of the state is the child's to free.
+ */
+static void detach_begin(void)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) < 0 || (pid = fork()) < 0) {
+		fprintf(stderr, "pgshunt: cannot detach: %s\n", strerror(errno));
+		exit(1);
+	}
+	if (pid > 0) {
+		close(fds[1]);
+		_exit(wait_for_child(pid, fds[0]));
+	}
+	close(fds[0]);
+	detach_fd = fds[1];
+	setsid();
+}
+
+/* Start-up went well: let the parent go, and leave the terminal. */
+static void detach_finish(void)
+{
+	int null;
+
+	if (detach_fd < 0)
+		return;
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		if (null > STDERR_FILENO)
+			close(null);
+	}
+	if (write(detach_fd, "r", 1) != 1)
+		log_warning("could not tell the starting process that pgshunt runs: %s",
+			    strerror(errno));
+	close(detach_fd);
+	detach_fd = -1;
+}
+
+/* --- the service manager: sd_notify() is a no-op without NOTIFY_SOCKET --- */
+
+#define READY_POLL_US 100000 /* phase.known is set by migrate.c, which has no hook */
+#define STATUS_POLL_S 1
+
+static struct event *notify_timer;
+static bool notified_ready, notified_stopping;
+static char last_status[200];
+
+static void status_text(char *buf, size_t len)
+{
+	if (shunt.shutting_down)
+		snprintf(buf, len, "shutting down: %u client(s) left", shunt.nclients);
+	else if (notified_stopping)
+		snprintf(buf, len, "stopping at once");
+	else if (!shunt.phase.known)
+		snprintf(buf, len, "listening; reading the migration phase (control_dsn)");
+	else
+		snprintf(buf, len, "phase %s, epoch %" PRIu64 ", degraded %s, %u client(s)",
+			 phase_name(shunt.phase.phase), shunt.phase.epoch,
+			 shunt.phase.degraded ? "on" : "off", shunt.nclients);
+}
+
+/* STATUS= when it changed (at most every STATUS_POLL_S, also while draining at
+ * shutdown); with READY=1 the first time the phase is known. */
+static void notify_progress(void)
+{
+	char status[sizeof(last_status)];
+	bool ready = !notified_ready && !notified_stopping && shunt.phase.known;
+
+	status_text(status, sizeof(status));
+	if (!ready && strcmp(status, last_status) == 0)
+		return;
+	snprintf(last_status, sizeof(last_status), "%s", status);
+	sd_notifyf(0, "%sSTATUS=%s", ready ? "READY=1\n" : "", status);
+	if (ready) {
+		notified_ready = true;
+		log_info("ready: listening, phase %s known", phase_name(shunt.phase.phase));
+	}
+}
+
+static void on_notify_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct timeval tv = {0, READY_POLL_US};
+	(void)fd;
+	(void)what;
+	(void)arg;
+	notify_progress();
+	if (notified_ready)
+		tv = (struct timeval){STATUS_POLL_S, 0};
+	evtimer_add(notify_timer, &tv);
+}
+
+/* Once listening: READY=1 waits for the phase, which control_dsn reads asynchronously. */
+static void notify_start(void)
+{
+	if (!getenv("NOTIFY_SOCKET"))
+		return;
+	notify_timer = evtimer_new(shunt.base, on_notify_timer, NULL);
+	if (notify_timer)
+		on_notify_timer(-1, 0, NULL);
+	else
+		log_error("cannot create the sd_notify timer: READY=1 will not be sent");
+}
+
+static void notify_stopping(void)
+{
+	if (notified_stopping)
+		return;
+	notified_stopping = true;
+	status_text(last_status, sizeof(last_status));
+	sd_notifyf(0, "STOPPING=1\nSTATUS=%s", last_status);
+}
+
+/* Before a reload: systemd (Type=notify-reload too) wants the monotonic clock with it. */
+static void notify_reloading(void)
+{
+	struct timespec ts;
+
+	if (!notified_ready || notified_stopping)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading %s",
+		   (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000, shunt.config_path);
+}
+
+/* After a reload, applied or rejected: pgshunt serves on either way. */
+static void notify_reloaded(void)
+{
+	if (!notified_ready || notified_stopping)
+		return;
+	status_text(last_status, sizeof(last_status));
+	sd_notifyf(0, "READY=1\nSTATUS=%s", last_status);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
@@ -161,7 +429,7 @@ static void report_restart_needed(const struct conf_key *key, void *arg)
 	log_warning("reload: %s changed but needs a restart; keeping the running value", key->name);
 }
 
-bool pgshunt_reload(char *err, size_t errlen)
+static bool reload_config(char *err, size_t errlen)
 {
 	struct pgshunt_config fresh;
 	SSL_CTX *client, *server;
@@ -187,6 +455,16 @@ bool pgshunt_reload(char *err, size_t errlen)
 	return true;
 }
 
+bool pgshunt_reload(char *err, size_t errlen)
+{
+	bool ok;
+
+	notify_reloading();
+	ok = reload_config(err, errlen);
+	notify_reloaded();
+	return ok;
+}
+
 static void on_shutdown_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -201,6 +479,7 @@ void pgshunt_shutdown(void)
 	if (shunt.shutting_down)
 		return;
 	shunt.shutting_down = true;
+	notify_stopping();
 	log_info("shutting down: no new clients; sessions end at their next idle point");
 	close_listeners();
 	if (shunt.paused) {
@@ -234,6 +513,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		break;
 	case SIGINT:
 		log_info("SIGINT: stopping at once");
+		notify_stopping();
 		event_base_loopbreak(shunt.base);
 		break;
 	}
@@ -293,6 +573,21 @@ static bool start_metrics(void)
 	return false;
 }
 
+/* Listening, pidfile written: from here on pgshunt serves, detached with -d. */
+static bool start_up(void)
+{
+	if (!listen_tcp() || !listen_unix() || !start_metrics())
+		return false;
+	if (!pidfile_write(shunt.cfg.pidfile))
+		return false;
+	log_info("pgshunt %s ready; server %s:%d", PGSHUNT_VERSION, shunt.cfg.server_host,
+		 shunt.cfg.server_port);
+	detach_finish();
+	log_startup_stderr(false);
+	notify_start();
+	return true;
+}
+
 static int run(void)
 {
 	struct event *sigs[3];
@@ -306,13 +601,11 @@ static int run(void)
 	}
 	control_start();
 	migrate_load_phase();
-	if (listen_tcp() && listen_unix() && start_metrics()) {
-		log_info("pgshunt %s ready; server %s:%d", PGSHUNT_VERSION, shunt.cfg.server_host,
-			 shunt.cfg.server_port);
+	if (start_up())
 		event_base_dispatch(shunt.base);
-	} else {
+	else
 		status = 1;
-	}
+	notify_stopping();
 	metrics_stop();
 	close_listeners();
 	close_all_sessions();
@@ -323,50 +616,57 @@ static int run(void)
 			event_free(sigs[i]);
 	if (shutdown_timer)
 		event_free(shutdown_timer);
+	if (notify_timer)
+		event_free(notify_timer);
 	return status;
 }
 
-int main(int argc, char **argv)
+/* Everything that the files can get wrong is found before any fork, on stderr. */
+static void load_config(const char *path, bool verbose)
 {
-	bool daemonize = false, verbose = false;
 	char err[1024];
 
-	int arg = parse_args(argc, argv, &daemonize, &verbose);
-	shunt.config_path = argv[arg];
+	shunt.config_path = path;
 	if (!conf_load(shunt.config_path, &shunt.cfg, err, sizeof(err))) {
 		fprintf(stderr, "pgshunt: %s\n", err);
-		return EXIT_CONFIG;
+		exit(EXIT_CONFIG);
 	}
 	log_set_level(verbose ? LOG_LEVEL_DEBUG : shunt.cfg.log_level);
 	tls_global_init();
 	if (!build_tls(&shunt.cfg, &shunt.client_tls, &shunt.server_tls, err, sizeof(err))) {
 		fprintf(stderr, "pgshunt: %s\n", err);
 		conf_free(&shunt.cfg);
-		return EXIT_CONFIG;
+		exit(EXIT_CONFIG);
 	}
-	if (daemonize && daemon(1, 0) < 0) {
-		fprintf(stderr, "pgshunt: cannot detach: %s\n", strerror(errno));
-		return 1;
-	}
-	log_use_syslog(daemonize || shunt.cfg.log_syslog);
-	signal(SIGPIPE, SIG_IGN);
-	shunt.started = time(NULL);
 	if (!parser_tables_init(&shunt.tables, shunt.cfg.table, shunt.cfg.next_table,
 				shunt.cfg.buffer_table)) {
 		fprintf(stderr, "pgshunt: table, next_table or buffer_table is not a [schema.]name\n");
-		return EXIT_CONFIG;
+		exit(EXIT_CONFIG);
 	}
-	shunt.parse_cache = parser_cache_new(PARSE_CACHE_ENTRIES);
-	if (!shunt.parse_cache) {
-		fprintf(stderr, "pgshunt: out of memory\n");
+}
+
+int main(int argc, char **argv)
+{
+	bool daemonize = false, verbose = false;
+
+	int arg = parse_args(argc, argv, &daemonize, &verbose);
+	load_config(argv[arg], verbose);
+	if (!pidfile_check(shunt.cfg.pidfile))
 		return 1;
-	}
-	shunt.base = event_base_new();
+	if (daemonize)
+		detach_begin();
+	log_use_syslog(daemonize || shunt.cfg.log_syslog);
+	log_startup_stderr(true);
+	signal(SIGPIPE, SIG_IGN);
+	shunt.started = time(NULL);
+	shunt.parse_cache = parser_cache_new(PARSE_CACHE_ENTRIES);
+	shunt.base = shunt.parse_cache ? event_base_new() : NULL;
 	if (!shunt.base) {
-		log_error("cannot create the event loop");
+		log_error("out of memory: cannot create the parse cache or the event loop");
 		return 1;
 	}
 	int status = run();
+	pidfile_remove(shunt.cfg.pidfile);
 	event_base_free(shunt.base);
 	SSL_CTX_free(shunt.client_tls);
 	SSL_CTX_free(shunt.server_tls);

@@ -50,6 +50,7 @@ static const char full_file[] =
     "auto_degrade = on\n"
     "auto_degrade_window_s = 120\n"
     "guard_direct_writes = yes\n"
+    "pidfile = /run/pgshunt/pgshunt.pid\n"
     "metrics_addr = 127.0.0.1:9187\n"
     "log_level = debug\n"
     "log_syslog = true\n"
@@ -209,6 +210,7 @@ static void test_defaults(void **state)
 	assert_false(cfg.auto_degrade);
 	assert_int_equal(cfg.auto_degrade_window_s, 30);
 	assert_false(cfg.guard_direct_writes);
+	assert_string_equal(cfg.pidfile, "");
 	assert_string_equal(cfg.metrics_addr, "");
 	assert_int_equal(cfg.log_level, LOG_LEVEL_INFO);
 	assert_false(cfg.log_syslog);
@@ -227,7 +229,7 @@ static void test_key_table(void **state)
 	size_t n = conf_key_count();
 
 	(void)state;
-	assert_int_equal(n, 36);
+	assert_int_equal(n, 37);
 	assert_null(conf_key_at(n));
 	assert_null(conf_key_find("nope"));
 	assert_null(conf_key_find(""));
@@ -300,6 +302,7 @@ static void test_full_valid_file(void **state)
 	assert_true(cfg.auto_degrade);
 	assert_int_equal(cfg.auto_degrade_window_s, 120);
 	assert_true(cfg.guard_direct_writes);
+	assert_string_equal(cfg.pidfile, "/run/pgshunt/pgshunt.pid");
 	assert_string_equal(cfg.metrics_addr, "127.0.0.1:9187");
 	assert_int_equal(cfg.log_level, LOG_LEVEL_DEBUG);
 	assert_true(cfg.log_syslog);
