@@ -7,14 +7,16 @@ cd "$(dirname "$0")/.."
 
 ROOT=$PWD
 HARNESS=$ROOT/tests/harness/pgserver.sh
-SECONDS_OF_LOAD=${DEMO_SECONDS:-10}
+SECONDS_OF_LOAD=${DEMO_SECONDS:-5}
 work=$(mktemp -d /tmp/pgshunt-demo.XXXXXX)
 chmod 0755 "$work"
 pg_dir=$work/pg
 proxy_pid=
+load_pid=
 
 cleanup() {
 	local rc=$?
+	if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; fi
 	if [ -n "$proxy_pid" ] && kill -0 "$proxy_pid" 2>/dev/null; then
 		kill -TERM "$proxy_pid" 2>/dev/null || true
 		for _ in $(seq 50); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
@@ -76,26 +78,52 @@ app="host=localhost port=$proxy_port dbname=shunt_test user=shunt_scram password
 console="host=127.0.0.1 port=$proxy_port dbname=pgshunt user=shunt_admin password=admin-secret"
 before=$(psql -qtAX "$direct" -c "SELECT count(*) FROM ingest_idempotency")
 
-step "the application's workload through pgshunt (TLS + SCRAM, ${SECONDS_OF_LOAD}s, 4 clients, prepared statements)"
-pgbench -n -c 4 -j 2 -T "$SECONDS_OF_LOAD" -M prepared -f tests/fixtures/ingest_workload.pgbench "$app" \
-	>"$work/pgbench.out" 2>&1 || { cat "$work/pgbench.out"; exit 1; }
+step "the application's workload through pgshunt (TLS + SCRAM, 4 clients, prepared statements), running throughout"
+pgbench -n -c 4 -j 2 -T $((3 * SECONDS_OF_LOAD)) -M prepared -f tests/fixtures/ingest_workload.pgbench "$app" \
+	>"$work/pgbench.out" 2>&1 &
+load_pid=$!
+sleep "$SECONDS_OF_LOAD"
+echo "$(date -u +%T) load running in passthrough"
+
+step "MIGRATE PREPARE: the partitioned table, its partitions, the buffer, the pgshunt schema"
+psql -qtAX -F' ' "$console" -c "MIGRATE PREPARE" | cut -c1-110 | sed 's/^/  /'
+psql -qtAX "$direct" -c "SELECT count(*) || ' partitions of ingest_idempotency_next' FROM pg_inherits WHERE inhparent = 'ingest_idempotency_next'::regclass"
+
+step "SET PHASE dual_write, under load"
+psql -qtAX "$console" -c "SET PHASE dual_write"
+switched=$(psql -qtAX "$direct" -c "SELECT now()")
+psql -X "$console" -c "SHOW PHASE"
+wait "$load_pid" || { cat "$work/pgbench.out"; exit 1; }
 grep -E 'transactions actually processed|failed transactions|^tps|latency average' "$work/pgbench.out"
 
 step "what PostgreSQL holds afterwards (read directly, not through pgshunt)"
 after=$(psql -qtAX "$direct" -c "SELECT count(*) FROM ingest_idempotency")
 dups=$(psql -qtAX "$direct" -c "SELECT count(*) FROM (SELECT 1 FROM ingest_idempotency GROUP BY site_id, idempotency_key HAVING count(*) > 1) d")
-printf '%-34s %s\n' "rows before" "$before" "rows after" "$after" "keys claimed by the workload" "$((after - before))" "duplicate (site_id, key) pairs" "$dups"
+mirrored=$(psql -qtAX "$direct" -c "SELECT count(*) FROM ingest_idempotency_next")
+differ=$(psql -qtAX "$direct" -c "SELECT count(*) FROM ingest_idempotency_next n LEFT JOIN ingest_idempotency o USING (site_id, idempotency_key) WHERE o IS NULL OR row(o.*)::text <> row(n.*)::text")
+missing=$(psql -qtAX "$direct" -c "SELECT count(*) FROM ingest_idempotency o WHERE o.created_at >= '$switched' AND NOT EXISTS (SELECT 1 FROM ingest_idempotency_next n WHERE (n.site_id, n.idempotency_key) = (o.site_id, o.idempotency_key))")
+failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.out")
+acked=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$work/pgbench.out")
+printf '  %-52s %s\n' \
+	"transactions acknowledged (claim, read, record)" "$acked" \
+	"client errors" "${failed:-?}" \
+	"rows in the table (before: $before)" "$after" \
+	"duplicate (site_id, idempotency_key) pairs" "$dups" \
+	"rows written in dual_write, now in next_table" "$mirrored" \
+	"rows of next_table that differ from the table's" "$differ" \
+	"rows inserted after the switch missing from next" "$missing"
+
+step "rollback is one step back: SET PHASE passthrough"
+psql -qtAX "$console" -c "SET PHASE passthrough"
+psql -X "$console" -c "SHOW PHASE"
 
 step "the admin console: SHOW STATS"
 psql -X "$console" -c "SHOW STATS"
-step "the admin console: SHOW CONFIG (excerpt)"
-psql -X "$console" -c "SHOW CONFIG" | grep -E '^ *(key|-|listen_port|server_tls_sslmode|max_client_conn|control_dsn) '
 
-failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$work/pgbench.out")
 step "result"
-if [ "$dups" = 0 ] && [ "${failed:-1}" = 0 ]; then
-	echo "OK: every statement answered, no client errors, no duplicate keys"
+if [ "$dups" = 0 ] && [ "${failed:-1}" = 0 ] && [ "$differ" = 0 ] && [ "$missing" = 0 ] && [ "$mirrored" -gt 0 ]; then
+	echo "OK: no client errors, no duplicate keys, every write of dual_write mirrored identically"
 else
-	echo "PROBLEM: failed transactions=${failed:-?}, duplicate keys=$dups"
+	echo "PROBLEM: client errors=${failed:-?} duplicates=$dups differing=$differ missing=$missing mirrored=$mirrored"
 	exit 1
 fi
