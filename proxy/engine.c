@@ -341,6 +341,19 @@ static void prep_remove(struct engine *e, const char *name)
 	*p = e->preps[--e->npreps];
 }
 
+/* DEALLOCATE name, or DEALLOCATE ALL (the parser gives "" for ALL). */
+static void prep_forget(struct engine *e, const char *name)
+{
+	if (!e)
+		return;
+	if (name[0]) {
+		prep_remove(e, name);
+		return;
+	}
+	while (e->npreps)
+		prep_remove(e, e->preps[0].name);
+}
+
 static bool prep_record(struct session *s, const char *name, const char *text, size_t len,
 			uint8_t xform)
 {
@@ -364,6 +377,27 @@ static bool prep_record(struct session *s, const char *name, const char *text, s
 	}
 	e->npreps++;
 	return true;
+}
+
+/* DISCARD ALL drops every prepared statement, SQL-level or protocol-level. */
+static bool is_discard_all(const char *text, size_t len)
+{
+	struct scan_tok tok;
+	size_t pos = 0;
+	scan_next(text, len, &pos, &tok);
+	if (!scan_tok_is(text, &tok, "discard"))
+		return false;
+	scan_next(text, len, &pos, &tok);
+	return scan_tok_is(text, &tok, "all");
+}
+
+static void pstmt_remove(struct engine *e, const char *name);
+
+static void forget_all_statements(struct engine *e)
+{
+	prep_forget(e, "");
+	while (e && e->nstmts)
+		pstmt_remove(e, e->stmts[0].name);
 }
 
 /* ---- the simple protocol ---- */
@@ -454,7 +488,9 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 	if (st->kind == STMT_EXECUTE)
 		return plan_execute(s, st, plan);
 	if (st->kind == STMT_DEALLOCATE)
-		prep_remove(s->eng, st->prepared_name);
+		prep_forget(s->eng, st->prepared_name);
+	if (st->kind == STMT_OTHER && is_discard_all(text + st->start, st->len))
+		forget_all_statements(s->eng);
 	if (d.action == RULE_REFUSE) {
 		slog(LOG_LEVEL_WARNING, s->prefix, "refused (%s): %s", stmt_kind_name(st->kind),
 		     d.reason);
@@ -467,6 +503,9 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		return false;
 	}
 	if (st->kind == STMT_PREPARE) {
+		/* A name prepared again for a statement that does not touch the table is
+		 * no longer ours to re-prepare. */
+		prep_forget(s->eng, st->prepared_name);
 		if (st->touches && d.action != RULE_REFUSE &&
 		    !prep_record(s, st->prepared_name, text + st->start, st->len, xf))
 			return false;
@@ -501,7 +540,12 @@ static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
 		return false;
 	}
 	bool passthrough = s->pin.phase == PHASE_PASSTHROUGH && !s->pin.degraded;
-	bool execs = s->eng && s->eng->npreps && contains_ci(text, len, "execute");
+	/* With SQL-level statements of ours alive, their EXECUTE, DEALLOCATE and PREPARE
+	 * matter even where the table is not named. */
+	bool tracked = s->eng && (s->eng->npreps || s->eng->nstmts);
+	bool execs = tracked && (contains_ci(text, len, "execute") ||
+				 contains_ci(text, len, "deallocate") ||
+				 contains_ci(text, len, "prepare") || contains_ci(text, len, "discard"));
 	bool touch = parser_prefilter(&shunt.tables, text, len);
 	if (!execs && (!touch || (passthrough && !contains_ci(text, len, "prepare"))))
 		return send_request(s, 'Q', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);

@@ -90,7 +90,11 @@ ok "a refusal aborts the transaction; nothing of it stays in either table"
 # --- SQL-level PREPARE / EXECUTE ---
 out=$(a -c "PREPARE claim(text, text) AS INSERT INTO ingest_idempotency AS i (site_id, idempotency_key, request_hash) VALUES (\$1, \$2, '\\x05') ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING i.idempotency_key" -c "EXECUTE claim('sql', 'p1')" -c "EXECUTE claim('sql', 'p1')" -c "EXECUTE claim('sql', 'p2')")
 [ "$out" = $'p1\np2' ] || fail "PREPARE/EXECUTE: $out"
-ok "SQL PREPARE/EXECUTE"
+# A name DEALLOCATEd and PREPAREd again for another statement is no longer ours.
+out=$(a -c "PREPARE p2 AS INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('sql', 'p3', '\x05')" -c "DEALLOCATE p2" -c "PREPARE p2 AS SELECT 42" -c "EXECUTE p2" -c "DISCARD ALL" -c "PREPARE p2 AS SELECT 43" -c "EXECUTE p2")
+[ "$out" = $'42\n43' ] || fail "DEALLOCATE / DISCARD ALL and a new PREPARE of the name: $out"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE idempotency_key = 'p3'")" = 0 ] || fail "a deallocated statement ran"
+ok "SQL PREPARE/EXECUTE, DEALLOCATE, DISCARD ALL"
 
 # --- the extended protocol: the prepared statement from before the switch ---
 echo go >&"$py_in"
