@@ -26,6 +26,7 @@ const char *const migrate_phase_columns[] = {"phase",      "degraded",     "epoc
 					     "known",      "table",        "next_table",
 					     "buffer_table", NULL};
 const char *const migrate_prepare_columns[] = {"step", "detail", NULL};
+const char *const migrate_preflight_columns[] = {"kind", "object", "detail", NULL};
 
 /* ---- the phase in force ---- */
 
@@ -397,6 +398,100 @@ bool migrate_cmd_prepare(struct session *s, struct admin_result *r, const char *
 		return false;
 	}
 	prepare_session = s;
+	r->deferred = true;
+	return true;
+}
+
+/* ---- SHOW PREFLIGHT: what a proxy cannot see ---- */
+
+/*
+ * Everything that reads or writes the table without passing through a pgshunt:
+ * views and rules, functions whose bodies name it, triggers, foreign keys,
+ * publications, and sessions that hold a lock on it or run a statement naming it and
+ * are not this pgshunt's (its sessions' backends and its control connection).
+ */
+static const char preflight_sql[] =
+	"WITH t AS (SELECT $1::regclass AS oid, (SELECT relname FROM pg_class WHERE oid = "
+	"$1::regclass) AS name), mine AS (SELECT unnest($2::int[]) AS pid) "
+	"SELECT 'view', v.oid::regclass::text, 'its definition reads the table' "
+	"FROM t, pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = "
+	"r.ev_class WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = t.oid AND v.oid "
+	"<> t.oid GROUP BY v.oid "
+	"UNION ALL SELECT 'function', p.oid::regprocedure::text, 'its body names the table' "
+	"FROM t, pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname NOT IN "
+	"('pg_catalog', 'information_schema', 'pgshunt') AND p.prosrc ILIKE '%' || t.name || '%' "
+	"UNION ALL SELECT 'trigger', g.tgname || ' on ' || g.tgrelid::regclass::text, "
+	"pg_get_triggerdef(g.oid) FROM t, pg_trigger g WHERE g.tgrelid = t.oid AND NOT "
+	"g.tgisinternal "
+	"UNION ALL SELECT 'foreign key', c.conname || ' on ' || c.conrelid::regclass::text, "
+	"pg_get_constraintdef(c.oid) FROM t, pg_constraint c WHERE c.contype = 'f' AND "
+	"(c.conrelid = t.oid OR c.confrelid = t.oid) "
+	"UNION ALL SELECT 'publication', p.pubname, CASE WHEN p.puballtables THEN 'publishes "
+	"all tables' ELSE 'publishes the table' END FROM t, pg_publication p WHERE p.puballtables "
+	"OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid AND pr.prrelid = "
+	"t.oid) "
+	"UNION ALL SELECT 'session', a.pid::text, format('%s@%s from %s (%s), %s: %s', a.usename, "
+	"a.datname, coalesce(a.client_addr::text, 'local'), a.application_name, a.state, "
+	"left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)) FROM t, pg_stat_activity a WHERE "
+	"a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.pid NOT IN (SELECT "
+	"pid FROM mine) AND (a.query ILIKE '%' || t.name || '%' OR EXISTS (SELECT 1 FROM "
+	"pg_locks l WHERE l.pid = a.pid AND l.relation = t.oid))";
+
+static void on_preflight(const PGresult *res, void *arg)
+{
+	struct session *s = arg;
+	if (!control_ok(res)) {
+		admin_deferred_done(s, NULL, control_sqlstate(res), control_message(res));
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *v[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2)};
+		admin_row(s, 3, v);
+	}
+	admin_deferred_done(s, "SHOW", NULL, NULL);
+}
+
+/* '{pid,pid,...}': the backends of this pgshunt's sessions, which it can see. */
+static char *own_backends(void)
+{
+	size_t cap = 64, len = 0;
+	char *list = malloc(cap);
+	if (!list)
+		return NULL;
+	list[len++] = '{';
+	for (struct session *t = shunt.sessions; t; t = t->next) {
+		if (!t->server_pid || t->state != SS_ACTIVE)
+			continue;
+		if (len + 16 > cap) {
+			char *grown = realloc(list, cap *= 2);
+			if (!grown) {
+				free(list);
+				return NULL;
+			}
+			list = grown;
+		}
+		len += (size_t)snprintf(list + len, cap - len, "%s%u", len > 1 ? "," : "", t->server_pid);
+	}
+	snprintf(list + len, cap - len, "}");
+	return list;
+}
+
+bool migrate_cmd_preflight(struct session *s, struct admin_result *r, const char *args)
+{
+	(void)args;
+	if (!control_available()) {
+		admin_res_error(r, NOT_IN_STATE, "control_dsn is not set: SHOW PREFLIGHT needs "
+						 "pgshunt's own connection");
+		return false;
+	}
+	char *pids = own_backends();
+	const char *params[] = {shunt.cfg.table, pids};
+	bool queued = pids && control_query(preflight_sql, 2, params, on_preflight, s);
+	free(pids);
+	if (!queued) {
+		admin_res_error(r, "53200", "out of memory");
+		return false;
+	}
 	r->deferred = true;
 	return true;
 }

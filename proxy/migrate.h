@@ -24,8 +24,10 @@ bool migrate_cmd_show_phase(struct session *s, struct admin_result *r, const cha
 bool migrate_cmd_set_phase(struct session *s, struct admin_result *r, const char *args);
 bool migrate_cmd_degraded(struct session *s, struct admin_result *r, const char *args);
 bool migrate_cmd_prepare(struct session *s, struct admin_result *r, const char *args);
+bool migrate_cmd_preflight(struct session *s, struct admin_result *r, const char *args);
 
 extern const char *const migrate_phase_columns[];
 extern const char *const migrate_prepare_columns[];
+extern const char *const migrate_preflight_columns[];
 
 #endif

@@ -101,6 +101,28 @@ done
 [ "$(run 'SHOW PHASE' | cut -d'|' -f3)" = "$epoch1" ] || fail "restarted proxy did not read the epoch"
 echo "ok: phase read back after restart"
 
+# SHOW PREFLIGHT: what reaches the table without a pgshunt.
+q "CREATE VIEW pf_view AS SELECT site_id FROM ingest_idempotency" >/dev/null
+q "CREATE FUNCTION pf_cleanup() RETURNS void LANGUAGE sql AS 'DELETE FROM ingest_idempotency WHERE false'" >/dev/null
+q "CREATE FUNCTION pf_trg() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'" >/dev/null
+q "CREATE TRIGGER pf_trigger BEFORE INSERT ON ingest_idempotency FOR EACH ROW EXECUTE FUNCTION pf_trg()" >/dev/null
+q "CREATE TABLE pf_child (site_id text, idempotency_key text, FOREIGN KEY (site_id, idempotency_key) REFERENCES ingest_idempotency)" >/dev/null
+q "CREATE PUBLICATION pf_pub FOR TABLE ingest_idempotency" >/dev/null
+psql -X -q "$direct application_name=cron-job" -c "BEGIN" -c "LOCK TABLE ingest_idempotency IN ACCESS SHARE MODE" -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
+locker=$!
+psql -X -q "host=127.0.0.1 port=$port dbname=$own_db user=shunt_trust application_name=via-pgshunt" -c "BEGIN" -c "LOCK TABLE ingest_idempotency IN ACCESS SHARE MODE" -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
+via=$!
+sleep 1
+pf=$(run 'SHOW PREFLIGHT') || fail "SHOW PREFLIGHT: $pf"
+kill "$locker" "$via" 2>/dev/null || true
+wait "$locker" "$via" 2>/dev/null || true
+for want in "view|pf_view" "function|pf_cleanup()" "trigger|pf_trigger on ingest_idempotency" "foreign key|" "publication|pf_pub" "session|.*cron-job"; do
+	grep -qE "^$want" <<<"$pf" || fail "SHOW PREFLIGHT lacks /$want/: $pf"
+done
+grep -q 'via-pgshunt' <<<"$pf" && fail "SHOW PREFLIGHT lists a session that comes through this pgshunt: $pf"
+q "DROP PUBLICATION pf_pub; DROP TABLE pf_child; DROP TRIGGER pf_trigger ON ingest_idempotency; DROP VIEW pf_view" >/dev/null
+echo "ok: SHOW PREFLIGHT"
+
 # The console answers the extended protocol too (psycopg 3 uses it).
 /usr/bin/python3 - "$console" <<'EOF' || fail "SHOW PHASE over the extended protocol"
 import sys, psycopg
