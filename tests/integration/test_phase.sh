@@ -114,7 +114,7 @@ psql -X -q "host=127.0.0.1 port=$port dbname=$own_db user=shunt_trust applicatio
 via=$!
 sleep 1
 pf=$(run 'SHOW PREFLIGHT') || fail "SHOW PREFLIGHT: $pf"
-kill "$locker" "$via" 2>/dev/null || true
+q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name IN ('cron-job', 'via-pgshunt')" >/dev/null
 wait "$locker" "$via" 2>/dev/null || true
 for want in "view|pf_view" "function|pf_cleanup()" "trigger|pf_trigger on ingest_idempotency" "foreign key|" "publication|pf_pub" "session|.*cron-job"; do
 	grep -qE "^$want" <<<"$pf" || fail "SHOW PREFLIGHT lacks /$want/: $pf"
