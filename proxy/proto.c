@@ -162,60 +162,56 @@ bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out)
 	return any && mbuf_avail(&m) == 0 && pktbuf_ok(out);
 }
 
-/* Copy the first n_keep fields/columns, which end at byte `end` of the message. */
-static bool drop_last_write(const uint8_t *msg, char type, uint16_t ncols, size_t end,
-			    struct pktbuf *out)
+/* RowDescription field: name, then table oid, column, type oid, size, typmod, format. */
+static bool skip_field(struct mbuf *m)
 {
+	const char *name;
+	const uint8_t *rest;
+	return mbuf_get_string(m, &name) && mbuf_get_bytes(m, 18, &rest);
+}
+
+/* DataRow column: int32 length (-1 for NULL), then that many bytes. */
+static bool skip_column(struct mbuf *m)
+{
+	uint32_t len;
+	const uint8_t *value;
+	return mbuf_get_uint32(m, &len) && (len == 0xffffffffu || mbuf_get_bytes(m, len, &value));
+}
+
+/* Walk the int16-counted items of a T or D message and copy all but the last. */
+static bool drop_last_item(const uint8_t *msg, uint32_t total, char type,
+			   bool (*skip)(struct mbuf *m), struct pktbuf *out)
+{
+	struct mbuf m;
+	uint16_t n;
+	size_t last = 0;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != type)
+		return false;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_uint16(&m, &n) || n == 0)
+		return false;
+	for (uint16_t i = 0; i < n; i++) {
+		last = m.pos;
+		if (!skip(&m))
+			return false;
+	}
+	if (mbuf_avail(&m) != 0)
+		return false;
 	pktbuf_start(out, type);
-	pktbuf_put_uint16(out, (uint16_t)(ncols - 1));
-	pktbuf_put_bytes(out, msg + PROTO_HEADER_LEN + 2, end - PROTO_HEADER_LEN - 2);
+	pktbuf_put_uint16(out, (uint16_t)(n - 1));
+	pktbuf_put_bytes(out, msg + PROTO_HEADER_LEN + 2, last - PROTO_HEADER_LEN - 2);
 	pktbuf_finish(out);
 	return pktbuf_ok(out);
 }
 
 bool proto_rowdesc_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
 {
-	struct mbuf m;
-	uint16_t ncols;
-	size_t last = 0;
-
-	if (total < PROTO_HEADER_LEN || msg[0] != 'T')
-		return false;
-	mbuf_init(&m, msg, total);
-	m.pos = PROTO_HEADER_LEN;
-	if (!mbuf_get_uint16(&m, &ncols) || ncols == 0)
-		return false;
-	for (uint16_t i = 0; i < ncols; i++) {
-		const char *name;
-		const uint8_t *rest;
-		last = m.pos;
-		/* name, then table oid, column, type oid, type size, typmod, format */
-		if (!mbuf_get_string(&m, &name) || !mbuf_get_bytes(&m, 18, &rest))
-			return false;
-	}
-	return mbuf_avail(&m) == 0 && drop_last_write(msg, 'T', ncols, last, out);
+	return drop_last_item(msg, total, 'T', skip_field, out);
 }
 
 bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
 {
-	struct mbuf m;
-	uint16_t ncols;
-	size_t last = 0;
-
-	if (total < PROTO_HEADER_LEN || msg[0] != 'D')
-		return false;
-	mbuf_init(&m, msg, total);
-	m.pos = PROTO_HEADER_LEN;
-	if (!mbuf_get_uint16(&m, &ncols) || ncols == 0)
-		return false;
-	for (uint16_t i = 0; i < ncols; i++) {
-		uint32_t len;
-		const uint8_t *value;
-		last = m.pos;
-		if (!mbuf_get_uint32(&m, &len))
-			return false;
-		if (len != 0xffffffffu && !mbuf_get_bytes(&m, len, &value))
-			return false;
-	}
-	return mbuf_avail(&m) == 0 && drop_last_write(msg, 'D', ncols, last, out);
+	return drop_last_item(msg, total, 'D', skip_column, out);
 }
