@@ -135,6 +135,27 @@ static const struct parse_result *parse_text(struct session *s, const char *text
 				shunt.cfg.key_columns, shunt.cfg.partition_column);
 }
 
+/* The engine's decisions, for /metrics. */
+static void count_decision(struct session *s, const struct stmt_info *st,
+			   const struct rule_decision *d)
+{
+	struct stats *stats = &shunt.stats;
+	if (st->kind < STMT__COUNT && d->action < RULE__COUNT)
+		stats->statements[st->kind][d->action][s->pin.phase]++;
+	if (d->action != RULE_REFUSE || !d->reason)
+		return;
+	for (unsigned i = 0; i < stats->nrefusals; i++) {
+		if (stats->refusals[i].reason == d->reason) {
+			stats->refusals[i].count++;
+			return;
+		}
+	}
+	if (stats->nrefusals < sizeof(stats->refusals) / sizeof(stats->refusals[0])) {
+		stats->refusals[stats->nrefusals].reason = d->reason;
+		stats->refusals[stats->nrefusals++].count = 1;
+	}
+}
+
 /* ---- building rewritten text ---- */
 
 struct edit {
@@ -485,6 +506,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 {
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
 	uint8_t xf = XF_NONE;
+	if (st->touches)
+		count_decision(s, st, &d);
 	if (st->kind == STMT_EXECUTE)
 		return plan_execute(s, st, plan);
 	if (st->kind == STMT_DEALLOCATE)
@@ -717,6 +740,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	}
 	const struct stmt_info *st = &r->stmts[0];
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
+	if (st->touches)
+		count_decision(s, st, &d);
 	if (d.action == RULE_REFUSE) {
 		*reason = d.reason;
 		return NULL;

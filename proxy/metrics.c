@@ -29,6 +29,7 @@
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
+#include "rules/rules.h"
 
 #ifndef PGSHUNT_VERSION
 #define PGSHUNT_VERSION "0.0.0"
@@ -362,6 +363,40 @@ static void page_phase(struct page *p)
 		   shunt.phase.known);
 }
 
+/* What the statement engine did, and the parse cache behind it. */
+static void page_engine(struct page *p)
+{
+	const struct stats *st = &shunt.stats;
+	page_family(p, "pgshunt_statements_total", "counter",
+		    "Statements naming a configured table as the engine decided them (each Query "
+		    "statement, each Parse), by kind, action taken and phase.");
+	for (int k = 0; k < STMT__COUNT; k++)
+		for (int a = 0; a < RULE__COUNT; a++)
+			for (int ph = 0; ph < PHASE__COUNT; ph++) {
+				uint64_t n = st->statements[k][a][ph];
+				if (!n)
+					continue;
+				page_printf(p, "pgshunt_statements_total{kind=\"%s\",action=\"%s\","
+					       "phase=\"%s\"} %" PRIu64 "\n",
+					    stmt_kind_name((enum stmt_kind)k),
+					    rule_action_name((enum rule_action)a),
+					    phase_name((enum phase)ph), n);
+			}
+	page_family(p, "pgshunt_refusals_total", "counter",
+		    "Statements refused with 0A000, by reason.");
+	for (unsigned i = 0; i < st->nrefusals; i++)
+		page_labelled(p, "pgshunt_refusals_total", "reason", st->refusals[i].reason,
+			      st->refusals[i].count);
+	page_family(p, "pgshunt_parse_cache_hits_total", "counter",
+		    "Parse results found in the cache.");
+	page_printf(p, "pgshunt_parse_cache_hits_total %" PRIu64 "\n",
+		    shunt.parse_cache ? parser_cache_hits(shunt.parse_cache) : 0);
+	page_family(p, "pgshunt_parse_cache_misses_total", "counter",
+		    "Statements parsed because the cache did not have them.");
+	page_printf(p, "pgshunt_parse_cache_misses_total %" PRIu64 "\n",
+		    shunt.parse_cache ? parser_cache_misses(shunt.parse_cache) : 0);
+}
+
 /* ---- requests ---- */
 
 static void reply_text(struct evhttp_request *req, int code, const char *fmt, ...)
@@ -388,6 +423,7 @@ static void serve_metrics(struct evhttp_request *req)
 	page_connections(&p);
 	page_counters(&p);
 	page_phase(&p);
+	page_engine(&p);
 	if (p.failed) {
 		evbuffer_drain(p.buf, evbuffer_get_length(p.buf));
 		reply_text(req, HTTP_INTERNAL, "out of memory\n");

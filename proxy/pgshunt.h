@@ -14,6 +14,7 @@
 #include "conf/conf.h"
 #include "parser/parser.h"
 #include "proxy/phase.h"
+#include "rules/rules.h"
 
 struct session;
 
@@ -27,6 +28,14 @@ struct stats {
 	uint64_t errors_total;     /* ErrorResponses sent to clients */
 	uint64_t refused_total;    /* connections refused by limits or bad input */
 	uint64_t cancels_total;    /* CancelRequests routed to a server */
+	/* Statements that name a configured table, by kind, the action taken, and phase. */
+	uint64_t statements[STMT__COUNT][RULE__COUNT][PHASE__COUNT];
+	/* Refusals by reason; reasons are rules.c's static strings, compared by address. */
+	struct {
+		const char *reason;
+		uint64_t count;
+	} refusals[32];
+	unsigned nrefusals;
 };
 
 struct pgshunt {

@@ -2,6 +2,12 @@
 
 #include <stddef.h>
 
+const char *rule_action_name(enum rule_action action)
+{
+	static const char *const names[RULE__COUNT] = {"forward", "mirror", "rename", "refuse"};
+	return action < RULE__COUNT ? names[action] : "?";
+}
+
 const struct rel_ref *rules_write_target(const struct stmt_info *st)
 {
 	for (uint32_t i = 0; i < st->nrefs; i++)

@@ -19,7 +19,10 @@ enum rule_action {
 	RULE_MIRROR,  /* append the mirror call to RETURNING (mirror_fn on the target row) */
 	RULE_RENAME,  /* a read: every mention of the table is pointed at next_table */
 	RULE_REFUSE,  /* 0A000 with reason */
+	RULE__COUNT
 };
+
+const char *rule_action_name(enum rule_action action);
 
 struct rule_decision {
 	enum rule_action action;

@@ -10,7 +10,8 @@ set -euo pipefail
 own_database "dual_$$"
 q() { psql -X -qtA "$direct" -c "$1"; }
 q "SELECT seed_ingest_idempotency(1000)" >/dev/null
-start_pgshunt "control_dsn = $direct" "log_level = debug"
+metrics_port=$(bash "$shunt_harness" freeport)
+start_pgshunt "control_dsn = $direct" "log_level = debug" "metrics_addr = 127.0.0.1:$metrics_port"
 a() { psql -X -qtA -v VERBOSITY=verbose "$app" "$@" 2>&1; }
 c() { psql -X -qtA "$console" -c "$1" 2>&1; }
 
@@ -151,6 +152,15 @@ EOF
 out=$(c 'SET PHASE dual_write') || fail "back to dual_write: $out"
 [ "$(a -c "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'direct'")" = 1 ] || fail "dual_write reads the table again"
 ok "read_next: reads from next_table (plain, qualified, aliased, locking, COPY, extended), writes still mirrored; back to dual_write"
+
+# --- what the engine did, on /metrics ---
+metrics=$(/usr/bin/python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" "http://127.0.0.1:$metrics_port/metrics")
+mirrored_n=$(grep '^pgshunt_statements_total{kind="INSERT",action="mirror",phase="dual_write"}' <<<"$metrics" | awk '{print $2}')
+[ "${mirrored_n:-0}" -gt 0 ] || fail "no mirrored INSERT counted: $(grep statements_total <<<"$metrics")"
+grep -q '^pgshunt_statements_total{kind="SELECT",action="rename",phase="read_next"}' <<<"$metrics" || fail "no renamed read counted"
+grep -qE '^pgshunt_refusals_total\{reason="TRUNCATE would empty one table only"\} [1-9]' <<<"$metrics" || fail "refusal not counted"
+grep -qE '^pgshunt_parse_cache_hits_total [1-9]' <<<"$metrics" || fail "no parse cache hits"
+ok "metrics: $mirrored_n mirrored INSERTs, renamed reads, refusals by reason, parse cache hits"
 
 # --- one step back ---
 out=$(c 'SET PHASE passthrough') || fail "SET PHASE passthrough: $out"
