@@ -857,7 +857,21 @@ static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
 		xform = p->xform;
 	if (!portal_set(s, portal, xform))
 		return oom(s);
-	return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
+	if (xform != XF_DROP_LAST)
+		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
+	/* Result formats listed per column must cover the mirror column too. */
+	struct pktbuf b;
+	pktbuf_init(&b);
+	int rc = proto_bind_extend_formats(msg, total, &b);
+	if (rc <= 0) {
+		pktbuf_free(&b);
+		if (rc < 0) {
+			session_fatal(s, "08P01", "invalid Bind message");
+			return false;
+		}
+		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
+	}
+	return send_built(s, &b, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 }
 
 static bool on_describe(struct session *s, const uint8_t *msg, uint32_t total)
@@ -881,9 +895,25 @@ static bool on_describe(struct session *s, const uint8_t *msg, uint32_t total)
 static bool on_execute(struct session *s, const uint8_t *msg, uint32_t total)
 {
 	uint8_t xform = XF_NONE;
-	if (s->eng && memchr(msg + 5, 0, total - 5)) {
+	const uint8_t *nul = s->eng ? memchr(msg + 5, 0, total - 5) : NULL;
+	if (nul) {
 		struct portal *p = portal_find(s->eng, (const char *)msg + 5);
 		xform = p ? p->xform : XF_NONE;
+	}
+	/*
+	 * The client's statement returns no rows, so a row limit (JDBC sends 1) would only
+	 * suspend the portal on the mirror column and lose the CommandComplete: drop it.
+	 */
+	size_t limit_at = nul ? (size_t)(nul - msg) + 1 : 0;
+	if (xform == XF_DROP_ROWS && limit_at + 4 == total && read_uint32_be(msg + limit_at) != 0) {
+		uint8_t *copy = malloc(total);
+		if (!copy)
+			return oom(s);
+		memcpy(copy, msg, total);
+		memset(copy + limit_at, 0, 4);
+		bool ok = send_request(s, 'E', copy, total, RESP_FORWARD, TAG_CLIENT, xform, NULL);
+		free(copy);
+		return ok;
 	}
 	return send_request(s, 'E', msg, total, RESP_FORWARD, TAG_CLIENT, xform, NULL);
 }

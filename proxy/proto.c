@@ -215,3 +215,36 @@ bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *
 {
 	return drop_last_item(msg, total, 'D', skip_column, out);
 }
+
+int proto_bind_extend_formats(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct mbuf m;
+	const char *portal, *stmt;
+	const uint8_t *skip;
+	uint16_t nfmt, nparams, nres;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != 'B')
+		return -1;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_string(&m, &portal) || !mbuf_get_string(&m, &stmt) ||
+	    !mbuf_get_uint16(&m, &nfmt) || !mbuf_get_bytes(&m, (size_t)nfmt * 2, &skip) ||
+	    !mbuf_get_uint16(&m, &nparams))
+		return -1;
+	for (uint16_t i = 0; i < nparams; i++)
+		if (!skip_column(&m))
+			return -1;
+	size_t res_at = m.pos;
+	if (!mbuf_get_uint16(&m, &nres) || !mbuf_get_bytes(&m, (size_t)nres * 2, &skip) ||
+	    mbuf_avail(&m) != 0)
+		return -1;
+	if (nres <= 1)
+		return 0;
+	pktbuf_start(out, 'B');
+	pktbuf_put_bytes(out, msg + PROTO_HEADER_LEN, res_at - PROTO_HEADER_LEN);
+	pktbuf_put_uint16(out, (uint16_t)(nres + 1));
+	pktbuf_put_bytes(out, msg + res_at + 2, (size_t)nres * 2);
+	pktbuf_put_uint16(out, 0);
+	pktbuf_finish(out);
+	return pktbuf_ok(out) ? 1 : -1;
+}

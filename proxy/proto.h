@@ -77,6 +77,14 @@ bool proto_sasl_strip_plus(const uint8_t *body, size_t len, struct pktbuf *out);
 bool proto_rowdesc_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out);
 bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out);
 
+/*
+ * A Bind ('B') whose statement got one more result column from the engine: when the
+ * client listed a format per column (more than one code), the added column needs its
+ * own (text).  Returns 1 with the rewritten message in out, 0 when nothing needs to
+ * change (zero or one format code), -1 for a malformed message.
+ */
+int proto_bind_extend_formats(const uint8_t *msg, uint32_t total, struct pktbuf *out);
+
 /* The int32 code of an Authentication message body, or false when too short. */
 bool proto_auth_code(const uint8_t *body, size_t len, uint32_t *code);
 

@@ -231,6 +231,24 @@ static void normalize(const char *s, char *out)
 	out[n] = '\0';
 }
 
+/* The engine's message surgery: never a read past the end, and well-framed output. */
+static void fuzz_rewrites(const uint8_t *msg, uint32_t total)
+{
+	struct pktbuf out;
+	pktbuf_init(&out);
+	int rc = proto_bind_extend_formats(msg, total, &out);
+	CHECK(rc >= -1 && rc <= 1);
+	CHECK(rc != 1 || (out.data[0] == 'B' && out.len == (size_t)total + 2 &&
+			  read_uint32_be(out.data + 1) == out.len - 1));
+	pktbuf_reset(&out);
+	if (proto_rowdesc_drop_last(msg, total, &out))
+		CHECK(out.data[0] == 'T' && out.len < total && read_uint32_be(out.data + 1) == out.len - 1);
+	pktbuf_reset(&out);
+	if (proto_datarow_drop_last(msg, total, &out))
+		CHECK(out.data[0] == 'D' && out.len < total && read_uint32_be(out.data + 1) == out.len - 1);
+	pktbuf_free(&out);
+}
+
 static void fuzz_admin(const uint8_t *body, size_t len)
 {
 	char *stmt = malloc(len + 1);
@@ -395,6 +413,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_sasl(body, blen);
 		fuzz_respq(&q, &m, type, index++, body, blen);
 		fuzz_admin(body, blen);
+		fuzz_rewrites(msg, (uint32_t)total);
 		free(msg);
 		off += total;
 	}

@@ -834,9 +834,72 @@ static void test_datarow_drop_last(void **state)
 	pktbuf_free(&out);
 }
 
+
+/* ---- Bind: a format code for the engine's extra result column ---- */
+
+static void build_bind(struct pktbuf *b, uint16_t nres, const uint16_t *res)
+{
+	pktbuf_start(b, 'B');
+	pktbuf_put_string(b, "");
+	pktbuf_put_string(b, "S_4");
+	pktbuf_put_uint16(b, 1); /* one parameter format: binary */
+	pktbuf_put_uint16(b, 1);
+	pktbuf_put_uint16(b, 2); /* two parameters: 4 bytes, NULL */
+	pktbuf_put_uint32(b, 4);
+	pktbuf_put_bytes(b, "\0\0\0\7", 4);
+	pktbuf_put_uint32(b, 0xffffffff);
+	pktbuf_put_uint16(b, nres);
+	for (uint16_t i = 0; i < nres; i++)
+		pktbuf_put_uint16(b, res[i]);
+	pktbuf_finish(b);
+}
+
+static void test_bind_extend_formats(void **state)
+{
+	(void)state;
+	struct pktbuf in, want, out;
+	static const uint16_t per_column[] = {0, 1}, extended[] = {0, 1, 0}, one[] = {1};
+	pktbuf_init(&in);
+	pktbuf_init(&want);
+	pktbuf_init(&out);
+	build_bind(&in, 2, per_column);
+	build_bind(&want, 3, extended);
+	assert_int_equal(proto_bind_extend_formats(in.data, (uint32_t)in.len, &out), 1);
+	assert_int_equal(out.len, want.len);
+	assert_memory_equal(out.data, want.data, want.len);
+
+	/* Zero or one code applies to every column, the added one included. */
+	pktbuf_reset(&in);
+	pktbuf_reset(&out);
+	build_bind(&in, 1, one);
+	assert_int_equal(proto_bind_extend_formats(in.data, (uint32_t)in.len, &out), 0);
+	pktbuf_reset(&in);
+	build_bind(&in, 0, NULL);
+	assert_int_equal(proto_bind_extend_formats(in.data, (uint32_t)in.len, &out), 0);
+
+	/* Every truncation, a trailing byte, the wrong type: malformed. */
+	pktbuf_reset(&in);
+	build_bind(&in, 2, per_column);
+	for (uint32_t cut = 0; cut < in.len; cut++) {
+		pktbuf_reset(&out);
+		assert_int_equal(proto_bind_extend_formats(in.data, cut, &out), -1);
+	}
+	uint8_t *longer = malloc(in.len + 1);
+	memcpy(longer, in.data, in.len);
+	longer[in.len] = 0;
+	assert_int_equal(proto_bind_extend_formats(longer, (uint32_t)in.len + 1, &out), -1);
+	free(longer);
+	in.data[0] = 'E';
+	assert_int_equal(proto_bind_extend_formats(in.data, (uint32_t)in.len, &out), -1);
+	pktbuf_free(&in);
+	pktbuf_free(&want);
+	pktbuf_free(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_bind_extend_formats),
 	    cmocka_unit_test(test_rowdesc_drop_last),
 	    cmocka_unit_test(test_datarow_drop_last),
 	    cmocka_unit_test(test_startup_v3_full),
