@@ -173,4 +173,4 @@ clean:
 	rm -rf build pgshunt
 
 # The version is compiled into main.o and metrics.o (pgshunt_build_info).
-$(BUILD)/proxy/main.o $(BUILD)/proxy/metrics.o: VERSION
+$(BUILD)/proxy/main.o $(BUILD)/proxy/metrics.o $(BUILD)/proxy/fleet.o: VERSION

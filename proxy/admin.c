@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "proxy/control.h"
+#include "proxy/fleet.h"
 #include "proxy/log.h"
 #include "proxy/migrate.h"
 #include "proxy/mbuf.h"
@@ -360,6 +361,8 @@ static const struct admin_cmd commands[] = {
 	{"SHOW CONFIG", config_columns, cmd_show_config, "every setting, its default and reloadability", false},
 	{"SHOW PHASE", migrate_phase_columns, migrate_cmd_show_phase,
 	 "the migration phase in force, DEGRADED, the epoch and the tables", false},
+	{"SHOW PROXIES", fleet_proxies_columns, fleet_cmd_show_proxies,
+	 "the proxies of the fleet: acknowledged epoch, transactions in flight, lease", false},
 	{"SHOW PREFLIGHT", migrate_preflight_columns, migrate_cmd_preflight,
 	 "what pgshunt cannot see: views, functions, triggers, foreign keys, publications, other sessions",
 	 false},

@@ -37,6 +37,7 @@ static struct {
 	struct control_req *tail;
 	PGresult *result;          /* the answer being gathered for head */
 	bool stopping;
+	bool draining;             /* control_drain(): break the loop once the queue is empty */
 } ctl;
 
 static void control_drive(void);
@@ -106,6 +107,8 @@ static void finish_head(const PGresult *res)
 	if (r->cb)
 		r->cb(res, r->arg);
 	req_free(r);
+	if (ctl.draining && !ctl.head)
+		event_base_loopbreak(shunt.base);
 }
 
 static void connection_lost(const char *why)
@@ -271,6 +274,17 @@ void control_stop(void)
 		event_free(ctl.kick);
 		ctl.kick = NULL;
 	}
+}
+
+void control_drain(int timeout_ms)
+{
+	if (!ctl.head || ctl.state == CTL_DOWN)
+		return;
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+	ctl.draining = true;
+	event_base_loopexit(shunt.base, &tv);
+	event_base_dispatch(shunt.base);
+	ctl.draining = false;
 }
 
 bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,

@@ -32,6 +32,12 @@ bool control_connected(void);
 bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,
 		   void *arg) __attribute__((warn_unused_result));
 
+/*
+ * At exit: run the loop until the queued queries are answered (a proxy's goodbye),
+ * at most timeout_ms.  Call after the sessions are closed, before control_stop().
+ */
+void control_drain(int timeout_ms);
+
 /* Forget the callbacks that carry arg (its owner is going away); the queries still run. */
 void control_forget(void *arg);
 

@@ -22,6 +22,7 @@
 
 #include "conf/conf.h"
 #include "proxy/control.h"
+#include "proxy/fleet.h"
 #include "proxy/iobuf.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -601,6 +602,7 @@ static int run(void)
 	}
 	control_start();
 	migrate_load_phase();
+	fleet_start();
 	if (start_up())
 		event_base_dispatch(shunt.base);
 	else
@@ -609,6 +611,8 @@ static int run(void)
 	metrics_stop();
 	close_listeners();
 	close_all_sessions();
+	fleet_stop();
+	control_drain(1000);
 	migrate_stop();
 	control_stop();
 	for (int i = 0; i < 3; i++)

@@ -140,5 +140,29 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
     assert c.execute("SHOW PHASE").fetchone()[0] == "passthrough"
 EOF
 echo "ok: extended protocol"
+
+# SHOW PROXIES: this proxy's row, and its acknowledged epoch held back by a
+# transaction that began under the older phase (I8), released when it commits.
+proxy_row() { run 'SHOW PROXIES' | grep "|$pid|"; }
+for _ in $(seq 50); do
+	proxy_row | grep -q '|yes$' && break
+	sleep 0.1
+done
+proxy_row | grep -q '|yes$' || fail "SHOW PROXIES lacks this proxy: $(run 'SHOW PROXIES')"
+acked() { proxy_row | cut -d'|' -f5; }
+epoch_now=$(q "SELECT epoch FROM pgshunt.state")
+coproc TXP { psql -X -qtA "host=127.0.0.1 port=$port dbname=$own_db user=shunt_trust" 2>&1; }
+exec {txp_in}>&"${TXP[1]}" {txp_out}<&"${TXP[0]}"
+echo "BEGIN; SELECT count(*) >= 0 FROM ingest_idempotency;" >&"$txp_in"
+read -r -t 10 line <&"$txp_out" || fail "no answer in the open transaction"
+[ "$(run 'DEGRADED OFF')" = "" ] || fail "DEGRADED OFF to move the epoch"
+sleep 3
+[ "$(acked)" = "$epoch_now" ] || fail "acked epoch moved past an open transaction: $(proxy_row)"
+echo "COMMIT;" >&"$txp_in"
+sleep 3
+[ "$(acked)" = "$((epoch_now + 1))" ] || fail "acked epoch did not follow after COMMIT: $(proxy_row)"
+exec {txp_in}>&- {TXP[1]}>&-
+echo "ok: SHOW PROXIES, acked epoch held by a transaction of the older phase"
 stop_proxy
+[ "$(q "SELECT count(*) FROM pgshunt.proxies")" = 0 ] || fail "the proxy's row stayed after its exit"
 echo "phase: ok"

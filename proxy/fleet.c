@@ -1,0 +1,161 @@
+#include "proxy/fleet.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/admin.h"
+#include "proxy/control.h"
+#include "proxy/log.h"
+#include "proxy/pgshunt.h"
+#include "proxy/session.h"
+
+#ifndef PGSHUNT_VERSION
+#define PGSHUNT_VERSION "0.0.0"
+#endif
+
+const char *const fleet_proxies_columns[] = {"proxy_id",    "host",        "pid",
+					     "version",     "acked_epoch", "inflight",
+					     "heartbeat_at", "lease_until", "alive", NULL};
+
+static struct {
+	struct event *timer;
+	bool beating;       /* a heartbeat is in flight: never two at once */
+	bool registered;    /* the row exists (the schema was there at the last beat) */
+	char id[300];
+	char host[256];
+} fleet;
+
+const char *fleet_proxy_id(void)
+{
+	if (!fleet.id[0]) {
+		if (gethostname(fleet.host, sizeof(fleet.host)) != 0)
+			snprintf(fleet.host, sizeof(fleet.host), "unknown");
+		fleet.host[sizeof(fleet.host) - 1] = '\0';
+		snprintf(fleet.id, sizeof(fleet.id), "%s:%d:%d", fleet.host, shunt.cfg.listen_port,
+			 (int)getpid());
+	}
+	return fleet.id;
+}
+
+uint64_t fleet_acked_epoch(uint32_t *inflight)
+{
+	uint64_t acked = shunt.phase.epoch;
+	uint32_t busy = 0;
+	for (const struct session *s = shunt.sessions; s; s = s->next) {
+		if (s->state != SS_ACTIVE || session_idle(s))
+			continue;
+		busy++;
+		if (s->pin.known && s->pin.epoch < acked)
+			acked = s->pin.epoch;
+	}
+	if (inflight)
+		*inflight = busy;
+	return acked;
+}
+
+static void on_beat(const PGresult *res, void *arg)
+{
+	(void)arg;
+	fleet.beating = false;
+	bool ok = control_ok(res);
+	/* No control schema yet (before MIGRATE PREPARE): nothing to register in. */
+	if (!ok && res && strcmp(control_sqlstate(res), "42P01") != 0 &&
+	    strcmp(control_sqlstate(res), "3F000") != 0)
+		log_warning("heartbeat failed: %s", control_message(res));
+	if (ok && !fleet.registered)
+		log_info("registered in pgshunt.proxies as %s", fleet_proxy_id());
+	fleet.registered = ok;
+}
+
+static void beat(void)
+{
+	char pid[16], epoch[24], busy[16], lease[16];
+	uint32_t inflight;
+	if (fleet.beating || !shunt.phase.known || !control_connected())
+		return;
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	snprintf(epoch, sizeof(epoch), "%" PRIu64, fleet_acked_epoch(&inflight));
+	snprintf(busy, sizeof(busy), "%u", inflight);
+	snprintf(lease, sizeof(lease), "%d", FLEET_LEASE_S);
+	const char *params[] = {fleet_proxy_id(), fleet.host, pid, PGSHUNT_VERSION,
+				epoch, busy, lease};
+	fleet.beating = control_query(
+		"INSERT INTO pgshunt.proxies AS p (proxy_id, host, pid, version, acked_epoch, "
+		"inflight, heartbeat_at, lease_until) VALUES ($1, $2, $3::int, $4, $5::bigint, "
+		"$6::int, now(), now() + make_interval(secs => $7::int)) ON CONFLICT (proxy_id) DO "
+		"UPDATE SET acked_epoch = excluded.acked_epoch, inflight = excluded.inflight, "
+		"heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
+		7, params, on_beat, &fleet);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (control_available())
+		beat();
+}
+
+void fleet_start(void)
+{
+	struct timeval tv = {FLEET_HEARTBEAT_S, 0};
+	if (!control_available())
+		return;
+	fleet_proxy_id();
+	fleet.timer = event_new(shunt.base, -1, EV_PERSIST, on_tick, NULL);
+	if (fleet.timer)
+		event_add(fleet.timer, &tv);
+}
+
+void fleet_stop(void)
+{
+	if (fleet.timer)
+		event_free(fleet.timer);
+	fleet.timer = NULL;
+	/* Leaving: the row goes, so nobody waits for this proxy's acks. */
+	if (fleet.registered && control_connected()) {
+		const char *params[] = {fleet_proxy_id()};
+		if (!control_query("DELETE FROM pgshunt.proxies WHERE proxy_id = $1", 1, params, NULL,
+				   NULL))
+			log_warning("could not queue the removal of %s from pgshunt.proxies",
+				    fleet_proxy_id());
+	}
+}
+
+static void on_proxies(const PGresult *res, void *arg)
+{
+	struct session *s = arg;
+	if (!control_ok(res)) {
+		admin_deferred_done(s, NULL, control_sqlstate(res), control_message(res));
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *v[9];
+		for (int c = 0; c < 9; c++)
+			v[c] = PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
+		admin_row(s, 9, v);
+	}
+	admin_deferred_done(s, "SHOW", NULL, NULL);
+}
+
+bool fleet_cmd_show_proxies(struct session *s, struct admin_result *r, const char *args)
+{
+	(void)args;
+	if (!control_available()) {
+		admin_res_error(r, "55000", "control_dsn is not set: there is no fleet to show");
+		return false;
+	}
+	if (!control_query("SELECT proxy_id, host, pid::text, version, acked_epoch::text, "
+			   "inflight::text, heartbeat_at::text, lease_until::text, CASE WHEN "
+			   "lease_until > now() THEN 'yes' ELSE 'no' END FROM pgshunt.proxies "
+			   "ORDER BY proxy_id",
+			   0, NULL, on_proxies, s)) {
+		admin_res_error(r, "53200", "out of memory");
+		return false;
+	}
+	r->deferred = true;
+	return true;
+}
