@@ -8,6 +8,7 @@
 #include "proxy/admin.h"
 #include "proxy/control.h"
 #include "proxy/log.h"
+#include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 
@@ -23,6 +24,8 @@ static struct {
 	struct event *timer;
 	bool beating;       /* a heartbeat is in flight: never two at once */
 	bool registered;    /* the row exists (the schema was there at the last beat) */
+	uint64_t last_acked;/* what the last heartbeat said, to beat early when it moves */
+	int since_beat_ms;
 	char id[300];
 	char host[256];
 } fleet;
@@ -76,7 +79,9 @@ static void beat(void)
 	if (fleet.beating || !shunt.phase.known || !control_connected())
 		return;
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	snprintf(epoch, sizeof(epoch), "%" PRIu64, fleet_acked_epoch(&inflight));
+	fleet.last_acked = fleet_acked_epoch(&inflight);
+	fleet.since_beat_ms = 0;
+	snprintf(epoch, sizeof(epoch), "%" PRIu64, fleet.last_acked);
 	snprintf(busy, sizeof(busy), "%u", inflight);
 	snprintf(lease, sizeof(lease), "%d", FLEET_LEASE_S);
 	const char *params[] = {fleet_proxy_id(), fleet.host, pid, PGSHUNT_VERSION,
@@ -95,13 +100,23 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
+	if (!control_available())
+		return;
+	migrate_load_phase();
+	fleet.since_beat_ms += FLEET_TICK_MS;
+	if (fleet.since_beat_ms >= FLEET_HEARTBEAT_MS || fleet_acked_epoch(NULL) != fleet.last_acked)
+		beat();
+}
+
+void fleet_beat_now(void)
+{
 	if (control_available())
 		beat();
 }
 
 void fleet_start(void)
 {
-	struct timeval tv = {FLEET_HEARTBEAT_S, 0};
+	struct timeval tv = {0, FLEET_TICK_MS * 1000};
 	if (!control_available())
 		return;
 	fleet_proxy_id();

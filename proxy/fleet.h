@@ -1,7 +1,9 @@
 /*
  * This proxy's place in the fleet: a row in pgshunt.proxies, renewed every
- * FLEET_HEARTBEAT_S seconds with a lease, the epoch it has acknowledged and its
- * transactions in flight.
+ * FLEET_HEARTBEAT_MS (and at once when its acknowledged epoch moves) with a lease, the
+ * epoch it has acknowledged and its transactions in flight; and the phase re-read from
+ * pgshunt.state every FLEET_TICK_MS, so a change made through another proxy's console
+ * reaches this one.
  *
  * The acknowledged epoch is the oldest phase epoch still serving a transaction here
  * (I8 pins each transaction to the phase in force when it began), or the current
@@ -14,13 +16,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define FLEET_HEARTBEAT_S 2
-#define FLEET_LEASE_S     10
+#define FLEET_TICK_MS      250 /* how often the phase is re-read from pgshunt.state */
+#define FLEET_HEARTBEAT_MS 2000
+#define FLEET_LEASE_S      10
 
 struct session;
 struct admin_result;
 
 void fleet_start(void);
+/* Renew the row now (the phase just changed here). */
+void fleet_beat_now(void);
 void fleet_stop(void);
 
 /* This process's id in pgshunt.proxies: host:port:pid. */

@@ -9,6 +9,7 @@
 
 #include "proxy/admin.h"
 #include "proxy/control.h"
+#include "proxy/fleet.h"
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
@@ -21,6 +22,8 @@
 #define INVALID_SCHEMA   "3F000"
 #define NOT_IN_STATE     "55000" /* object_not_in_prerequisite_state */
 #define OBJECT_IN_USE    "55006"
+#define ACK_POLL_MS      100
+#define ACK_TIMEOUT_MS   30000
 
 const char *const migrate_phase_columns[] = {"phase",      "degraded",     "epoch",
 					     "known",      "table",        "next_table",
@@ -31,6 +34,7 @@ const char *const migrate_preflight_columns[] = {"kind", "object", "detail", NUL
 /* ---- the phase in force ---- */
 
 static struct event *reload_timer;
+static struct event *ack_timer; /* SET PHASE polling the fleet's acknowledgements */
 
 static bool is_missing_schema(const PGresult *res)
 {
@@ -60,18 +64,25 @@ static void on_reload_timer(evutil_socket_t fd, short what, void *arg)
 	migrate_load_phase();
 }
 
+static bool loading; /* a read of pgshunt.state is queued: polling never piles them up */
+
 static void on_state_loaded(const PGresult *res, void *arg)
 {
+	struct phase_state before = shunt.phase;
 	(void)arg;
+	loading = false;
 	if (apply_state(res)) {
-		log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
-			 phase_name(shunt.phase.phase), shunt.phase.epoch,
-			 shunt.phase.degraded ? "on" : "off");
+		/* Polled often: say it only when another proxy (or a restart) changed it. */
+		if (!before.known || before.epoch != shunt.phase.epoch)
+			log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
+				 phase_name(shunt.phase.phase), shunt.phase.epoch,
+				 shunt.phase.degraded ? "on" : "off");
 		return;
 	}
 	if (is_missing_schema(res)) {
 		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
-		log_info("no pgshunt control schema in the database yet: phase passthrough");
+		if (!before.known || before.installed)
+			log_info("no pgshunt control schema in the database yet: phase passthrough");
 		return;
 	}
 	log_warning("could not read the phase: %s; retrying in %d s", control_message(res),
@@ -90,7 +101,10 @@ void migrate_load_phase(void)
 		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
 		return;
 	}
-	if (!control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL))
+	if (loading)
+		return;
+	loading = control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL);
+	if (!loading)
 		log_error("could not queue the phase query");
 }
 
@@ -99,6 +113,9 @@ void migrate_stop(void)
 	if (reload_timer)
 		event_free(reload_timer);
 	reload_timer = NULL;
+	if (ack_timer)
+		event_free(ack_timer);
+	ack_timer = NULL;
 }
 
 bool migrate_cmd_show_phase(struct session *s, struct admin_result *r, const char *args)
@@ -132,11 +149,15 @@ static struct {
 	bool degraded;
 	bool force;
 	bool set_phase;  /* SET PHASE (else DEGRADED) */
+	uint64_t epoch;  /* the epoch written, which the fleet must acknowledge */
+	int waited_ms;   /* waiting for acknowledgements so far */
 	const char *tag; /* "SET PHASE" or "DEGRADED" */
 } op;
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+static void op_wait_acks(void);
+static void on_ack_timer(evutil_socket_t fd, short what, void *arg);
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
 {
@@ -182,7 +203,60 @@ static void on_set_done(const PGresult *res, void *arg)
 	else
 		log_info("%s: phase %s, degraded %s, epoch %" PRIu64, op.tag, phase_name(op.to),
 			 op.degraded ? "on" : "off", shunt.phase.epoch);
-	op_finish(NULL, NULL);
+	op.epoch = shunt.phase.epoch;
+	op.waited_ms = 0;
+	fleet_beat_now();
+	op_wait_acks();
+}
+
+/* SET PHASE returns once every live proxy acknowledged the new epoch (SPEC §6). */
+static void on_acks(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!control_ok(res)) {
+		op_finish(control_sqlstate(res), "checking the fleet's acknowledgements failed: %s",
+			  control_message(res));
+		return;
+	}
+	if (PQgetisnull(res, 0, 0)) {
+		op_finish(NULL, NULL);
+		return;
+	}
+	if (op.waited_ms >= ACK_TIMEOUT_MS) {
+		op_finish(NOT_IN_STATE, "the phase is now %s (epoch %" PRIu64 ") but these proxies "
+					"have not acknowledged it within %d s: %s",
+			  phase_name(op.to), op.epoch, ACK_TIMEOUT_MS / 1000, PQgetvalue(res, 0, 0));
+		return;
+	}
+	if (!ack_timer)
+		ack_timer = evtimer_new(shunt.base, on_ack_timer, NULL);
+	struct timeval tv = {0, ACK_POLL_MS * 1000};
+	op.waited_ms += ACK_POLL_MS;
+	if (ack_timer)
+		evtimer_add(ack_timer, &tv);
+	else
+		op_finish("53200", "out of memory");
+}
+
+static void op_wait_acks(void)
+{
+	char epoch[24];
+	snprintf(epoch, sizeof(epoch), "%" PRIu64, op.epoch);
+	const char *params[] = {epoch};
+	if (!control_query("SELECT string_agg(proxy_id || ' (acked ' || coalesce(acked_epoch::text, "
+			   "'nothing') || ', ' || coalesce(inflight, 0) || ' in flight)', ', ' "
+			   "ORDER BY proxy_id) FROM pgshunt.proxies WHERE lease_until > now() AND "
+			   "coalesce(acked_epoch, 0) < $1::bigint",
+			   1, params, on_acks, &op))
+		op_finish("53200", "out of memory");
+}
+
+static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	op_wait_acks();
 }
 
 static void op_write(void)

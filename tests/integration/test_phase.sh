@@ -155,11 +155,15 @@ coproc TXP { psql -X -qtA "host=127.0.0.1 port=$port dbname=$own_db user=shunt_t
 exec {txp_in}>&"${TXP[1]}" {txp_out}<&"${TXP[0]}"
 echo "BEGIN; SELECT count(*) >= 0 FROM ingest_idempotency;" >&"$txp_in"
 read -r -t 10 line <&"$txp_out" || fail "no answer in the open transaction"
-[ "$(run 'DEGRADED OFF')" = "" ] || fail "DEGRADED OFF to move the epoch"
-sleep 3
+# The change waits for this proxy's own acknowledgement, which the transaction holds.
+run 'DEGRADED OFF' >"$work/degraded.out" &
+setter=$!
+sleep 2
+kill -0 "$setter" 2>/dev/null || fail "DEGRADED OFF returned while a transaction of the older epoch was open"
 [ "$(acked)" = "$epoch_now" ] || fail "acked epoch moved past an open transaction: $(proxy_row)"
 echo "COMMIT;" >&"$txp_in"
-sleep 3
+wait "$setter" || fail "DEGRADED OFF after COMMIT: $(cat "$work/degraded.out")"
+[ -z "$(cat "$work/degraded.out")" ] || fail "DEGRADED OFF: $(cat "$work/degraded.out")"
 [ "$(acked)" = "$((epoch_now + 1))" ] || fail "acked epoch did not follow after COMMIT: $(proxy_row)"
 exec {txp_in}>&- {TXP[1]}>&-
 echo "ok: SHOW PROXIES, acked epoch held by a transaction of the older phase"
