@@ -8,6 +8,7 @@
 
 #include "parser/parser.h"
 #include "parser/scan.h"
+#include "proxy/control.h"
 #include "proxy/log.h"
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
@@ -946,6 +947,37 @@ static bool on_sync(struct session *s, const uint8_t *msg, uint32_t total)
 }
 
 /* ---- entry points ---- */
+
+bool engine_must_hold(const struct session *s, char type, const uint8_t *msg, uint32_t total)
+{
+	if (shunt.phase.known || !control_available())
+		return false;
+	/* Inside a transaction its pinned phase serves it; a new one must wait. */
+	if (!session_idle(s))
+		return false;
+	const char *text = NULL;
+	size_t len = 0;
+	struct mbuf m;
+	mbuf_init(&m, msg + 5, total - 5);
+	if (type == 'Q') {
+		if (!mbuf_get_string(&m, &text))
+			return false;
+	} else if (type == 'P') {
+		const char *name;
+		if (!mbuf_get_string(&m, &name) || !mbuf_get_string(&m, &text))
+			return false;
+	} else if (type == 'B') {
+		/* A statement of ours is re-prepared for the phase at its Bind. */
+		const char *portal, *stmt;
+		return mbuf_get_string(&m, &portal) && mbuf_get_string(&m, &stmt) &&
+		       pstmt_find(s->eng, stmt) != NULL;
+	} else {
+		return false;
+	}
+	len = strlen(text);
+	return parser_prefilter(&shunt.tables, text, len) ||
+	       (s->eng && s->eng->npreps && contains_ci(text, len, "execute"));
+}
 
 bool engine_client_message(struct session *s, char type, const uint8_t *msg, uint32_t total)
 {

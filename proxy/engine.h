@@ -41,6 +41,13 @@ bool engine_client_message(struct session *s, char type, const uint8_t *msg, uin
 bool engine_server_message(struct session *s, struct respq_entry *head, char type,
 			   const uint8_t *msg, uint32_t total, bool *drop);
 
+/*
+ * True when this request must wait: it would touch the table while the phase is not
+ * known (at start, or after the lease on it was lost).  The session parks until
+ * session_resume_all().
+ */
+bool engine_must_hold(const struct session *s, char type, const uint8_t *msg, uint32_t total);
+
 /* True when the head's answers are transformed, so DataRows must arrive whole. */
 bool engine_needs_whole(const struct respq_entry *head);
 

@@ -102,6 +102,16 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	if (!control_available())
 		return;
+	/*
+	 * I7: a proxy that has not read the phase for a lease's length may be serving a
+	 * stale one; it stops (holds new table statements) until it reads it again.
+	 */
+	if (shunt.phase.known && now_us() - shunt.phase_read_us > (uint64_t)FLEET_LEASE_S * 1000000u) {
+		shunt.phase.known = false;
+		log_error("the phase was not read for %d s (lease lost): holding statements on %s "
+			  "until it is",
+			  FLEET_LEASE_S, shunt.cfg.table);
+	}
 	migrate_load_phase();
 	fleet.since_beat_ms += FLEET_TICK_MS;
 	if (fleet.since_beat_ms >= FLEET_HEARTBEAT_MS || fleet_acked_epoch(NULL) != fleet.last_acked)

@@ -72,6 +72,9 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	(void)arg;
 	loading = false;
 	if (apply_state(res)) {
+		shunt.phase_read_us = now_us();
+		if (!before.known)
+			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
 		if (!before.known || before.epoch != shunt.phase.epoch)
 			log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
@@ -81,6 +84,9 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	}
 	if (is_missing_schema(res)) {
 		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
+		shunt.phase_read_us = now_us();
+		if (!before.known)
+			session_resume_all();
 		if (!before.known || before.installed)
 			log_info("no pgshunt control schema in the database yet: phase passthrough");
 		return;

@@ -52,6 +52,7 @@ struct pgshunt {
 	time_t started;
 	struct stats stats;
 	struct phase_state phase; /* the copy of pgshunt.state the proxy acts on */
+	uint64_t phase_read_us;   /* when pgshunt.state was last read (now_us()) */
 	struct parser_tables tables;       /* table, next_table, buffer_table as parsed names */
 	struct parser_cache *parse_cache;  /* parse results by (epoch, text) */
 };

@@ -955,6 +955,14 @@ static bool client_process_messages(struct session *s)
 			conn_want_read(&s->client, false);
 			break;
 		}
+		/* I7: never serve the table under a phase that is not known to be current. */
+		if (s->state == SS_ACTIVE && total <= iobuf_len(in) &&
+		    engine_must_hold(s, type, iobuf_head(in), total)) {
+			s->parked = true;
+			conn_want_read(&s->client, false);
+			slog(LOG_LEVEL_INFO, s->prefix, "held: the phase in force is not known");
+			break;
+		}
 		if (total > iobuf_len(in)) {
 			if (client_can_stream(s, type)) {
 				s->client_stream_left = total;
