@@ -31,11 +31,13 @@ struct pstmt {
 	uint32_t tail_len;
 	uint64_t epoch;    /* the phase epoch its server-side version was made for */
 	uint8_t xform;
+	uint8_t kind;      /* enum stmt_kind, for the duration metrics */
 };
 
 struct portal {
 	char *name;
 	uint8_t xform;
+	uint8_t kind;      /* 1 + enum stmt_kind of its statement, 0 = not ours */
 };
 
 /* An SQL-level PREPARE of a touching statement. */
@@ -134,6 +136,31 @@ static const struct parse_result *parse_text(struct session *s, const char *text
 {
 	return parser_cache_get(shunt.parse_cache, &shunt.tables, s->pin.epoch, text, len,
 				shunt.cfg.key_columns, shunt.cfg.partition_column);
+}
+
+const uint64_t stats_duration_bounds_us[STATS_DURATION_BUCKETS] = {
+	500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 5000000,
+};
+
+/* Start timing the request just queued (it is the FIFO's newest entry). */
+static void time_last(struct session *s, enum stmt_kind kind)
+{
+	struct respq_entry *e = respq_last(&s->respq);
+	if (e && kind < STMT__COUNT) {
+		e->timed = (uint8_t)(kind + 1);
+		e->started_us = now_us();
+	}
+}
+
+static void observe(const struct respq_entry *e)
+{
+	enum stmt_kind kind = (enum stmt_kind)(e->timed - 1);
+	uint64_t us = now_us() - e->started_us;
+	unsigned b = 0;
+	while (b < STATS_DURATION_BUCKETS && us > stats_duration_bounds_us[b])
+		b++;
+	shunt.stats.duration_count[kind][b]++;
+	shunt.stats.duration_sum_us[kind] += us;
 }
 
 /* The engine's decisions, for /metrics. */
@@ -429,6 +456,7 @@ struct query_plan {
 	uint8_t xf[PARSER_MAX_STMTS * 3];
 	uint32_t nxf;
 	bool any_xform;
+	uint8_t timed; /* 1 + the kind of the first statement naming the table, 0 = none */
 };
 
 static bool plan_stmt(struct session *s, const char *text, size_t len, const struct stmt_info *st,
@@ -509,6 +537,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 	uint8_t xf = XF_NONE;
 	if (st->touches)
 		count_decision(s, st, &d);
+	if (st->touches && !plan->timed)
+		plan->timed = (uint8_t)(st->kind + 1);
 	if (st->kind == STMT_EXECUTE)
 		return plan_execute(s, st, plan);
 	if (st->kind == STMT_DEALLOCATE)
@@ -597,15 +627,21 @@ static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
 		ctx->n = plan.nxf;
 		memcpy(ctx->xf, plan.xf, plan.nxf);
 	}
-	if (plan.ed.n == 0)
-		return send_request(s, 'Q', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, ctx);
-	struct pktbuf b;
-	pktbuf_init(&b);
-	pktbuf_start(&b, 'Q');
-	edits_apply(&plan.ed, text, len, &b);
-	pktbuf_finish(&b);
-	edits_free(&plan.ed);
-	return send_built(s, &b, RESP_FORWARD, TAG_CLIENT, XF_NONE, ctx);
+	bool ok;
+	if (plan.ed.n == 0) {
+		ok = send_request(s, 'Q', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, ctx);
+	} else {
+		struct pktbuf b;
+		pktbuf_init(&b);
+		pktbuf_start(&b, 'Q');
+		edits_apply(&plan.ed, text, len, &b);
+		pktbuf_finish(&b);
+		edits_free(&plan.ed);
+		ok = send_built(s, &b, RESP_FORWARD, TAG_CLIENT, XF_NONE, ctx);
+	}
+	if (ok && plan.timed)
+		time_last(s, (enum stmt_kind)(plan.timed - 1));
+	return ok;
 }
 
 /* ---- the extended protocol ---- */
@@ -674,13 +710,14 @@ static void portal_remove(struct engine *e, const char *name)
 	*p = e->portals[--e->nportals];
 }
 
-static bool portal_set(struct session *s, const char *name, uint8_t xform)
+/* kind: 1 + the statement's kind when it is one of ours (timed), else 0. */
+static bool portal_set(struct session *s, const char *name, uint8_t xform, uint8_t kind)
 {
 	struct engine *e = s->eng;
-	if (!e || (!xform && !portal_find(e, name)))
+	if (!e || (!xform && !kind && !portal_find(e, name)))
 		return true; /* nothing tracked, nothing to change */
 	portal_remove(e, name);
-	if (!xform)
+	if (!xform && !kind)
 		return true;
 	struct portal *grown = realloc(e->portals, sizeof(*grown) * (e->nportals + 1));
 	if (!grown)
@@ -688,6 +725,7 @@ static bool portal_set(struct session *s, const char *name, uint8_t xform)
 	e->portals = grown;
 	grown[e->nportals].name = strdup(name);
 	grown[e->nportals].xform = xform;
+	grown[e->nportals].kind = kind;
 	if (!grown[e->nportals].name)
 		return false;
 	e->nportals++;
@@ -723,11 +761,12 @@ static bool refuse_extended(struct session *s, enum req_kind kind, const char *r
 }
 
 /* The server-side text of a statement for the pinned phase; NULL + reason to refuse. */
-static char *extended_text(struct session *s, const char *query, uint8_t *xform,
+static char *extended_text(struct session *s, const char *query, uint8_t *xform, uint8_t *kind,
 			   const char **reason)
 {
 	static char why[300];
 	*xform = XF_NONE;
+	*kind = STMT_OTHER;
 	const struct parse_result *r = parse_text(s, query, strlen(query));
 	if (!r) {
 		*reason = "out of memory";
@@ -741,6 +780,7 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	}
 	const struct stmt_info *st = &r->stmts[0];
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
+	*kind = (uint8_t)st->kind;
 	if (st->touches)
 		count_decision(s, st, &d);
 	if (d.action == RULE_REFUSE) {
@@ -791,9 +831,9 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 			pstmt_remove(s->eng, name);
 		return send_request(s, 'P', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	}
-	uint8_t xform;
+	uint8_t xform, kind;
 	const char *reason = NULL;
-	char *text = extended_text(s, query, &xform, &reason);
+	char *text = extended_text(s, query, &xform, &kind, &reason);
 	if (!text)
 		return refuse_extended(s, REQ_PARSE, reason);
 	struct pstmt *p = pstmt_add(s, name, query, m.data + m.pos, (uint32_t)mbuf_avail(&m));
@@ -801,6 +841,7 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 	if (p) {
 		p->epoch = s->pin.epoch;
 		p->xform = xform;
+		p->kind = kind;
 		ok = send_parse(s, name, text, m.data + m.pos, (uint32_t)mbuf_avail(&m),
 				RESP_FORWARD, TAG_CLIENT);
 	}
@@ -811,9 +852,9 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 /* A statement made for an older epoch is made again, unseen, before it is bound. */
 static bool reprepare(struct session *s, struct pstmt *p)
 {
-	uint8_t xform;
+	uint8_t xform, kind;
 	const char *reason = NULL;
-	char *text = extended_text(s, p->query, &xform, &reason);
+	char *text = extended_text(s, p->query, &xform, &kind, &reason);
 	if (!text)
 		return refuse_extended(s, REQ_BIND, reason);
 	bool ok = true;
@@ -833,6 +874,7 @@ static bool reprepare(struct session *s, struct pstmt *p)
 		     p->name, (unsigned long long)s->pin.epoch);
 		p->epoch = s->pin.epoch;
 		p->xform = xform;
+		p->kind = kind;
 	}
 	return ok;
 }
@@ -856,7 +898,7 @@ static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
 	}
 	if (p)
 		xform = p->xform;
-	if (!portal_set(s, portal, xform))
+	if (!portal_set(s, portal, xform, p ? (uint8_t)(p->kind + 1) : 0))
 		return oom(s);
 	if (xform != XF_DROP_LAST)
 		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
@@ -893,14 +935,27 @@ static bool on_describe(struct session *s, const uint8_t *msg, uint32_t total)
 	return send_request(s, 'D', msg, total, RESP_FORWARD, TAG_CLIENT, xform, NULL);
 }
 
+static bool send_execute(struct session *s, const uint8_t *msg, uint32_t total, uint8_t xform,
+			 const uint8_t *nul);
+
 static bool on_execute(struct session *s, const uint8_t *msg, uint32_t total)
 {
-	uint8_t xform = XF_NONE;
+	uint8_t xform = XF_NONE, timed = 0;
 	const uint8_t *nul = s->eng ? memchr(msg + 5, 0, total - 5) : NULL;
 	if (nul) {
 		struct portal *p = portal_find(s->eng, (const char *)msg + 5);
 		xform = p ? p->xform : XF_NONE;
+		timed = p ? p->kind : 0;
 	}
+	bool ok = send_execute(s, msg, total, xform, nul);
+	if (ok && timed)
+		time_last(s, (enum stmt_kind)(timed - 1));
+	return ok;
+}
+
+static bool send_execute(struct session *s, const uint8_t *msg, uint32_t total, uint8_t xform,
+			 const uint8_t *nul)
+{
 	/*
 	 * The client's statement returns no rows, so a row limit (JDBC sends 1) would only
 	 * suspend the portal on the mirror column and lose the CommandComplete: drop it.
@@ -1038,6 +1093,9 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 	*drop = false;
 	if (!head || type == 'A' || type == 'S' || type == 'N')
 		return true;
+	if (head->timed && ((head->kind == REQ_QUERY && type == 'Z') ||
+			    (head->kind == REQ_EXECUTE && strchr("CIsE", type))))
+		observe(head);
 	/* An injected re-prepare that fails: its error is the client's request's error. */
 	if (head->action == RESP_SKIP)
 		return (*drop = !(type == 'E' && head->tag == TAG_REPORT)), true;

@@ -363,6 +363,44 @@ static void page_phase(struct page *p)
 		   shunt.phase.known);
 }
 
+/* Request-to-answer time of statements naming the table, per kind (histogram). */
+static void page_durations(struct page *p)
+{
+	const struct stats *st = &shunt.stats;
+	page_family(p, "pgshunt_statement_duration_seconds", "histogram",
+		    "Time from a request naming the table to its answer, by statement kind.");
+	for (int k = 0; k < STMT__COUNT; k++) {
+		uint64_t cum = 0, total = 0;
+		const char *kind = stmt_kind_name((enum stmt_kind)k);
+		for (int b = 0; b <= STATS_DURATION_BUCKETS; b++)
+			total += st->duration_count[k][b];
+		if (total == 0)
+			continue;
+		for (int b = 0; b <= STATS_DURATION_BUCKETS; b++) {
+			cum += st->duration_count[k][b];
+			if (b < STATS_DURATION_BUCKETS) {
+				uint64_t us = stats_duration_bounds_us[b];
+				page_printf(p,
+					    "pgshunt_statement_duration_seconds_bucket{kind=\"%s\","
+					    "le=\"%" PRIu64 ".%06" PRIu64 "\"} %" PRIu64 "\n",
+					    kind, us / 1000000, us % 1000000, cum);
+			} else {
+				page_printf(p,
+					    "pgshunt_statement_duration_seconds_bucket{kind=\"%s\","
+					    "le=\"+Inf\"} %" PRIu64 "\n",
+					    kind, cum);
+			}
+		}
+		uint64_t sum = st->duration_sum_us[k];
+		page_printf(p,
+			    "pgshunt_statement_duration_seconds_sum{kind=\"%s\"} %" PRIu64
+			    ".%06" PRIu64 "\n",
+			    kind, sum / 1000000, sum % 1000000);
+		page_printf(p, "pgshunt_statement_duration_seconds_count{kind=\"%s\"} %" PRIu64 "\n",
+			    kind, cum);
+	}
+}
+
 /* What the statement engine did, and the parse cache behind it. */
 static void page_engine(struct page *p)
 {
@@ -382,6 +420,7 @@ static void page_engine(struct page *p)
 					    rule_action_name((enum rule_action)a),
 					    phase_name((enum phase)ph), n);
 			}
+	page_durations(p);
 	page_family(p, "pgshunt_refusals_total", "counter",
 		    "Statements refused with 0A000, by reason.");
 	for (unsigned i = 0; i < st->nrefusals; i++)

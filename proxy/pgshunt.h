@@ -18,6 +18,10 @@
 
 struct session;
 
+/* Upper bounds of the statement duration histogram, in µs (then +Inf). */
+#define STATS_DURATION_BUCKETS 12
+extern const uint64_t stats_duration_bounds_us[STATS_DURATION_BUCKETS];
+
 struct stats {
 	uint64_t clients_total;    /* client connections accepted */
 	uint64_t queries_total;    /* Query and Execute messages forwarded */
@@ -30,6 +34,9 @@ struct stats {
 	uint64_t cancels_total;    /* CancelRequests routed to a server */
 	/* Statements that name a configured table, by kind, the action taken, and phase. */
 	uint64_t statements[STMT__COUNT][RULE__COUNT][PHASE__COUNT];
+	/* Time from request to answer of statements naming the table, by kind (µs). */
+	uint64_t duration_count[STMT__COUNT][STATS_DURATION_BUCKETS + 1];
+	uint64_t duration_sum_us[STMT__COUNT];
 	/* Refusals by reason; reasons are rules.c's static strings, compared by address. */
 	struct {
 		const char *reason;

@@ -50,6 +50,7 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, ui
 	e->xform = 0;
 	e->step = 0;
 	e->ctx = NULL;
+	e->timed = 0;
 	e->fake = NULL;
 	e->fake_len = 0;
 	q->count++;

@@ -46,6 +46,8 @@ struct respq_entry {
 	uint32_t tag;      /* caller's cookie, e.g. which injected step this is */
 	uint32_t step;     /* caller's progress through the answers (e.g. statement index) */
 	void *ctx;         /* caller's data for the answers, freed (free()) with the entry */
+	uint8_t timed;     /* caller's: 1 + the statement kind timed for /metrics, 0 = none */
+	uint64_t started_us; /* when a timed request was sent */
 	uint8_t *fake;     /* RESP_FAKE: the answer, owned by the queue */
 	uint32_t fake_len;
 };

@@ -160,7 +160,11 @@ mirrored_n=$(grep '^pgshunt_statements_total{kind="INSERT",action="mirror",phase
 grep -q '^pgshunt_statements_total{kind="SELECT",action="rename",phase="read_next"}' <<<"$metrics" || fail "no renamed read counted"
 grep -qE '^pgshunt_refusals_total\{reason="TRUNCATE would empty one table only"\} [1-9]' <<<"$metrics" || fail "refusal not counted"
 grep -qE '^pgshunt_parse_cache_hits_total [1-9]' <<<"$metrics" || fail "no parse cache hits"
-ok "metrics: $mirrored_n mirrored INSERTs, renamed reads, refusals by reason, parse cache hits"
+grep -qE '^pgshunt_statement_duration_seconds_count\{kind="INSERT"\} [1-9]' <<<"$metrics" ||
+	fail "no INSERT durations: $(grep duration <<<"$metrics" | head -5)"
+grep -qE '^pgshunt_statement_duration_seconds_bucket\{kind="UPDATE",le="\+Inf"\} [1-9]' <<<"$metrics" ||
+	fail "no UPDATE duration buckets"
+ok "metrics: $mirrored_n mirrored INSERTs, renamed reads, refusals by reason, parse cache hits, durations"
 
 # --- one step back ---
 out=$(c 'SET PHASE passthrough') || fail "SET PHASE passthrough: $out"
