@@ -76,10 +76,14 @@ static void on_state_loaded(const PGresult *res, void *arg)
 		if (!before.known)
 			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
-		if (!before.known || before.epoch != shunt.phase.epoch)
+		if (!before.known || before.epoch != shunt.phase.epoch) {
 			log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
 				 phase_name(shunt.phase.phase), shunt.phase.epoch,
 				 shunt.phase.degraded ? "on" : "off");
+			/* Acknowledge at once: a SET PHASE elsewhere is waiting for it. */
+			if (before.known)
+				fleet_beat_now();
+		}
 		return;
 	}
 	if (is_missing_schema(res)) {
