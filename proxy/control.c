@@ -1,5 +1,6 @@
 #include "proxy/control.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,8 @@ static struct {
 	PGresult *result;          /* the answer being gathered for head */
 	bool stopping;
 	bool draining;             /* control_drain(): break the loop once the queue is empty */
+	char *listen_channel;      /* LISTENed on every (re)connection, when set */
+	control_notify_cb on_notify;
 } ctl;
 
 static void control_drive(void);
@@ -138,6 +141,23 @@ static void connection_lost(const char *why)
 		evtimer_add(ctl.retry, &tv);
 }
 
+static bool enqueue(const char *sql, int nparams, const char *const *params, control_cb cb,
+		    void *arg, bool first);
+
+/*
+ * A new connection LISTENs before anything else it was asked (first: nothing is in
+ * flight then); a LISTEN asked for later waits its turn.
+ */
+static void queue_listen(bool first)
+{
+	char sql[128];
+	if (!ctl.listen_channel)
+		return;
+	snprintf(sql, sizeof(sql), "LISTEN %s", ctl.listen_channel);
+	if (!enqueue(sql, 0, NULL, NULL, NULL, first))
+		log_warning("could not queue LISTEN %s", ctl.listen_channel);
+}
+
 static void drive_connecting(void)
 {
 	switch (PQconnectPoll(ctl.conn)) {
@@ -151,6 +171,7 @@ static void drive_connecting(void)
 		PQsetnonblocking(ctl.conn, 1);
 		ctl.state = CTL_IDLE;
 		ctl.backoff_ms = 0;
+		queue_listen(true);
 		log_info("control connection up (backend %d)", PQbackendPID(ctl.conn));
 		control_drive();
 		return;
@@ -186,12 +207,36 @@ static void gather(PGresult *res)
 	ctl.result = res;
 }
 
+/* Notifications come between and inside answers; hand them over as they are read. */
+static void deliver_notifies(void)
+{
+	PGnotify *n;
+	while (ctl.conn && (n = PQnotifies(ctl.conn)) != NULL) {
+		if (ctl.on_notify && ctl.listen_channel && strcmp(n->relname, ctl.listen_channel) == 0)
+			ctl.on_notify(n->extra);
+		PQfreemem(n);
+	}
+}
+
+/* Nothing asked: read anyway, for notifications and to notice a dead connection. */
+static void drive_idle(void)
+{
+	if (!PQconsumeInput(ctl.conn)) {
+		connection_lost(PQerrorMessage(ctl.conn));
+		return;
+	}
+	deliver_notifies();
+	if (ctl.state == CTL_IDLE && !ctl.head)
+		arm(EV_READ);
+}
+
 static void drive_results(void)
 {
 	if (!PQconsumeInput(ctl.conn)) {
 		connection_lost(PQerrorMessage(ctl.conn));
 		return;
 	}
+	deliver_notifies();
 	while (!PQisBusy(ctl.conn)) {
 		PGresult *res = PQgetResult(ctl.conn);
 		if (!res) {
@@ -219,6 +264,8 @@ static void control_drive(void)
 	case CTL_IDLE:
 		if (ctl.head)
 			drive_send();
+		else if (ctl.listen_channel)
+			drive_idle();
 		return;
 	case CTL_SENDING: {
 		int rc = PQflush(ctl.conn);
@@ -274,6 +321,9 @@ void control_stop(void)
 		event_free(ctl.kick);
 		ctl.kick = NULL;
 	}
+	free(ctl.listen_channel);
+	ctl.listen_channel = NULL;
+	ctl.on_notify = NULL;
 }
 
 void control_drain(int timeout_ms)
@@ -287,11 +337,9 @@ void control_drain(int timeout_ms)
 	ctl.draining = false;
 }
 
-bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,
-		   void *arg)
+static bool enqueue(const char *sql, int nparams, const char *const *params, control_cb cb,
+		    void *arg, bool first)
 {
-	if (!control_available())
-		return false;
 	if (!ctl.kick)
 		ctl.kick = event_new(shunt.base, -1, 0, on_kick, NULL);
 	if (!ctl.kick)
@@ -311,17 +359,44 @@ bool control_query(const char *sql, int nparams, const char *const *params, cont
 		req_free(r);
 		return false;
 	}
-	if (ctl.tail)
-		ctl.tail->next = r;
-	else
+	if (first) {
+		r->next = ctl.head;
 		ctl.head = r;
-	ctl.tail = r;
+		if (!ctl.tail)
+			ctl.tail = r;
+	} else {
+		if (ctl.tail)
+			ctl.tail->next = r;
+		else
+			ctl.head = r;
+		ctl.tail = r;
+	}
 	/*
 	 * Never drive from here: on a busy machine the answer can already be readable
 	 * when the query has been sent, and a callback run inside its caller's code
 	 * (a console command still being processed) would re-enter it.
 	 */
 	event_active(ctl.kick, 0, 0);
+	return true;
+}
+
+bool control_query(const char *sql, int nparams, const char *const *params, control_cb cb,
+		   void *arg)
+{
+	if (!control_available())
+		return false;
+	return enqueue(sql, nparams, params, cb, arg, false);
+}
+
+bool control_listen(const char *channel, control_notify_cb cb)
+{
+	free(ctl.listen_channel);
+	ctl.listen_channel = strdup(channel);
+	ctl.on_notify = cb;
+	if (!ctl.listen_channel)
+		return false;
+	if (ctl.state >= CTL_IDLE)
+		queue_listen(false);
 	return true;
 }
 

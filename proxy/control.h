@@ -16,6 +16,9 @@
 /* res is owned by the control module: do not PQclear() it. */
 typedef void (*control_cb)(const PGresult *res, void *arg);
 
+/* A NOTIFY on the LISTENed channel; payload is the notification's (never NULL). */
+typedef void (*control_notify_cb)(const char *payload);
+
 /* Start connecting (no-op when control_dsn is empty: control_available() says so). */
 void control_start(void);
 void control_stop(void);
@@ -37,6 +40,12 @@ bool control_query(const char *sql, int nparams, const char *const *params, cont
  * at most timeout_ms.  Call after the sessions are closed, before control_stop().
  */
 void control_drain(int timeout_ms);
+
+/*
+ * LISTEN on channel (a plain identifier) on this and every later connection, and call
+ * cb for each notification on it, whenever it arrives.
+ */
+bool control_listen(const char *channel, control_notify_cb cb) __attribute__((warn_unused_result));
 
 /* Forget the callbacks that carry arg (its owner is going away); the queries still run. */
 void control_forget(void *arg);

@@ -124,11 +124,20 @@ void fleet_beat_now(void)
 		beat();
 }
 
+/* pgshunt.set_phase() notifies: read the phase now instead of at the next tick. */
+static void on_phase_notify(const char *payload)
+{
+	(void)payload;
+	migrate_load_phase();
+}
+
 void fleet_start(void)
 {
 	struct timeval tv = {0, FLEET_TICK_MS * 1000};
 	if (!control_available())
 		return;
+	if (!control_listen("pgshunt_phase", on_phase_notify))
+		log_warning("cannot LISTEN for phase changes: polling only");
 	fleet_proxy_id();
 	fleet.timer = event_new(shunt.base, -1, EV_PERSIST, on_tick, NULL);
 	if (fleet.timer)
