@@ -553,8 +553,10 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 	} else if (d.action == RULE_MIRROR &&
 		   !mirror_edit(&plan->ed, text, len, st, d.mirror_fn, &xf)) {
 		return false;
-	} else if (d.action == RULE_RENAME && !rename_edits(&plan->ed, text, len, st)) {
-		return false;
+	} else if (d.action == RULE_RENAME) {
+		if (!rename_edits(&plan->ed, text, len, st))
+			return false;
+		xf = XF_MAP_OIDS;
 	}
 	if (st->kind == STMT_PREPARE) {
 		/* A name prepared again for a statement that does not touch the table is
@@ -788,6 +790,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 		return NULL;
 	}
 	struct edits ed = {0};
+	if (d.action == RULE_RENAME)
+		*xform = XF_MAP_OIDS;
 	if ((d.action == RULE_MIRROR &&
 	     !mirror_edit(&ed, query, strlen(query), st, d.mirror_fn, xform)) ||
 	    (d.action == RULE_RENAME && !rename_edits(&ed, query, strlen(query), st))) {
@@ -1125,6 +1129,14 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 	case XF_SWALLOW:
 		*drop = type != 'E';
 		return true;
+	case XF_MAP_OIDS: {
+		const struct relmap *rm = &shunt.relmap;
+		if (type != 'T' || !rm->loaded)
+			return true;
+		bool ok = proto_rowdesc_map_table(msg, total, rm->next_oid, rm->old_oid,
+						  (const int16_t(*)[2])rm->att, rm->n, &b);
+		return replace_with(s, ok, &b, drop);
+	}
 	default:
 		return true;
 	}

@@ -24,6 +24,7 @@ enum xform {
 	XF_DROP_LAST,  /* RowDescription and DataRows lose their last column */
 	XF_DROP_ROWS,  /* RowDescription (NoData for a Describe) and DataRows are dropped */
 	XF_SWALLOW,    /* everything up to and including CommandComplete is dropped */
+	XF_MAP_OIDS,   /* a read pointed at next: RowDescription names the table instead */
 };
 
 /*

@@ -65,6 +65,38 @@ static void on_reload_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 static bool loading; /* a read of pgshunt.state is queued: polling never piles them up */
+static bool relmap_loading;
+
+static void on_relmap(const PGresult *res, void *arg)
+{
+	struct relmap *rm = &shunt.relmap;
+	(void)arg;
+	relmap_loading = false;
+	if (!control_ok(res) || PQntuples(res) == 0 || PQntuples(res) > RELMAP_MAX_COLUMNS)
+		return; /* next_table is not there yet: asked again at the next read */
+	rm->old_oid = (uint32_t)strtoul(PQgetvalue(res, 0, 0), NULL, 10);
+	rm->next_oid = (uint32_t)strtoul(PQgetvalue(res, 0, 1), NULL, 10);
+	rm->n = (size_t)PQntuples(res);
+	for (size_t i = 0; i < rm->n; i++) {
+		rm->att[i][0] = (int16_t)atoi(PQgetvalue(res, (int)i, 3));
+		rm->att[i][1] = (int16_t)atoi(PQgetvalue(res, (int)i, 2));
+	}
+	rm->loaded = true;
+}
+
+/* next_table's OID and column numbers, so reads from it can name the table. */
+static void load_relmap(void)
+{
+	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table};
+	if (relmap_loading || !shunt.phase.installed)
+		return;
+	relmap_loading = control_query(
+		"SELECT o.attrelid::oid, n.attrelid::oid, o.attnum, n.attnum FROM pg_attribute o "
+		"JOIN pg_attribute n ON n.attname = o.attname AND n.attrelid = to_regclass($2) "
+		"AND NOT n.attisdropped WHERE o.attrelid = to_regclass($1) AND o.attnum > 0 AND NOT "
+		"o.attisdropped",
+		2, params, on_relmap, NULL);
+}
 
 static void on_state_loaded(const PGresult *res, void *arg)
 {
@@ -73,6 +105,8 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	loading = false;
 	if (apply_state(res)) {
 		shunt.phase_read_us = now_us();
+		if (!shunt.relmap.loaded)
+			load_relmap();
 		if (!before.known)
 			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
@@ -425,6 +459,7 @@ static void on_prepared(const PGresult *res, void *arg)
 		admin_row(s, 2, v);
 	}
 	log_info("MIGRATE PREPARE done (%d steps)", PQntuples(res));
+	shunt.relmap.loaded = false;
 	migrate_load_phase();
 	admin_deferred_done(s, "MIGRATE PREPARE", NULL, NULL);
 }

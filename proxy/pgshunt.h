@@ -45,6 +45,16 @@ struct stats {
 	unsigned nrefusals;
 };
 
+/* next_table's OID and column numbers as the table's, for reads pointed at next. */
+#define RELMAP_MAX_COLUMNS 256
+struct relmap {
+	bool loaded;
+	uint32_t old_oid;
+	uint32_t next_oid;
+	size_t n;
+	int16_t att[RELMAP_MAX_COLUMNS][2]; /* next's attnum, the table's attnum */
+};
+
 struct pgshunt {
 	struct event_base *base;
 	struct pgshunt_config cfg;
@@ -62,6 +72,7 @@ struct pgshunt {
 	uint64_t phase_read_us;   /* when pgshunt.state was last read (now_us()) */
 	struct parser_tables tables;       /* table, next_table, buffer_table as parsed names */
 	struct parser_cache *parse_cache;  /* parse results by (epoch, text) */
+	struct relmap relmap;
 };
 
 extern struct pgshunt shunt;

@@ -248,3 +248,44 @@ int proto_bind_extend_formats(const uint8_t *msg, uint32_t total, struct pktbuf 
 	pktbuf_finish(out);
 	return pktbuf_ok(out) ? 1 : -1;
 }
+
+static uint16_t map_attnum(const int16_t (*attmap)[2], size_t nmap, uint16_t attnum)
+{
+	for (size_t i = 0; i < nmap; i++)
+		if ((uint16_t)attmap[i][0] == attnum)
+			return (uint16_t)attmap[i][1];
+	return attnum;
+}
+
+bool proto_rowdesc_map_table(const uint8_t *msg, uint32_t total, uint32_t from_oid,
+			     uint32_t to_oid, const int16_t (*attmap)[2], size_t nmap,
+			     struct pktbuf *out)
+{
+	struct mbuf m;
+	uint16_t n;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != 'T')
+		return false;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_uint16(&m, &n))
+		return false;
+	pktbuf_start(out, 'T');
+	pktbuf_put_uint16(out, n);
+	for (uint16_t i = 0; i < n; i++) {
+		const char *name;
+		const uint8_t *rest;
+		uint32_t table;
+		uint16_t attnum;
+		if (!mbuf_get_string(&m, &name) || !mbuf_get_uint32(&m, &table) ||
+		    !mbuf_get_uint16(&m, &attnum) || !mbuf_get_bytes(&m, 12, &rest))
+			return false;
+		bool ours = table == from_oid && from_oid != 0;
+		pktbuf_put_string(out, name);
+		pktbuf_put_uint32(out, ours ? to_oid : table);
+		pktbuf_put_uint16(out, ours ? map_attnum(attmap, nmap, attnum) : attnum);
+		pktbuf_put_bytes(out, rest, 12);
+	}
+	pktbuf_finish(out);
+	return mbuf_avail(&m) == 0 && pktbuf_ok(out);
+}

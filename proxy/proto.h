@@ -78,6 +78,16 @@ bool proto_rowdesc_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *
 bool proto_datarow_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out);
 
 /*
+ * RowDescription ('T') of a read the engine pointed at next_table: fields whose table
+ * OID is from_oid get to_oid and the column number attmap maps theirs to (pairs of
+ * from, to; an unmapped column keeps its number), so the client sees the table it
+ * named.  Returns false for a malformed message.
+ */
+bool proto_rowdesc_map_table(const uint8_t *msg, uint32_t total, uint32_t from_oid,
+			     uint32_t to_oid, const int16_t (*attmap)[2], size_t nmap,
+			     struct pktbuf *out);
+
+/*
  * A Bind ('B') whose statement got one more result column from the engine: when the
  * client listed a format per column (more than one code), the added column needs its
  * own (text).  Returns 1 with the rewritten message in out, 0 when nothing needs to

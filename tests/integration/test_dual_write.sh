@@ -144,6 +144,11 @@ n_next=$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 's1'")
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as c:
     assert c.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s", ("direct",)).fetchone()[0] == 0
+    # RowDescription names the table the client named, not next_table (I3).
+    oid, attnum = c.execute("SELECT 'ingest_idempotency'::regclass::oid, attnum FROM pg_attribute "
+                            "WHERE attrelid = 'ingest_idempotency'::regclass AND attname = 'status'").fetchone()
+    cur = c.execute("SELECT status FROM ingest_idempotency WHERE site_id = %s", ("s1",))
+    assert (cur.pgresult.ftable(0), cur.pgresult.ftablecol(0)) == (oid, attnum), (cur.pgresult.ftable(0), oid)
     r = c.execute("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES (%s, %s, %s) RETURNING idempotency_key", ("rn", "k", b"\x01"))
     assert r.fetchone()[0] == "k"
     assert c.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s", ("rn",)).fetchone()[0] == 1

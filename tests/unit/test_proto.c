@@ -896,9 +896,54 @@ static void test_bind_extend_formats(void **state)
 	pktbuf_free(&out);
 }
 
+
+static void put_field_of(struct pktbuf *b, const char *name, uint32_t table, uint16_t attnum)
+{
+	pktbuf_put_string(b, name);
+	pktbuf_put_uint32(b, table);
+	pktbuf_put_uint16(b, attnum);
+	pktbuf_put_uint32(b, 25);
+	pktbuf_put_uint16(b, 0xffff);
+	pktbuf_put_uint32(b, 0xffffffff);
+	pktbuf_put_uint16(b, 0);
+}
+
+static void test_rowdesc_map_table(void **state)
+{
+	(void)state;
+	static const int16_t attmap[][2] = {{3, 2}, {7, 6}};
+	struct pktbuf in, want, out;
+	pktbuf_init(&in);
+	pktbuf_init(&want);
+	pktbuf_init(&out);
+	pktbuf_start(&in, 'T');
+	pktbuf_put_uint16(&in, 3);
+	put_field_of(&in, "status", 5001, 3);    /* next_table's column 3 */
+	put_field_of(&in, "expr", 0, 0);         /* no table */
+	put_field_of(&in, "other", 777, 7);      /* another table: untouched */
+	pktbuf_finish(&in);
+	pktbuf_start(&want, 'T');
+	pktbuf_put_uint16(&want, 3);
+	put_field_of(&want, "status", 4001, 2);
+	put_field_of(&want, "expr", 0, 0);
+	put_field_of(&want, "other", 777, 7);
+	pktbuf_finish(&want);
+	assert_true(proto_rowdesc_map_table(in.data, (uint32_t)in.len, 5001, 4001, attmap, 2, &out));
+	assert_int_equal(out.len, want.len);
+	assert_memory_equal(out.data, want.data, want.len);
+	for (uint32_t cut = 0; cut < in.len; cut++) {
+		pktbuf_reset(&out);
+		assert_false(proto_rowdesc_map_table(in.data, cut, 5001, 4001, attmap, 2, &out));
+	}
+	pktbuf_free(&in);
+	pktbuf_free(&want);
+	pktbuf_free(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_rowdesc_map_table),
 	    cmocka_unit_test(test_bind_extend_formats),
 	    cmocka_unit_test(test_rowdesc_drop_last),
 	    cmocka_unit_test(test_datarow_drop_last),
