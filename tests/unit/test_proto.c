@@ -720,15 +720,27 @@ static void test_auth_code(void **state)
 
 /* ---- dropping the engine's extra RETURNING column ---- */
 
-static void put_field(struct pktbuf *b, const char *name, uint32_t type_oid)
+/* One RowDescription field; table and attnum 0 for a column of no table. */
+static void put_field_at(struct pktbuf *b, const char *name, uint32_t table, uint16_t attnum,
+			 uint32_t type_oid)
 {
 	pktbuf_put_string(b, name);
-	pktbuf_put_uint32(b, 0);
-	pktbuf_put_uint16(b, 0);
+	pktbuf_put_uint32(b, table);
+	pktbuf_put_uint16(b, attnum);
 	pktbuf_put_uint32(b, type_oid);
 	pktbuf_put_uint16(b, 0xffff);
 	pktbuf_put_uint32(b, 0xffffffff);
 	pktbuf_put_uint16(b, 0);
+}
+
+static void put_field(struct pktbuf *b, const char *name, uint32_t type_oid)
+{
+	put_field_at(b, name, 0, 0, type_oid);
+}
+
+static void put_field_of(struct pktbuf *b, const char *name, uint32_t table, uint16_t attnum)
+{
+	put_field_at(b, name, table, attnum, 25);
 }
 
 static void test_rowdesc_drop_last(void **state)
@@ -897,16 +909,6 @@ static void test_bind_extend_formats(void **state)
 }
 
 
-static void put_field_of(struct pktbuf *b, const char *name, uint32_t table, uint16_t attnum)
-{
-	pktbuf_put_string(b, name);
-	pktbuf_put_uint32(b, table);
-	pktbuf_put_uint16(b, attnum);
-	pktbuf_put_uint32(b, 25);
-	pktbuf_put_uint16(b, 0xffff);
-	pktbuf_put_uint32(b, 0xffffffff);
-	pktbuf_put_uint16(b, 0);
-}
 
 static void test_rowdesc_map_table(void **state)
 {
