@@ -50,11 +50,6 @@ MAX_CONNECTIONS=200
 PROXY_MAX_CLIENT_CONN=200
 ((IDLE_CONNS > PROXY_MAX_CLIENT_CONN)) && PROXY_MAX_CLIENT_CONN=$IDLE_CONNS
 
-die() {
-	echo "bench: $*" >&2
-	exit 1
-}
-
 for n in SECONDS_PER_RUN ROUNDS SCALE IDLE_CONNS CG_TX; do
 	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
 done
@@ -72,95 +67,10 @@ fi
 
 # ---------------------------------------------------------------- processes, cleanup
 
-TMP=$(mktemp -d /tmp/pgshunt-bench.XXXXXX)
-PG_STARTED=0
-declare -A PIDS=() # name -> pid of what we started (pgshunt, pgbouncer, python, ...)
-
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-
-# stop_pid PID SIGNAL SECONDS: signal it, wait, then SIGKILL.
-stop_pid() {
-	local pid=$1 sig=$2 secs=$3 i
-	alive "$pid" || return 0
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < secs * 10; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "bench: pid $pid did not stop after SIG$sig, killing it" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-}
-
-stop_named() {
-	local name=$1 sig=${2:-TERM} secs=${3:-15}
-	[ -n "${PIDS[$name]:-}" ] || return 0
-	stop_pid "${PIDS[$name]}" "$sig" "$secs"
-	unset "PIDS[$name]"
-}
-
-postmaster_pid() {
-	local f=$TMP/data/postmaster.pid
-	if [ -r "$f" ]; then
-		head -n1 "$f" | grep -E '^[0-9]+$' || true
-	fi
-}
-
-cleanup() {
-	local rc=$? name pid
-	trap - EXIT INT TERM HUP
-	for name in "${!PIDS[@]}"; do
-		stop_pid "${PIDS[$name]}" TERM 15
-	done
-	if [ "$PG_STARTED" = 1 ]; then
-		pid=$(postmaster_pid)
-		if ! as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
-			[ -n "$pid" ] && stop_pid "$pid" INT 20
-		fi
-	fi
-	if [ -n "${TEE_PID:-}" ]; then
-		exec 1>&4 2>&3
-		wait "$TEE_PID" 2>/dev/null || true
-	fi
-	rm -rf -- "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-# Everything goes to stdout and to bench/results/latest.txt (written in place only
-# at the end, so that an interrupted run leaves the previous results alone).
-mkdir -p bench/results
-RESULTS=bench/results/latest.txt
-PARTIAL=$TMP/latest.txt
-exec 3>&2 4>&1
-exec > >(tee "$PARTIAL") 2>&1
-TEE_PID=$!
-
-# freeport VAR: set VAR to a TCP port free on 127.0.0.1 and not handed out before.
-USED_PORTS=" "
-freeport() {
-	local p
-	while :; do
-		p=$("$PY" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-		[[ $USED_PORTS == *" $p "* ]] || break
-	done
-	USED_PORTS+="$p "
-	printf -v "$1" '%s' "$p"
-}
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_begin bench/results/latest.txt
 
 # wait_sql PORT NAME PID: wait until `SELECT 1` as bench works on PORT; 1 if PID dies
 # or nothing answers within 30 s.
@@ -186,15 +96,7 @@ vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 echo "# pgshunt benchmark — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo
-echo "## Machine"
-echo "host:        $(uname -n) ($(uname -srm))"
-echo "os:          $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p' | head -n1), nproc=$(nproc)$(lscpu | grep -q '^Hypervisor vendor' && echo ", virtualised ($(lscpu | sed -n 's/^Hypervisor vendor: *//p'))")"
-echo "memory:      $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
-echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
-echo "pgshunt:     $(./pgshunt --version 2>&1 | head -n1), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
-echo "pgshunt bin: $(stat -c '%s bytes, built %y' ./pgshunt | cut -d. -f1)"
-echo "postgres:    $("$PGBIN/postgres" --version)"
+machine_info
 echo "pgbench:     $(pgbench --version)"
 echo "pgbouncer:   $("$PGBOUNCER" --version 2>&1 | head -n1)"
 echo "cc:          $(${CC:-cc} --version 2>/dev/null | head -n1)"
@@ -205,36 +107,13 @@ echo
 # ------------------------------------------------------------------ PostgreSQL
 
 echo "## Setup"
-[ "$(id -u)" = 0 ] && chown postgres: "$TMP"
-chmod 0755 "$TMP"
-freeport PGPORT_
-as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
-	>"$TMP/initdb.log" 2>&1 || {
-	cat "$TMP/initdb.log"
-	die "initdb failed"
-}
-cat >>"$TMP/data/postgresql.conf" <<EOF
-
-# --- pgshunt bench ---
-listen_addresses = '127.0.0.1'
-port = $PGPORT_
-unix_socket_directories = '$TMP'
+pg_start PGPORT_ <<EOF
 max_connections = $MAX_CONNECTIONS
 shared_buffers = 256MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-cat >"$TMP/data/pg_hba.conf" <<EOF
-local all all               trust
-host  all all 127.0.0.1/32  trust
-EOF
-as_pg touch "$TMP/postgres.log"
-PG_STARTED=1
-as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >"$TMP/pg_ctl.log" 2>&1 || {
-	cat "$TMP/pg_ctl.log" "$TMP/postgres.log"
-	die "PostgreSQL did not start"
-}
 as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PGPORT_" -U postgres -d postgres \
 	-c "CREATE ROLE bench LOGIN" -c "CREATE DATABASE bench OWNER bench" >/dev/null
 echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=256MB fsync=off synchronous_commit=off max_connections=$MAX_CONNECTIONS"
@@ -335,17 +214,6 @@ run_pgbench() {
 	else
 		echo "$tps"
 	fi
-}
-
-median() { # numbers on stdin (FAIL lines ignored) -> median, or FAIL
-	grep -E '^[0-9.]+$' | sort -g | awk '{v[NR] = $1}
-		END { if (NR == 0) print "FAIL";
-		      else if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2];
-		      else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-ratio() { # A B -> A/B with 2 decimals, or n/a
-	awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
 }
 
 echo "## P1: throughput, pgbench -S -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN (-n), median of $ROUNDS interleaved rounds"

@@ -65,11 +65,6 @@ DB_A=p4_shunt
 DB_B=p4_trigger
 DB_C=p4_plain
 
-die() {
-	echo "p4: $*" >&2
-	exit 1
-}
-
 for n in SECONDS_PER_RUN ROUNDS SEED; do
 	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
 done
@@ -88,111 +83,16 @@ done
 
 # ---------------------------------------------------------------- processes, cleanup
 
-TMP=$(mktemp -d /tmp/pgshunt-p4.XXXXXX)
-PG_STARTED=0
-declare -A PIDS=() # name -> pid of what we started
-
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-
-# stop_pid PID SIGNAL SECONDS: signal it, wait, then SIGKILL.
-stop_pid() {
-	local pid=$1 sig=$2 secs=$3 i
-	alive "$pid" || return 0
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < secs * 10; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "p4: pid $pid did not stop after SIG$sig, killing it" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-}
-
-postmaster_pid() {
-	local f=$TMP/data/postmaster.pid
-	if [ -r "$f" ]; then
-		head -n1 "$f" | grep -E '^[0-9]+$' || true
-	fi
-}
-
-cleanup() {
-	local rc=$? name pid
-	trap - EXIT INT TERM HUP
-	for name in "${!PIDS[@]}"; do
-		stop_pid "${PIDS[$name]}" TERM 15
-	done
-	if [ "$PG_STARTED" = 1 ]; then
-		pid=$(postmaster_pid)
-		if ! as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
-			[ -n "$pid" ] && stop_pid "$pid" INT 20
-		fi
-	fi
-	if [ -n "${TEE_PID:-}" ]; then
-		exec 1>&4 2>&3
-		wait "$TEE_PID" 2>/dev/null || true
-	fi
-	rm -rf -- "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-# Everything goes to stdout and to bench/results/p4.txt (written only at the end, so
-# that an interrupted run leaves the previous results alone).
-mkdir -p bench/results
-RESULTS=bench/results/p4.txt
-PARTIAL=$TMP/p4.txt
-exec 3>&2 4>&1
-exec > >(tee "$PARTIAL") 2>&1
-TEE_PID=$!
-
-# freeport VAR: set VAR to a TCP port free on 127.0.0.1 and not handed out before.
-USED_PORTS=" "
-freeport() {
-	local p
-	while :; do
-		p=$("$PY" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-		[[ $USED_PORTS == *" $p "* ]] || break
-	done
-	USED_PORTS+="$p "
-	printf -v "$1" '%s' "$p"
-}
-
-# sql PORT DB SQL...: run statements as postgres, tuples only, stop at the first error.
-sql() {
-	local port=$1 db=$2
-	shift 2
-	local args=() s
-	for s in "$@"; do args+=(-c "$s"); done
-	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "${args[@]}"
-}
+BENCH_NAME=p4
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_begin bench/results/p4.txt
 
 # ------------------------------------------------------------------ machine info
 
 echo "# pgshunt benchmark P4 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo
-echo "## Machine"
-echo "host:        $(uname -n) ($(uname -srm))"
-echo "os:          $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p' | head -n1), nproc=$(nproc)$(lscpu | grep -q '^Hypervisor vendor' && echo ", virtualised ($(lscpu | sed -n 's/^Hypervisor vendor: *//p'))")"
-echo "memory:      $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
-echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
-echo "pgshunt:     $(./pgshunt --version 2>&1 | head -n1), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
-echo "pgshunt bin: $(stat -c '%s bytes, built %y' ./pgshunt | cut -d. -f1)"
-echo "postgres:    $("$PGBIN/postgres" --version)"
+machine_info
 echo "pgbench:     $(pgbench --version)"
 echo "settings:    P4_SECONDS=$SECONDS_PER_RUN P4_ROUNDS=$ROUNDS P4_WARMUP=$WARMUP P4_SEED=$SEED P4_BACKFILL=$BACKFILL P4_AUTOVACUUM=$AUTOVACUUM P4_REWRITTEN=$REWRITTEN"
 echo
@@ -200,22 +100,9 @@ echo
 # ------------------------------------------------------------------ PostgreSQL
 
 echo "## Setup"
-[ "$(id -u)" = 0 ] && chown postgres: "$TMP"
-chmod 0755 "$TMP"
-freeport PGPORT_
-as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
-	>"$TMP/initdb.log" 2>&1 || {
-	cat "$TMP/initdb.log"
-	die "initdb failed"
-}
 # No checkpoint should land inside a measured run by the clock or by WAL volume:
 # one is forced after the setup instead.
-cat >>"$TMP/data/postgresql.conf" <<EOF
-
-# --- pgshunt bench P4 ---
-listen_addresses = '127.0.0.1'
-port = $PGPORT_
-unix_socket_directories = '$TMP'
+pg_start PGPORT_ <<EOF
 max_connections = 100
 shared_buffers = 256MB
 fsync = off
@@ -226,16 +113,6 @@ checkpoint_timeout = 1h
 log_autovacuum_min_duration = 0
 autovacuum = $([ "$AUTOVACUUM" = 1 ] && echo on || echo off)
 EOF
-cat >"$TMP/data/pg_hba.conf" <<EOF
-local all all               trust
-host  all all 127.0.0.1/32  trust
-EOF
-as_pg touch "$TMP/postgres.log"
-PG_STARTED=1
-as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >"$TMP/pg_ctl.log" 2>&1 || {
-	cat "$TMP/pg_ctl.log" "$TMP/postgres.log"
-	die "PostgreSQL did not start"
-}
 echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=256MB fsync=off synchronous_commit=off full_page_writes=off"
 
 t0=$(date +%s)
@@ -481,19 +358,8 @@ run_pgbench() {
 	CPU_PGB=$(awk -v d="$pgb" -v n="$TX" 'BEGIN { printf "%.1f", d * 1e6 / n }')
 }
 
-median() { # numbers on stdin (FAIL lines ignored) -> median, or FAIL
-	grep -E '^[0-9.]+$' | sort -g | awk '{v[NR] = $1}
-		END { if (NR == 0) print "FAIL";
-		      else if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2];
-		      else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 rounded() { # numbers on stdin -> the same, rounded to integers (FAIL stays FAIL)
 	awk '{ for (i = 1; i <= NF; i++) printf "%s%s", ($i ~ /^[0-9.]+$/ ? sprintf("%.0f", $i) : $i), (i < NF ? " " : "\n") }'
-}
-
-ratio() { # A B -> A/B with 2 decimals, or n/a
-	awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
 }
 
 echo "## P4: idempotent claim, pgbench -n -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN -M prepared, $ROUNDS interleaved rounds"

@@ -50,11 +50,6 @@ NPROXIES=4
 P8_TARGET_MS=1000
 DB=p8
 
-die() {
-	echo "p8: $*" >&2
-	exit 1
-}
-
 for n in ROUNDS SEED HOLD; do
 	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
 done
@@ -68,98 +63,10 @@ done
 
 # ---------------------------------------------------------------- processes, cleanup
 
-TMP=$(mktemp -d /tmp/pgshunt-p8.XXXXXX)
-PG_STARTED=0
-declare -A PIDS=() # name -> pid of what we started
-
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-
-# stop_pid PID SIGNAL SECONDS: signal it, wait, then SIGKILL.
-stop_pid() {
-	local pid=$1 sig=$2 secs=$3 i
-	alive "$pid" || return 0
-	kill "-$sig" "$pid" 2>/dev/null || true
-	for ((i = 0; i < secs * 10; i++)); do
-		alive "$pid" || break
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "p8: pid $pid did not stop after SIG$sig, killing it" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-}
-
-postmaster_pid() {
-	local f=$TMP/data/postmaster.pid
-	if [ -r "$f" ]; then
-		head -n1 "$f" | grep -E '^[0-9]+$' || true
-	fi
-}
-
-cleanup() {
-	local rc=$? name pid
-	trap - EXIT INT TERM HUP
-	# The proxies first: each removes its row from pgshunt.proxies on the way out.
-	for name in "${!PIDS[@]}"; do
-		stop_pid "${PIDS[$name]}" TERM 15
-	done
-	if [ "$PG_STARTED" = 1 ]; then
-		pid=$(postmaster_pid)
-		if ! as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
-			[ -n "$pid" ] && stop_pid "$pid" INT 20
-		fi
-	fi
-	if [ -n "${TEE_PID:-}" ]; then
-		exec 1>&4 2>&3
-		wait "$TEE_PID" 2>/dev/null || true
-	fi
-	rm -rf -- "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-# Everything goes to stdout and to bench/results/p8.txt (written only at the end, so
-# that an interrupted run leaves the previous results alone).
-mkdir -p bench/results
-RESULTS=bench/results/p8.txt
-PARTIAL=$TMP/p8.txt
-exec 3>&2 4>&1
-exec > >(tee "$PARTIAL") 2>&1
-TEE_PID=$!
-
-# freeport VAR: set VAR to a TCP port free on 127.0.0.1 and not handed out before.
-USED_PORTS=" "
-freeport() {
-	local p
-	while :; do
-		p=$("$PY" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-		[[ $USED_PORTS == *" $p "* ]] || break
-	done
-	USED_PORTS+="$p "
-	printf -v "$1" '%s' "$p"
-}
-
-# sql PORT DB SQL...: run statements as postgres, tuples only, stop at the first error.
-sql() {
-	local port=$1 db=$2
-	shift 2
-	local args=() s
-	for s in "$@"; do args+=(-c "$s"); done
-	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "${args[@]}"
-}
+BENCH_NAME=p8
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_begin bench/results/p8.txt
 
 # console N CMD: run one command on the admin console of proxy N (1..4).
 console() {
@@ -170,15 +77,7 @@ console() {
 
 echo "# pgshunt benchmark P8 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo
-echo "## Machine"
-echo "host:        $(uname -n) ($(uname -srm))"
-echo "os:          $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p' | head -n1), nproc=$(nproc)$(lscpu | grep -q '^Hypervisor vendor' && echo ", virtualised ($(lscpu | sed -n 's/^Hypervisor vendor: *//p'))")"
-echo "memory:      $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
-echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
-echo "pgshunt:     $(./pgshunt --version 2>&1 | head -n1), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
-echo "pgshunt bin: $(stat -c '%s bytes, built %y' ./pgshunt | cut -d. -f1)"
-echo "postgres:    $("$PGBIN/postgres" --version)"
+machine_info
 echo "python:      $("$PY" --version 2>&1), psycopg $("$PY" -c 'import psycopg; print(psycopg.__version__)')"
 echo "settings:    P8_ROUNDS=$ROUNDS P8_SEED=$SEED P8_HOLD=$HOLD, $NPROXIES proxies"
 echo
@@ -186,36 +85,13 @@ echo
 # ------------------------------------------------------------------ PostgreSQL
 
 echo "## Setup"
-[ "$(id -u)" = 0 ] && chown postgres: "$TMP"
-chmod 0755 "$TMP"
-freeport PGPORT_
-as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
-	>"$TMP/initdb.log" 2>&1 || {
-	cat "$TMP/initdb.log"
-	die "initdb failed"
-}
-cat >>"$TMP/data/postgresql.conf" <<EOF
-
-# --- pgshunt bench P8 ---
-listen_addresses = '127.0.0.1'
-port = $PGPORT_
-unix_socket_directories = '$TMP'
+pg_start PGPORT_ <<EOF
 max_connections = 100
 shared_buffers = 128MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-cat >"$TMP/data/pg_hba.conf" <<EOF
-local all all               trust
-host  all all 127.0.0.1/32  trust
-EOF
-as_pg touch "$TMP/postgres.log"
-PG_STARTED=1
-as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >"$TMP/pg_ctl.log" 2>&1 || {
-	cat "$TMP/pg_ctl.log" "$TMP/postgres.log"
-	die "PostgreSQL did not start"
-}
 echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=128MB fsync=off synchronous_commit=off full_page_writes=off"
 
 sql "$PGPORT_" postgres "CREATE DATABASE $DB"

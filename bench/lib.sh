@@ -1,0 +1,173 @@
+# Shared by the benchmark scripts (bench/*.sh); sourced, not run.
+#
+#   BENCH_NAME=p4; . bench/lib.sh; bench_begin bench/results/p4.txt
+#
+# bench_begin makes $TMP, installs the traps that stop, on exit, failure or interruption,
+# every process recorded in PIDS (by PID) and the PostgreSQL started by pg_start, and
+# sends stdout and stderr to the terminal and to the results file (written only at the
+# end, so that an interrupted run leaves the previous results alone).
+#
+# Needs PGBIN and PY set by the caller.
+
+die() {
+	echo "$BENCH_NAME: $*" >&2
+	exit 1
+}
+
+as_pg() {
+	if [ "$(id -u)" = 0 ]; then
+		runuser -u postgres -- "$@"
+	else
+		"$@"
+	fi
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# stop_pid PID SIGNAL SECONDS: signal it, wait, then SIGKILL.
+stop_pid() {
+	local pid=$1 sig=$2 secs=$3 i
+	alive "$pid" || return 0
+	kill "-$sig" "$pid" 2>/dev/null || true
+	for ((i = 0; i < secs * 10; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	if alive "$pid"; then
+		echo "$BENCH_NAME: pid $pid did not stop after SIG$sig, killing it" >&2
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || true
+}
+
+# stop_named NAME [SIGNAL [SECONDS]]: stop what PIDS[NAME] started and forget it.
+stop_named() {
+	local name=$1 sig=${2:-TERM} secs=${3:-15}
+	[ -n "${PIDS[$name]:-}" ] || return 0
+	stop_pid "${PIDS[$name]}" "$sig" "$secs"
+	unset "PIDS[$name]"
+}
+
+postmaster_pid() {
+	local f=$TMP/data/postmaster.pid
+	if [ -r "$f" ]; then
+		head -n1 "$f" | grep -E '^[0-9]+$' || true
+	fi
+}
+
+bench_cleanup() {
+	local rc=$? name pid
+	trap - EXIT INT TERM HUP
+	# Proxies first: each removes its row from pgshunt.proxies on the way out.
+	for name in "${!PIDS[@]}"; do
+		stop_pid "${PIDS[$name]}" TERM 15
+	done
+	if [ "$PG_STARTED" = 1 ]; then
+		pid=$(postmaster_pid)
+		if ! as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
+			[ -n "$pid" ] && stop_pid "$pid" INT 20
+		fi
+	fi
+	if [ -n "${TEE_PID:-}" ]; then
+		exec 1>&4 2>&3
+		wait "$TEE_PID" 2>/dev/null || true
+	fi
+	rm -rf -- "$TMP"
+	exit "$rc"
+}
+
+# bench_begin RESULTS_FILE
+bench_begin() {
+	TMP=$(mktemp -d "/tmp/pgshunt-$BENCH_NAME.XXXXXX")
+	PG_STARTED=0
+	declare -gA PIDS=()
+	trap bench_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	trap 'exit 129' HUP
+	mkdir -p "$(dirname "$1")"
+	RESULTS=$1
+	PARTIAL=$TMP/$(basename "$1")
+	exec 3>&2 4>&1
+	exec > >(tee "$PARTIAL") 2>&1
+	TEE_PID=$!
+	USED_PORTS=" "
+}
+
+# freeport VAR: set VAR to a TCP port free on 127.0.0.1 and not handed out before.
+freeport() {
+	local p
+	while :; do
+		p=$("$PY" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+		[[ $USED_PORTS == *" $p "* ]] || break
+	done
+	USED_PORTS+="$p "
+	printf -v "$1" '%s' "$p"
+}
+
+# sql PORT DB SQL...: run statements as postgres, tuples only, stop at the first error.
+sql() {
+	local port=$1 db=$2
+	shift 2
+	local args=() s
+	for s in "$@"; do args+=(-c "$s"); done
+	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "${args[@]}"
+}
+
+median() { # numbers on stdin (FAIL lines ignored) -> median, or FAIL
+	grep -E '^[0-9.]+$' | sort -g | awk '{v[NR] = $1}
+		END { if (NR == 0) print "FAIL";
+		      else if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2];
+		      else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+ratio() { # A B -> A/B with 2 decimals, or n/a
+	awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
+}
+
+# machine_info: the machine part of the header every result file starts with.
+machine_info() {
+	echo "## Machine"
+	echo "host:        $(uname -n) ($(uname -srm))"
+	echo "os:          $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
+	echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p' | head -n1), nproc=$(nproc)$(lscpu | grep -q '^Hypervisor vendor' && echo ", virtualised ($(lscpu | sed -n 's/^Hypervisor vendor: *//p'))")"
+	echo "memory:      $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
+	echo "loadavg:     $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
+	echo "pgshunt:     $(./pgshunt --version 2>&1 | head -n1), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+	echo "pgshunt bin: $(stat -c '%s bytes, built %y' ./pgshunt | cut -d. -f1)"
+	echo "postgres:    $("$PGBIN/postgres" --version)"
+}
+
+# pg_start PORT_VAR < EXTRA_CONF: initdb in $TMP/data (trust on 127.0.0.1 and the
+# socket in $TMP), append the lines on stdin to postgresql.conf, start it.
+pg_start() {
+	local port
+	[ "$(id -u)" = 0 ] && chown postgres: "$TMP"
+	chmod 0755 "$TMP"
+	freeport "$1"
+	port=${!1}
+	as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
+		>"$TMP/initdb.log" 2>&1 || {
+		cat "$TMP/initdb.log"
+		die "initdb failed"
+	}
+	{
+		echo
+		echo "# --- pgshunt bench $BENCH_NAME ---"
+		echo "listen_addresses = '127.0.0.1'"
+		echo "port = $port"
+		echo "unix_socket_directories = '$TMP'"
+		cat
+	} >>"$TMP/data/postgresql.conf"
+	cat >"$TMP/data/pg_hba.conf" <<-EOF
+		local all all               trust
+		host  all all 127.0.0.1/32  trust
+	EOF
+	as_pg touch "$TMP/postgres.log"
+	PG_STARTED=1
+	as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >"$TMP/pg_ctl.log" 2>&1 || {
+		cat "$TMP/pg_ctl.log" "$TMP/postgres.log"
+		die "PostgreSQL did not start"
+	}
+}
