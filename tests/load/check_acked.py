@@ -2,11 +2,12 @@
 
 Reads the load's report, loads its acknowledged keys into a temporary table on a direct
 connection, and counts: acknowledged keys missing from TABLE (lost), keys present more
-than once in TABLE (duplicates), and the client errors the load saw.  Prints one line
-per figure ("name value") and exits 1 when a key was lost or duplicated, or when
---max-errors is exceeded.
+than once in TABLE (duplicates), the client errors and the lost connections the load
+saw.  Prints one line per figure ("name value") and exits 1 when a key was lost or
+duplicated, or when --max-errors or --max-disconnects is exceeded.
 
-usage: check_acked.py REPORT.json DIRECT_CONNINFO TABLE [--max-errors N] [--also TABLE]
+usage: check_acked.py REPORT.json DIRECT_CONNINFO TABLE [--max-errors N]
+                      [--max-disconnects N] [--also TABLE]
 
 --also TABLE counts the acknowledged keys found in a second table (the buffer, while its
 rows wait for the drain) as present.
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("table")
     ap.add_argument("--also")
     ap.add_argument("--max-errors", type=int, default=0)
+    ap.add_argument("--max-disconnects", type=int, default=0)
     args = ap.parse_args()
 
     with open(args.report) as f:
@@ -55,9 +57,12 @@ def main():
     print("duplicate_keys %d" % dups)
     print("client_errors %d" % len(errs))
     print("rows_lost %d" % lost)
-    for e in errs[:5]:
+    disc = report.get("disconnects", [])
+    print("disconnects %d" % len(disc))
+    for e in (errs + disc)[:5]:
         print("  error: %s" % e, file=sys.stderr)
-    sys.exit(1 if lost or dups or len(errs) > args.max_errors else 0)
+    sys.exit(1 if lost or dups or len(errs) > args.max_errors
+             or len(disc) > args.max_disconnects else 0)
 
 
 if __name__ == "__main__":

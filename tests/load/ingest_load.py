@@ -15,7 +15,7 @@ prepared under the previous phase).  A client loops over the application's round
            DEGRADED is on (the buffer has no unique check: SPEC §2).
 
 What the clients saw is written to OUT (JSON) when the load stops: every key whose
-insert was acknowledged, and every unexpected error (a client error).  The caller then
+insert was acknowledged, every unexpected error (a client error), and every lost connection.  The caller then
 checks the table against it: each acknowledged key present exactly once (I1, I2).
 
 The load runs until the file STOP exists (or --seconds pass).  Progress goes to stderr
@@ -46,7 +46,8 @@ LEGACY = ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_has
           "VALUES (%s, %s, %s, 'processing')")
 
 # A server or proxy that goes away ends a connection; the client reconnects, as an
-# application's pool would, and the lost round trip counts as a client error.
+# application's pool would.  Those are counted apart ("disconnects"), so that a test
+# that kills a proxy can tell them from errors of statements on a live connection.
 RETRYABLE = (psycopg.OperationalError,)
 
 
@@ -57,6 +58,7 @@ class Client(threading.Thread):
         self.acked = []          # (site, key) whose insert succeeded
         self.claimed = []        # keys this client may retry
         self.errors = []         # unexpected errors, as strings
+        self.disconnects = []    # connections lost or refused, as strings
         self.dup_expected = 0    # 23505 for a retried plain insert: the right answer
         self.round_trips = 0
         self.seq = 0
@@ -102,7 +104,7 @@ class Client(threading.Thread):
                     conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
                 self.round_trip(conn)
             except RETRYABLE as e:
-                self.errors.append("%s: %s" % (type(e).__name__, str(e).strip()))
+                self.disconnects.append("%s: %s" % (type(e).__name__, str(e).strip()))
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -139,9 +141,11 @@ def main():
             break
         if time.time() - last >= 5:
             last = time.time()
-            print("load: %d round trips, %d inserts acknowledged, %d client errors" %
+            print("load: %d round trips, %d inserts acknowledged, %d client errors, "
+                  "%d disconnects" %
                   (sum(c.round_trips for c in clients), sum(len(c.acked) for c in clients),
-                   sum(len(c.errors) for c in clients)), file=sys.stderr, flush=True)
+                   sum(len(c.errors) for c in clients), sum(len(c.disconnects) for c in clients)),
+                  file=sys.stderr, flush=True)
     stop.set()
     for c in clients:
         c.join(timeout=60)
@@ -152,13 +156,14 @@ def main():
         "acked_count": sum(len(c.acked) for c in clients),
         "expected_duplicates": sum(c.dup_expected for c in clients),
         "errors": [e for c in clients for e in c.errors],
+        "disconnects": [e for c in clients for e in c.disconnects],
     }
     with open(args.out, "w") as f:
         json.dump(report, f)
     print("load: stopped after %.1f s: %d round trips, %d inserts acknowledged "
-          "(%d distinct keys), %d client errors" %
+          "(%d distinct keys), %d client errors, %d disconnects" %
           (report["seconds"], report["round_trips"], report["acked_count"],
-           len(report["acked"]), len(report["errors"])), file=sys.stderr, flush=True)
+           len(report["acked"]), len(report["errors"]), len(report["disconnects"])), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
