@@ -18,6 +18,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/proto.h"
 #include "proxy/session.h"
+#include "proxy/thresholds.h"
 
 #define TEXT_OID       25
 #define PAUSE_CHECK_MS 50
@@ -365,6 +366,9 @@ static const struct admin_cmd commands[] = {
 	 "the proxies of the fleet: acknowledged epoch, transactions in flight, lease", false},
 	{"SHOW PREFLIGHT", migrate_preflight_columns, migrate_cmd_preflight,
 	 "what pgshunt cannot see: views, functions, triggers, foreign keys, publications, other sessions",
+	 false},
+	{"SHOW THRESHOLDS", thresholds_columns, thresholds_cmd_show,
+	 "the runbook's thresholds: table size, rows, p99 insert latency, indexes, BRIN advice",
 	 false},
 	{"MIGRATE PREPARE", migrate_prepare_columns, migrate_cmd_prepare,
 	 "build next_table, its partitions, buffer_table and the pgshunt schema (idempotent)", false},
