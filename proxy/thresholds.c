@@ -9,6 +9,7 @@
 #include "proxy/admin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
+#include "proxy/guard.h"
 #include "proxy/latency.h"
 #include "proxy/log.h"
 #include "proxy/migrate.h"
@@ -382,6 +383,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	latency_tick();
 	ops.ticks++;
+	guard_tick();
 	if (!control_available())
 		return;
 	if (ops.ticks % OPS_POLL_S == 0)
@@ -407,6 +409,7 @@ void thresholds_stop(void)
 	if (ops.timer)
 		event_free(ops.timer);
 	ops.timer = NULL;
+	guard_stop();
 }
 
 /* ---- SHOW THRESHOLDS ---- */
