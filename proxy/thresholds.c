@@ -51,8 +51,7 @@ static struct {
 	bool fleet_known;      /* the last poll read pgshunt.proxies */
 	double fleet_p99;      /* max over live proxies; < 0: none reported an insert */
 	unsigned fleet_reporting;
-	/* auto-DEGRADED: since when (s) the fleet p99 has been above/below the limit */
-	uint64_t above_since, below_since;
+	struct auto_state autost;
 	bool flipping;         /* a DEGRADED change of ours is in progress */
 	uint64_t retry_at;     /* after a failed change, not before (s) */
 	char by[400];          /* phase_log's "by" for our changes */
@@ -148,7 +147,7 @@ static void on_auto_done(const char *sqlstate, const char *msg)
 	}
 	on = shunt.phase.degraded;
 	view.auto_degrade_total[on]++;
-	ops.above_since = ops.below_since = 0;
+	ops.autost = (struct auto_state){0};
 	log_warning("auto-DEGRADED: DEGRADED is now %s, every live proxy acknowledged it",
 		    on ? "ON" : "OFF");
 }
@@ -165,30 +164,34 @@ static void auto_flip(bool on, double p99)
 		log_warning("auto-DEGRADED: another phase change is in progress; trying again later");
 }
 
-/*
- * Run by the proxy holding the lock, after each poll.  auto_set: the DEGRADED in force
- * was set by auto-DEGRADED (a DEGRADED ON typed by an operator is never undone by
- * it); since_flip: seconds since the fleet's last automatic change, < 0 for never.
- */
+enum auto_action auto_degrade_decide(struct auto_state *st, uint64_t now, double p99,
+				     bool degraded, bool auto_set, double since_flip, unsigned window)
+{
+	bool above = p99 > THRESH_P99_ACTION_MS;
+	bool below = p99 < THRESH_P99_WARNING_MS; /* no insert at all (< 0) counts as below */
+	st->above_since = above ? (st->above_since ? st->above_since : now) : 0;
+	st->below_since = below ? (st->below_since ? st->below_since : now) : 0;
+	/* However the latency swings, two automatic changes are two windows apart. */
+	if (since_flip >= 0 && since_flip < 2.0 * window)
+		return AUTO_NONE;
+	if (!degraded && above && now - st->above_since >= window)
+		return AUTO_ON;
+	if (degraded && auto_set && below && now - st->below_since >= window)
+		return AUTO_OFF;
+	return AUTO_NONE;
+}
+
+/* Run by the proxy holding the lock, after each poll. */
 static void auto_degrade_eval(bool auto_set, double since_flip)
 {
-	uint64_t now = mono_s();
 	double p99 = ops.fleet_known ? ops.fleet_p99 : -1;
-	uint64_t window = (uint64_t)shunt.cfg.auto_degrade_window_s;
-	bool above = p99 > THRESH_P99_ACTION_MS;
-	bool below = p99 < THRESH_P99_WARNING_MS; /* no insert at all counts as below */
-
-	ops.above_since = above ? (ops.above_since ? ops.above_since : now) : 0;
-	ops.below_since = below ? (ops.below_since ? ops.below_since : now) : 0;
-	if (ops.flipping || !shunt.phase.known || !shunt.phase.installed || now < ops.retry_at)
+	enum auto_action a = auto_degrade_decide(&ops.autost, mono_s(), p99, shunt.phase.degraded,
+						 auto_set, since_flip,
+						 (unsigned)shunt.cfg.auto_degrade_window_s);
+	if (a == AUTO_NONE || ops.flipping || !shunt.phase.known || !shunt.phase.installed ||
+	    mono_s() < ops.retry_at)
 		return;
-	/* However the latency swings, two automatic changes are two windows apart. */
-	if (since_flip >= 0 && since_flip < 2.0 * shunt.cfg.auto_degrade_window_s)
-		return;
-	if (!shunt.phase.degraded && above && now - ops.above_since >= window)
-		auto_flip(true, p99);
-	else if (shunt.phase.degraded && auto_set && below && now - ops.below_since >= window)
-		auto_flip(false, p99 < 0 ? 0 : p99);
+	auto_flip(a == AUTO_ON, p99 < 0 ? 0 : p99);
 }
 
 /* ---- the poll: fleet, leader, jobs (control schema), buffer depth (catalog) ---- */

@@ -77,6 +77,23 @@ const char *ops_job_name(enum ops_job j);
 /* Where a value stands against its limits (warning or action may be < 0: none). */
 enum thresh_status thresh_classify(double value, double warning, double action);
 
+/*
+ * auto-DEGRADED's decision, given the fleet's p99 now (ms, < 0 when no proxy had an
+ * insert), whether DEGRADED is on and was set by auto-DEGRADED (an operator's DEGRADED
+ * ON is never undone by it), and the seconds since the last automatic change (< 0:
+ * none).  ON once the p99 stayed above the action limit for window seconds; OFF once
+ * it stayed under the warning limit as long (hysteresis); nothing within two windows
+ * of the last change.  st keeps since when the p99 has been above or below.
+ */
+struct auto_state {
+	uint64_t above_since; /* seconds; 0 while not above */
+	uint64_t below_since;
+};
+enum auto_action { AUTO_NONE, AUTO_ON, AUTO_OFF };
+enum auto_action auto_degrade_decide(struct auto_state *st, uint64_t now, double p99,
+				     bool degraded, bool auto_set, double since_flip,
+				     unsigned window);
+
 void thresholds_start(void);
 void thresholds_stop(void);
 
