@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proxy/brin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/log.h"
@@ -369,6 +370,9 @@ static const struct admin_cmd commands[] = {
 	 false},
 	{"SHOW THRESHOLDS", thresholds_columns, thresholds_cmd_show,
 	 "the runbook's thresholds: table size, rows, p99 insert latency, indexes, BRIN advice",
+	 false},
+	{"INDEX BRIN", brin_columns, brin_cmd_index,
+	 "replace the B-tree on expires_at by a BRIN index, concurrently, on its own connection",
 	 false},
 	{"MIGRATE PREPARE", migrate_prepare_columns, migrate_cmd_prepare,
 	 "build next_table, its partitions, buffer_table and the pgshunt schema (idempotent)", false},
@@ -904,6 +908,7 @@ void admin_free(struct session *s)
 		event_del(&a->pause_timer);
 	control_forget(s);
 	migrate_session_gone(s);
+	brin_session_gone(s);
 	named_free(a->stmts, a->nstmts);
 	named_free(a->portals, a->nportals);
 	pktbuf_free(&a->out);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "proxy/brin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/iobuf.h"
@@ -613,6 +614,7 @@ static int run(void)
 	metrics_stop();
 	close_listeners();
 	close_all_sessions();
+	brin_stop();
 	thresholds_stop();
 	fleet_stop();
 	control_drain(1000);

@@ -106,8 +106,7 @@ static void set_metric(enum thresh_metric m, bool known, double value)
 			    limits[m][1]);
 }
 
-/* The table whose size counts: the write primary, renamed into place at finalized. */
-static const char *authoritative_table(void)
+const char *thresholds_authoritative_table(void)
 {
 	return shunt.phase.phase == PHASE_CUTOVER ? shunt.cfg.next_table : shunt.cfg.table;
 }
@@ -357,7 +356,7 @@ static void apply_catalog(const PGresult *res)
 		set_metric(TM_TABLE_SIZE, false, 0);
 		set_metric(TM_ROW_ESTIMATE, false, 0);
 		snprintf(ops.table_detail, sizeof(ops.table_detail), "%s does not exist",
-			 authoritative_table());
+			 thresholds_authoritative_table());
 	}
 	set_metric(TM_EXPIRES_INDEX, btree, btree_bytes);
 	ops.last_eval_s = mono_s();
@@ -365,7 +364,7 @@ static void apply_catalog(const PGresult *res)
 
 static bool queue_catalog(control_cb cb, void *arg)
 {
-	const char *params[] = {authoritative_table(), THRESH_BRIN_COLUMN};
+	const char *params[] = {thresholds_authoritative_table(), THRESH_BRIN_COLUMN};
 	return control_query(catalog_sql, 2, params, cb, arg);
 }
 
@@ -474,7 +473,7 @@ static void on_show(const PGresult *res, void *arg)
 	}
 	apply_catalog(res);
 	refresh_p99();
-	snprintf(d, sizeof(d), "%s, authoritative in phase %s: %s", authoritative_table(),
+	snprintf(d, sizeof(d), "%s, authoritative in phase %s: %s", thresholds_authoritative_table(),
 		 phase_name(shunt.phase.phase), ops.table_detail);
 	show_metric(s, TM_TABLE_SIZE, d);
 	show_metric(s, TM_ROW_ESTIMATE, "pg_class.reltuples summed over the partitions");

@@ -94,6 +94,10 @@ enum auto_action auto_degrade_decide(struct auto_state *st, uint64_t now, double
 				     bool degraded, bool auto_set, double since_flip,
 				     unsigned window);
 
+/* The table the thresholds and INDEX BRIN are about: the write primary (the table up
+ * to read_next, next_table at cutover, the table again once renamed at finalized). */
+const char *thresholds_authoritative_table(void);
+
 void thresholds_start(void);
 void thresholds_stop(void);
 
