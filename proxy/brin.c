@@ -23,55 +23,57 @@ const char *const brin_columns[] = {"step", "detail", NULL};
  * order they run.  Partitions are one level deep, as MIGRATE PREPARE builds them.
  */
 static const char plan_sql[] =
-	"WITH t AS (SELECT to_regclass($1) AS oid), "
-	"i AS (SELECT x.indexrelid, ic.relname, n.nspname, am.amname, c.relkind, left(ic.relname, "
-	"58) || '_brin' AS tmp, t.oid::regclass AS tbl FROM t JOIN pg_catalog.pg_index x ON x.indrelid = t.oid AND "
-	"x.indnkeyatts = 1 JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = "
-	"x.indkey[0] AND a.attname = $2 JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid JOIN "
-	"pg_catalog.pg_am am ON am.oid = ic.relam JOIN pg_catalog.pg_class c ON c.oid = t.oid JOIN "
-	"pg_catalog.pg_namespace n ON n.oid = ic.relnamespace WHERE NOT x.indisunique AND ic.relname "
-	"NOT LIKE '%\\_brin' ORDER BY am.amname = 'btree' DESC, ic.relname LIMIT 1), "
-	"p AS (SELECT ci.indrelid::regclass AS rel, pn.nspname AS nsp, pc.relname AS idx, "
-	"left(pc.relname, 58) || '_brin' AS tmp FROM i JOIN pg_catalog.pg_inherits h ON h.inhparent "
-	"= i.indexrelid JOIN pg_catalog.pg_index ci ON ci.indexrelid = h.inhrelid JOIN "
-	"pg_catalog.pg_class pc ON pc.oid = ci.indexrelid JOIN pg_catalog.pg_namespace pn ON pn.oid "
-	"= pc.relnamespace), "
-	"s(o, k, step, detail, sql) AS ("
-	"SELECT 0, '', 'index', format('%I.%I (%s) on %s', nspname, relname, amname, tbl), amname::text FROM i "
-	"UNION ALL SELECT 1, '', 'drop_leftover', format('%I.%I', nspname, tmp), CASE WHEN relkind = "
-	"'p' THEN format('DROP INDEX IF EXISTS %I.%I', nspname, tmp) ELSE format('DROP INDEX "
-	"CONCURRENTLY IF EXISTS %I.%I', nspname, tmp) END FROM i "
-	"UNION ALL SELECT 2, '', 'create_brin', format('%I.%I on %s', nspname, tmp, tbl), format("
-	"'CREATE INDEX CONCURRENTLY %I ON %s USING brin (%I)', tmp, tbl, $2) FROM i WHERE relkind "
-	"<> 'p' "
-	"UNION ALL SELECT 2, '', 'create_parent', format('%I.%I on only %s', nspname, tmp, tbl), "
-	"format('CREATE INDEX %I ON ONLY %s USING brin (%I)', tmp, tbl, $2) FROM i WHERE relkind = "
-	"'p' "
-	"UNION ALL SELECT 3, rel::text || '1', 'drop_leftover', format('%I.%I', nsp, tmp), format("
-	"'DROP INDEX CONCURRENTLY IF EXISTS %I.%I', nsp, tmp) FROM p "
-	"UNION ALL SELECT 3, rel::text || '2', 'create_brin', format('%I.%I on %s', nsp, tmp, rel), "
-	"format('CREATE INDEX CONCURRENTLY %I ON %s USING brin (%I)', tmp, rel, $2) FROM p "
-	"UNION ALL SELECT 3, p.rel::text || '3', 'attach', format('%I.%I', p.nsp, p.tmp), format("
-	"'ALTER INDEX %I.%I ATTACH PARTITION %I.%I', i.nspname, i.tmp, p.nsp, p.tmp) FROM i, p "
-	"UNION ALL SELECT 4, '', 'drop_btree', format('%I.%I', nspname, relname), CASE WHEN relkind "
-	"= 'p' THEN format('SET lock_timeout = ''10s''; DROP INDEX %I.%I', nspname, relname) ELSE "
-	"format('DROP INDEX CONCURRENTLY %I.%I', nspname, relname) END FROM i "
-	"UNION ALL SELECT 5, '', 'rename', format('%I.%I to %I', nspname, tmp, relname), format("
-	"'ALTER INDEX %I.%I RENAME TO %I', nspname, tmp, relname) FROM i "
-	"UNION ALL SELECT 6, rel::text, 'rename', format('%I.%I to %I', nsp, tmp, idx), format("
-	"'ALTER INDEX %I.%I RENAME TO %I', nsp, tmp, idx) FROM p) "
-	"SELECT step, detail, sql FROM s ORDER BY o, k";
+    "WITH t AS (SELECT to_regclass($1) AS oid), "
+    "i AS (SELECT x.indexrelid, ic.relname, n.nspname, am.amname, c.relkind, left(ic.relname, "
+    "58) || '_brin' AS tmp, t.oid::regclass AS tbl FROM t JOIN pg_catalog.pg_index x ON x.indrelid "
+    "= t.oid AND "
+    "x.indnkeyatts = 1 JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = "
+    "x.indkey[0] AND a.attname = $2 JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid JOIN "
+    "pg_catalog.pg_am am ON am.oid = ic.relam JOIN pg_catalog.pg_class c ON c.oid = t.oid JOIN "
+    "pg_catalog.pg_namespace n ON n.oid = ic.relnamespace WHERE NOT x.indisunique AND ic.relname "
+    "NOT LIKE '%\\_brin' ORDER BY am.amname = 'btree' DESC, ic.relname LIMIT 1), "
+    "p AS (SELECT ci.indrelid::regclass AS rel, pn.nspname AS nsp, pc.relname AS idx, "
+    "left(pc.relname, 58) || '_brin' AS tmp FROM i JOIN pg_catalog.pg_inherits h ON h.inhparent "
+    "= i.indexrelid JOIN pg_catalog.pg_index ci ON ci.indexrelid = h.inhrelid JOIN "
+    "pg_catalog.pg_class pc ON pc.oid = ci.indexrelid JOIN pg_catalog.pg_namespace pn ON pn.oid "
+    "= pc.relnamespace), "
+    "s(o, k, step, detail, sql) AS ("
+    "SELECT 0, '', 'index', format('%I.%I (%s) on %s', nspname, relname, amname, tbl), "
+    "amname::text FROM i "
+    "UNION ALL SELECT 1, '', 'drop_leftover', format('%I.%I', nspname, tmp), CASE WHEN relkind = "
+    "'p' THEN format('DROP INDEX IF EXISTS %I.%I', nspname, tmp) ELSE format('DROP INDEX "
+    "CONCURRENTLY IF EXISTS %I.%I', nspname, tmp) END FROM i "
+    "UNION ALL SELECT 2, '', 'create_brin', format('%I.%I on %s', nspname, tmp, tbl), format("
+    "'CREATE INDEX CONCURRENTLY %I ON %s USING brin (%I)', tmp, tbl, $2) FROM i WHERE relkind "
+    "<> 'p' "
+    "UNION ALL SELECT 2, '', 'create_parent', format('%I.%I on only %s', nspname, tmp, tbl), "
+    "format('CREATE INDEX %I ON ONLY %s USING brin (%I)', tmp, tbl, $2) FROM i WHERE relkind = "
+    "'p' "
+    "UNION ALL SELECT 3, rel::text || '1', 'drop_leftover', format('%I.%I', nsp, tmp), format("
+    "'DROP INDEX CONCURRENTLY IF EXISTS %I.%I', nsp, tmp) FROM p "
+    "UNION ALL SELECT 3, rel::text || '2', 'create_brin', format('%I.%I on %s', nsp, tmp, rel), "
+    "format('CREATE INDEX CONCURRENTLY %I ON %s USING brin (%I)', tmp, rel, $2) FROM p "
+    "UNION ALL SELECT 3, p.rel::text || '3', 'attach', format('%I.%I', p.nsp, p.tmp), format("
+    "'ALTER INDEX %I.%I ATTACH PARTITION %I.%I', i.nspname, i.tmp, p.nsp, p.tmp) FROM i, p "
+    "UNION ALL SELECT 4, '', 'drop_btree', format('%I.%I', nspname, relname), CASE WHEN relkind "
+    "= 'p' THEN format('SET lock_timeout = ''10s''; DROP INDEX %I.%I', nspname, relname) ELSE "
+    "format('DROP INDEX CONCURRENTLY %I.%I', nspname, relname) END FROM i "
+    "UNION ALL SELECT 5, '', 'rename', format('%I.%I to %I', nspname, tmp, relname), format("
+    "'ALTER INDEX %I.%I RENAME TO %I', nspname, tmp, relname) FROM i "
+    "UNION ALL SELECT 6, rel::text, 'rename', format('%I.%I to %I', nsp, tmp, idx), format("
+    "'ALTER INDEX %I.%I RENAME TO %I', nsp, tmp, idx) FROM p) "
+    "SELECT step, detail, sql FROM s ORDER BY o, k";
 
 static struct {
 	bool running;
-	struct session *s;   /* NULL once the console went away */
+	struct session *s; /* NULL once the console went away */
 	PGconn *conn;
 	struct event *io;
 	char *step[BRIN_MAX_STEPS];
 	char *detail[BRIN_MAX_STEPS];
 	char *sql[BRIN_MAX_STEPS];
-	size_t n, i;         /* steps, and the one running */
-	char error[600];     /* the first error of the running step */
+	size_t n, i;     /* steps, and the one running */
+	char error[600]; /* the first error of the running step */
 	char sqlstate[6];
 } brin;
 
@@ -140,7 +142,7 @@ static bool send_step(void)
 		return false;
 	}
 	log_info("INDEX BRIN step %zu of %zu: %s %s", brin.i, brin.n - 1, brin.step[brin.i],
-		 brin.detail[brin.i]);
+	         brin.detail[brin.i]);
 	brin.error[0] = '\0';
 	if (!PQsendQuery(brin.conn, brin.sql[brin.i])) {
 		finish("08006", PQerrorMessage(brin.conn));
@@ -166,7 +168,7 @@ static bool gather(void)
 			const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 			snprintf(brin.sqlstate, sizeof(brin.sqlstate), "%s", code ? code : "XX000");
 			snprintf(brin.error, sizeof(brin.error), "%s %s: %s", brin.step[brin.i],
-				 brin.detail[brin.i], PQresultErrorMessage(res));
+			         brin.detail[brin.i], PQresultErrorMessage(res));
 			size_t len = strlen(brin.error);
 			while (len && brin.error[len - 1] == '\n')
 				brin.error[--len] = '\0';
@@ -207,9 +209,10 @@ static void drive(void)
 	}
 	if (brin.error[0]) {
 		char msg[700];
-		snprintf(msg, sizeof(msg), "%s (the B-tree is dropped only once the BRIN index is "
-					   "complete; INDEX BRIN again cleans up and goes on)",
-			 brin.error);
+		snprintf(msg, sizeof(msg),
+		         "%s (the B-tree is dropped only once the BRIN index is "
+		         "complete; INDEX BRIN again cleans up and goes on)",
+		         brin.error);
 		finish(brin.sqlstate, msg);
 		return;
 	}
@@ -222,7 +225,7 @@ static void start_connection(void)
 {
 	static const char *const keys[] = {"dbname", "application_name", "options", NULL};
 	const char *values[] = {shunt.cfg.control_dsn, "pgshunt INDEX BRIN", GUARD_CONNINFO_OPTIONS,
-				NULL};
+	                        NULL};
 	brin.conn = PQconnectStartParams(keys, values, 1);
 	if (!brin.conn || PQstatus(brin.conn) == CONNECTION_BAD) {
 		finish("08006", brin.conn ? PQerrorMessage(brin.conn) : "out of memory");
@@ -253,16 +256,17 @@ static void on_plan(const PGresult *res, void *arg)
 	}
 	if (PQntuples(res) == 0) {
 		char msg[512];
-		snprintf(msg, sizeof(msg), "INDEX BRIN: %s has no index on %s alone (or does not "
-					   "exist): nothing to swap",
-			 thresholds_authoritative_table(), THRESH_BRIN_COLUMN);
+		snprintf(msg, sizeof(msg),
+		         "INDEX BRIN: %s has no index on %s alone (or does not "
+		         "exist): nothing to swap",
+		         thresholds_authoritative_table(), THRESH_BRIN_COLUMN);
 		finish("55000", msg);
 		return;
 	}
 	if (strcmp(PQgetvalue(res, 0, 2), "btree") != 0) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "INDEX BRIN: the index on %s is not a B-tree: %s",
-			 THRESH_BRIN_COLUMN, PQgetvalue(res, 0, 1));
+		         THRESH_BRIN_COLUMN, PQgetvalue(res, 0, 1));
 		finish("55000", msg);
 		return;
 	}
@@ -271,7 +275,7 @@ static void on_plan(const PGresult *res, void *arg)
 		return;
 	}
 	log_warning("INDEX BRIN: replacing %s by a BRIN index, %zu steps", brin.detail[0],
-		    brin.n - 1);
+	            brin.n - 1);
 	start_connection();
 }
 
@@ -279,8 +283,9 @@ bool brin_cmd_index(struct session *s, struct admin_result *r, const char *args)
 {
 	(void)args;
 	if (!control_available()) {
-		admin_res_error(r, "55000", "control_dsn is not set: INDEX BRIN needs pgshunt's own "
-					    "connections");
+		admin_res_error(r, "55000",
+		                "control_dsn is not set: INDEX BRIN needs pgshunt's own "
+		                "connections");
 		return false;
 	}
 	if (brin.running) {
@@ -309,7 +314,7 @@ void brin_stop(void)
 	brin.s = NULL;
 	if (brin.running && brin.conn)
 		log_warning("INDEX BRIN interrupted by the shutdown at step %zu of %zu", brin.i,
-			    brin.n - 1);
+		            brin.n - 1);
 	if (brin.io)
 		event_free(brin.io);
 	brin.io = NULL;

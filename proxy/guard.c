@@ -21,37 +21,38 @@
  * of the application's writes.
  */
 static const char install_sql[] =
-	"DO $guard$ BEGIN "
-	"PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgshunt:install', 0)); "
-	"CREATE OR REPLACE FUNCTION pgshunt.guard_direct_write() RETURNS trigger LANGUAGE plpgsql "
-	"AS $f$ BEGIN "
-	"IF coalesce(pg_catalog.current_setting('" GUARD_SETTING "', true), '') <> '" GUARD_VALUE "' "
-	"THEN RAISE EXCEPTION 'pgshunt guard: % on %.% refused: during the migration this table is "
-	"written through pgshunt only', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = "
-	"'insufficient_privilege', HINT = 'Connect through pgshunt. pgshunt''s own jobs set "
-	GUARD_SETTING " = " GUARD_VALUE "; guard_direct_writes = off removes this guard.'; "
-	"END IF; RETURN NULL; END $f$; "
-	"CREATE OR REPLACE FUNCTION pgshunt.guard_sync(p_on boolean, p_tables text[]) RETURNS "
-	"integer LANGUAGE plpgsql SET search_path = pg_catalog, pgshunt AS $f$ "
-	"DECLARE t text; r regclass; n integer := 0; BEGIN "
-	"PERFORM pg_advisory_xact_lock(hashtextextended('pgshunt:guard', 0)); "
-	"PERFORM set_config('lock_timeout', '1s', true); "
-	"FOREACH t IN ARRAY p_tables LOOP r := to_regclass(t); CONTINUE WHEN r IS NULL; "
-	"IF p_on AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = r AND tgname = '"
-	GUARD_TRIGGER "') THEN EXECUTE format('CREATE TRIGGER " GUARD_TRIGGER " BEFORE INSERT OR "
-	"UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION "
-	"pgshunt.guard_direct_write()', r); n := n + 1; "
-	"ELSIF NOT p_on AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = r AND tgname = '"
-	GUARD_TRIGGER "') THEN EXECUTE format('DROP TRIGGER " GUARD_TRIGGER " ON %s', r); n := n + 1; "
-	"END IF; END LOOP; RETURN n; END $f$; "
-	"REVOKE ALL ON FUNCTION pgshunt.guard_sync(boolean, text[]) FROM PUBLIC; "
-	"END $guard$";
+    "DO $guard$ BEGIN "
+    "PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgshunt:install', 0)); "
+    "CREATE OR REPLACE FUNCTION pgshunt.guard_direct_write() RETURNS trigger LANGUAGE plpgsql "
+    "AS $f$ BEGIN "
+    "IF coalesce(pg_catalog.current_setting('" GUARD_SETTING "', true), '') <> '" GUARD_VALUE "' "
+    "THEN RAISE EXCEPTION 'pgshunt guard: % on %.% refused: during the migration this table is "
+    "written through pgshunt only', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = "
+    "'insufficient_privilege', HINT = 'Connect through pgshunt. pgshunt''s own jobs "
+    "set " GUARD_SETTING " = " GUARD_VALUE "; guard_direct_writes = off removes this guard.'; "
+    "END IF; RETURN NULL; END $f$; "
+    "CREATE OR REPLACE FUNCTION pgshunt.guard_sync(p_on boolean, p_tables text[]) RETURNS "
+    "integer LANGUAGE plpgsql SET search_path = pg_catalog, pgshunt AS $f$ "
+    "DECLARE t text; r regclass; n integer := 0; BEGIN "
+    "PERFORM pg_advisory_xact_lock(hashtextextended('pgshunt:guard', 0)); "
+    "PERFORM set_config('lock_timeout', '1s', true); "
+    "FOREACH t IN ARRAY p_tables LOOP r := to_regclass(t); CONTINUE WHEN r IS NULL; "
+    "IF p_on AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = r AND tgname = "
+    "'" GUARD_TRIGGER "') THEN EXECUTE format('CREATE TRIGGER " GUARD_TRIGGER " BEFORE INSERT OR "
+    "UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION "
+    "pgshunt.guard_direct_write()', r); n := n + 1; "
+    "ELSIF NOT p_on AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = r AND tgname = "
+    "'" GUARD_TRIGGER "') THEN EXECUTE format('DROP TRIGGER " GUARD_TRIGGER
+    " ON %s', r); n := n + 1; "
+    "END IF; END LOOP; RETURN n; END $f$; "
+    "REVOKE ALL ON FUNCTION pgshunt.guard_sync(boolean, text[]) FROM PUBLIC; "
+    "END $guard$";
 
 static struct {
 	bool busy;
-	bool synced;      /* the triggers match `applied` as of `epoch` */
-	bool applied;     /* on or off, as last installed */
-	bool was_on;      /* the key was on at some point: turning it off removes them */
+	bool synced;  /* the triggers match `applied` as of `epoch` */
+	bool applied; /* on or off, as last installed */
+	bool was_on;  /* the key was on at some point: turning it off removes them */
 	uint64_t epoch;
 	uint64_t retry_at_us;
 } guard;
@@ -67,16 +68,16 @@ static void on_synced(const PGresult *res, void *arg)
 	guard.busy = false;
 	if (!control_ok(res)) {
 		log_warning("guard_direct_writes: %s the triggers failed: %s; retrying in %d s",
-			    *on ? "installing" : "removing", control_message(res), GUARD_RETRY_S);
+		            *on ? "installing" : "removing", control_message(res), GUARD_RETRY_S);
 		guard.retry_at_us = now_us() + GUARD_RETRY_S * 1000000u;
 		return;
 	}
 	if (PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0)
 		log_warning("guard_direct_writes: %s on %s, %s, %s (phase %s): writes that do not "
-			    "come through pgshunt are %s",
-			    *on ? "triggers installed" : "triggers removed", shunt.cfg.table,
-			    shunt.cfg.next_table, shunt.cfg.buffer_table, phase_name(shunt.phase.phase),
-			    *on ? "refused" : "accepted again");
+		            "come through pgshunt are %s",
+		            *on ? "triggers installed" : "triggers removed", shunt.cfg.table,
+		            shunt.cfg.next_table, shunt.cfg.buffer_table,
+		            phase_name(shunt.phase.phase), *on ? "refused" : "accepted again");
 	guard.synced = true;
 	guard.applied = *on;
 }
@@ -87,7 +88,7 @@ static void on_installed(const PGresult *res, void *arg)
 	if (!control_ok(res)) {
 		guard.busy = false;
 		log_warning("guard_direct_writes: defining pgshunt.guard_sync() failed: %s",
-			    control_message(res));
+		            control_message(res));
 		guard.retry_at_us = now_us() + GUARD_RETRY_S * 1000000u;
 	}
 }
@@ -97,11 +98,12 @@ static void sync_now(bool on)
 	static bool target;
 	target = on;
 	const char *params[] = {on ? "true" : "false", shunt.cfg.table, shunt.cfg.next_table,
-				shunt.cfg.buffer_table};
+	                        shunt.cfg.buffer_table};
 	guard.epoch = shunt.phase.epoch;
 	guard.busy = control_query(install_sql, 0, NULL, on_installed, &guard);
-	if (guard.busy && !control_query("SELECT pgshunt.guard_sync($1::boolean, ARRAY[$2, $3, $4])", 4,
-					 params, on_synced, &target)) {
+	if (guard.busy &&
+	    !control_query("SELECT pgshunt.guard_sync($1::boolean, ARRAY[$2, $3, $4])", 4, params,
+	                   on_synced, &target)) {
 		log_warning("guard_direct_writes: out of memory");
 	}
 }

@@ -54,7 +54,7 @@ bool latency_hist_p99(const uint64_t *counts, double *ms, uint64_t *samples)
 }
 
 bool latency_ring_p99(const struct latency_ring *r, uint64_t now, unsigned window, double *ms,
-		      uint64_t *samples)
+                      uint64_t *samples)
 {
 	uint64_t sum[LATENCY_NBUCKETS] = {0};
 	if (window > LATENCY_MAX_WINDOW_S)
@@ -78,6 +78,5 @@ void latency_tick(void)
 bool latency_p99(double *ms, uint64_t *samples)
 {
 	latency_tick();
-	return latency_ring_p99(&ring, (uint64_t)time(NULL),
-				LATENCY_WINDOW_S, ms, samples);
+	return latency_ring_p99(&ring, (uint64_t)time(NULL), LATENCY_WINDOW_S, ms, samples);
 }

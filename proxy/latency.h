@@ -40,11 +40,11 @@ void latency_ring_fold(struct latency_ring *r, uint64_t now, const uint64_t *cum
  * last bucket is reported as that bucket's lower bound.
  */
 bool latency_ring_p99(const struct latency_ring *r, uint64_t now, unsigned window, double *ms,
-		      uint64_t *samples) __attribute__((warn_unused_result));
+                      uint64_t *samples) __attribute__((warn_unused_result));
 
 /* The p99 of one histogram of LATENCY_NBUCKETS counts, in ms; false when it is empty. */
 bool latency_hist_p99(const uint64_t *counts, double *ms, uint64_t *samples)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 /* This process's ring, over STMT_INSERT. */
 void latency_tick(void);

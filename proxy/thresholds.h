@@ -23,18 +23,18 @@ struct session;
 struct admin_result;
 
 /* The runbook's limits.  Constants: they are the runbook's, not a tuning knob. */
-#define THRESH_GB                  (1024.0 * 1024.0 * 1024.0)
-#define THRESH_TABLE_SIZE_WARNING  (10.0 * THRESH_GB)
-#define THRESH_TABLE_SIZE_ACTION   (100.0 * THRESH_GB)
-#define THRESH_ROWS_WARNING        50e6
-#define THRESH_ROWS_ACTION         250e6
-#define THRESH_P99_WARNING_MS      100.0
-#define THRESH_P99_ACTION_MS       500.0
-#define THRESH_BRIN_INDEX_ACTION   (10.0 * THRESH_GB)
+#define THRESH_GB                 (1024.0 * 1024.0 * 1024.0)
+#define THRESH_TABLE_SIZE_WARNING (10.0 * THRESH_GB)
+#define THRESH_TABLE_SIZE_ACTION  (100.0 * THRESH_GB)
+#define THRESH_ROWS_WARNING       50e6
+#define THRESH_ROWS_ACTION        250e6
+#define THRESH_P99_WARNING_MS     100.0
+#define THRESH_P99_ACTION_MS      500.0
+#define THRESH_BRIN_INDEX_ACTION  (10.0 * THRESH_GB)
 /* The column whose B-tree the runbook wants swapped for a BRIN index (§3). */
-#define THRESH_BRIN_COLUMN         "expires_at"
+#define THRESH_BRIN_COLUMN "expires_at"
 /* The buffer's depth is counted exactly up to this, estimated beyond. */
-#define THRESH_BUFFER_COUNT_CAP    10000
+#define THRESH_BUFFER_COUNT_CAP 10000
 
 enum thresh_metric {
 	TM_TABLE_SIZE,    /* bytes, every partition with its indexes and TOAST */
@@ -61,7 +61,7 @@ struct ops_view {
 	bool buffer_known;
 	uint64_t buffer_rows;
 	struct {
-		bool present;    /* the pgshunt.jobs row exists */
+		bool present; /* the pgshunt.jobs row exists */
 		char state[32];
 		uint64_t rows_done;
 		uint64_t rows_total;
@@ -90,9 +90,8 @@ struct auto_state {
 	uint64_t below_since;
 };
 enum auto_action { AUTO_NONE, AUTO_ON, AUTO_OFF };
-enum auto_action auto_degrade_decide(struct auto_state *st, uint64_t now, double p99,
-				     bool degraded, bool auto_set, double since_flip,
-				     unsigned window);
+enum auto_action auto_degrade_decide(struct auto_state *st, uint64_t now, double p99, bool degraded,
+                                     bool auto_set, double since_flip, unsigned window);
 
 /* The table the thresholds and INDEX BRIN are about: the write primary (the table up
  * to read_next, next_table at cutover, the table again once renamed at finalized). */

@@ -136,9 +136,9 @@ static void test_counter_reset(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_hist_p99),
-		cmocka_unit_test(test_ring_window),
-		cmocka_unit_test(test_counter_reset),
+	    cmocka_unit_test(test_hist_p99),
+	    cmocka_unit_test(test_ring_window),
+	    cmocka_unit_test(test_counter_reset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

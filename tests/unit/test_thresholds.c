@@ -99,14 +99,17 @@ static void test_operator_and_min_interval(void **state)
 static void test_classify(void **state)
 {
 	(void)state;
-	assert_int_equal(thresh_classify(100, THRESH_P99_WARNING_MS, THRESH_P99_ACTION_MS), THRESH_OK);
+	assert_int_equal(thresh_classify(100, THRESH_P99_WARNING_MS, THRESH_P99_ACTION_MS),
+	                 THRESH_OK);
 	assert_int_equal(thresh_classify(100.1, THRESH_P99_WARNING_MS, THRESH_P99_ACTION_MS),
-			 THRESH_WARNING);
+	                 THRESH_WARNING);
 	assert_int_equal(thresh_classify(500.1, THRESH_P99_WARNING_MS, THRESH_P99_ACTION_MS),
-			 THRESH_ACTION);
-	assert_int_equal(thresh_classify(11 * THRESH_GB, -1, THRESH_BRIN_INDEX_ACTION), THRESH_ACTION);
+	                 THRESH_ACTION);
+	assert_int_equal(thresh_classify(11 * THRESH_GB, -1, THRESH_BRIN_INDEX_ACTION),
+	                 THRESH_ACTION);
 	assert_int_equal(thresh_classify(9 * THRESH_GB, -1, THRESH_BRIN_INDEX_ACTION), THRESH_OK);
-	assert_int_equal(thresh_classify(60e6, THRESH_ROWS_WARNING, THRESH_ROWS_ACTION), THRESH_WARNING);
+	assert_int_equal(thresh_classify(60e6, THRESH_ROWS_WARNING, THRESH_ROWS_ACTION),
+	                 THRESH_WARNING);
 	assert_string_equal(thresh_status_name(THRESH_WARNING), "warning");
 	assert_string_equal(thresh_metric_name(TM_INSERT_P99), "insert_p99_ms");
 }
@@ -114,11 +117,11 @@ static void test_classify(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_enter_after_window),
-		cmocka_unit_test(test_dip_restarts_window),
-		cmocka_unit_test(test_leave_with_hysteresis),
-		cmocka_unit_test(test_operator_and_min_interval),
-		cmocka_unit_test(test_classify),
+	    cmocka_unit_test(test_enter_after_window),
+	    cmocka_unit_test(test_dip_restarts_window),
+	    cmocka_unit_test(test_leave_with_hysteresis),
+	    cmocka_unit_test(test_operator_and_min_interval),
+	    cmocka_unit_test(test_classify),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
