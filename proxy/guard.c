@@ -11,7 +11,8 @@
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 
-#define GUARD_RETRY_S 5
+#define GUARD_RETRY_S   5
+#define GUARD_RECHECK_S 30
 
 /*
  * The functions, (re)defined under the installer's advisory lock so that several
@@ -52,15 +53,13 @@ static struct {
 	bool busy;
 	bool synced;  /* the triggers match `applied` as of `epoch` */
 	bool applied; /* on or off, as last installed */
-	bool was_on;  /* the key was on at some point: turning it off removes them */
+	bool started; /* the first tick has run */
+	bool was_on;  /* the key was on at the last tick */
+	bool remove;  /* the key is off and triggers may be left: remove them once */
 	uint64_t epoch;
+	uint64_t synced_us; /* when the triggers were last checked */
 	uint64_t retry_at_us;
 } guard;
-
-static bool wanted(void)
-{
-	return shunt.cfg.guard_direct_writes && shunt.phase.phase != PHASE_PASSTHROUGH;
-}
 
 static void on_synced(const PGresult *res, void *arg)
 {
@@ -80,6 +79,9 @@ static void on_synced(const PGresult *res, void *arg)
 		            phase_name(shunt.phase.phase), *on ? "refused" : "accepted again");
 	guard.synced = true;
 	guard.applied = *on;
+	guard.synced_us = now_us();
+	if (!*on && !shunt.cfg.guard_direct_writes)
+		guard.remove = false;
 }
 
 static void on_installed(const PGresult *res, void *arg)
@@ -104,22 +106,34 @@ static void sync_now(bool on)
 	if (guard.busy &&
 	    !control_query("SELECT pgshunt.guard_sync($1::boolean, ARRAY[$2, $3, $4])", 4, params,
 	                   on_synced, &target)) {
+		guard.busy = false;
 		log_warning("guard_direct_writes: out of memory");
 	}
 }
 
 void guard_tick(void)
 {
-	bool on = wanted();
-	if (shunt.cfg.guard_direct_writes)
-		guard.was_on = true;
+	bool key = shunt.cfg.guard_direct_writes;
+	/*
+	 * Off at start (triggers a previous run left) or turned off by a reload: remove
+	 * them once.  On: install or remove them as the phase moves, and check again every
+	 * GUARD_RECHECK_S, so that a proxy of a mixed fleet that removed them is undone.
+	 */
+	if (!guard.started || (guard.was_on && !key))
+		guard.remove = !key;
+	guard.started = true;
+	guard.was_on = key;
 	if (guard.busy || !control_connected() || !shunt.phase.known || !shunt.phase.installed ||
 	    now_us() < guard.retry_at_us)
 		return;
-	/* A proxy that never had the key on leaves the triggers to those that have it. */
-	if (!guard.was_on)
+	if (!key) {
+		if (guard.remove)
+			sync_now(false);
 		return;
-	if (guard.synced && guard.applied == on && guard.epoch == shunt.phase.epoch)
+	}
+	bool on = shunt.phase.phase != PHASE_PASSTHROUGH;
+	if (guard.synced && guard.applied == on && guard.epoch == shunt.phase.epoch &&
+	    now_us() - guard.synced_us < GUARD_RECHECK_S * 1000000u)
 		return;
 	sync_now(on);
 }

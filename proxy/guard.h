@@ -15,8 +15,10 @@
  * directly.
  *
  * Each proxy with guard_direct_writes = on installs the triggers when it sees a phase
- * from dual_write on, and removes them in passthrough (and when the key is turned off
- * by a reload).  Installation is idempotent and serialised by an advisory lock.
+ * from dual_write on (and checks every 30 s that they are there), and removes them in
+ * passthrough.  A proxy whose key is off removes them once: at start (a previous run
+ * may have left them) and when a reload turns the key off.  Installation is
+ * idempotent and serialised by an advisory lock.  Set the key alike on every proxy.
  */
 #ifndef PGSHUNT_GUARD_H
 #define PGSHUNT_GUARD_H

@@ -82,6 +82,17 @@ kill -HUP "$pid"
 wait_guards 0
 db "$(ins ingest_idempotency direct-off)" >/dev/null
 ok "guard_direct_writes = off by reload: triggers removed"
+
+# Back on by reload; a stop leaves them (the fleet goes on without this proxy), and a
+# proxy started with the key off removes what was left.
+sed -i 's/^guard_direct_writes = off$/guard_direct_writes = on/' "$work/pgshunt.ini"
+kill -HUP "$pid"
+wait_guards 3
+stop_pgshunt
+[ "$(guards)" = 3 ] || fail "the triggers went with the proxy"
+start_pgshunt "control_dsn = $direct"
+wait_guards 0
+ok "restarted with the key off: the triggers left are removed"
 run "SET PHASE passthrough" >/dev/null
 stop_pgshunt
 ok "guard"
