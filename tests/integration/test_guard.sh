@@ -59,6 +59,9 @@ for k in via-1 via-2; do
 done
 [ "$(psql -X -qtA "$app" -c "UPDATE ingest_idempotency SET status = 'completed' WHERE site_id = 'g' AND idempotency_key = 'via-1' RETURNING idempotency_key")" = via-1 ] ||
 	fail "update through pgshunt"
+# A client cannot switch the marker off at connect: pgshunt's comes last and wins.
+PGOPTIONS='-c pgshunt.via=off' psql -X -q "$app" -c "$(ins ingest_idempotency via-3)" >/dev/null ||
+	fail "insert through pgshunt with PGOPTIONS -c pgshunt.via=off"
 ok "through pgshunt: inserts and updates pass, mirrored"
 
 # pgshunt's own jobs: GUARD_SET_SQL, or GUARD_CONNINFO_OPTIONS in the conninfo.
