@@ -42,6 +42,7 @@ done
 [ "$(field insert_p99_ms 3)|$(field insert_p99_ms 4)" = "100.0|500.0" ] || fail "p99 limits"
 [ "$(field expires_at_btree_size 3)|$(field expires_at_btree_size 4)" = "|10737418240" ] || fail "BRIN limit"
 [ -z "$(field proxy_insert_p99_ms 2)" ] || fail "p99 $(field proxy_insert_p99_ms 2) before any insert"
+field proxy_insert_p99_ms 6 | grep -q 'passthrough does not parse statements' || fail "p99 detail in passthrough: $(field proxy_insert_p99_ms 6)"
 ok "small table: sizes and estimate as the catalog says, status ok"
 
 for _ in $(seq 30); do [ -n "$(gauge 'pgshunt_threshold_value{metric="table_size"}')" ] && break; sleep 0.2; done
