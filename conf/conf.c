@@ -87,7 +87,8 @@ static const struct conf_key keys[] = {
 	KEY(auto_degrade_window_s, CONF_INT, "30", 1, 86400, true,
 	    "seconds the thresholds must stay exceeded before auto_degrade acts"),
 	KEY(guard_direct_writes, CONF_BOOL, "off", 0, 1, true,
-	    "refuse client writes aimed straight at next_table or buffer_table"),
+	    "from dual_write on, the database refuses writes to table, next_table and "
+	    "buffer_table that do not come through pgshunt"),
 
 	KEY(pidfile, CONF_STRING, "", 0, 0, false,
 	    "file that holds pgshunt's process ID while it runs, empty for none"),

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proxy/brin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/log.h"
@@ -18,6 +19,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/proto.h"
 #include "proxy/session.h"
+#include "proxy/thresholds.h"
 
 #define TEXT_OID       25
 #define PAUSE_CHECK_MS 50
@@ -365,6 +367,12 @@ static const struct admin_cmd commands[] = {
 	 "the proxies of the fleet: acknowledged epoch, transactions in flight, lease", false},
 	{"SHOW PREFLIGHT", migrate_preflight_columns, migrate_cmd_preflight,
 	 "what pgshunt cannot see: views, functions, triggers, foreign keys, publications, other sessions",
+	 false},
+	{"SHOW THRESHOLDS", thresholds_columns, thresholds_cmd_show,
+	 "the runbook's thresholds: table size, rows, p99 insert latency, indexes, BRIN advice",
+	 false},
+	{"INDEX BRIN", brin_columns, brin_cmd_index,
+	 "replace the B-tree on expires_at by a BRIN index, concurrently, on its own connection",
 	 false},
 	{"MIGRATE PREPARE", migrate_prepare_columns, migrate_cmd_prepare,
 	 "build next_table, its partitions, buffer_table and the pgshunt schema (idempotent)", false},
@@ -900,6 +908,7 @@ void admin_free(struct session *s)
 		event_del(&a->pause_timer);
 	control_forget(s);
 	migrate_session_gone(s);
+	brin_session_gone(s);
 	named_free(a->stmts, a->nstmts);
 	named_free(a->portals, a->nportals);
 	pktbuf_free(&a->out);

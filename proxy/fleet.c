@@ -7,6 +7,7 @@
 
 #include "proxy/admin.h"
 #include "proxy/control.h"
+#include "proxy/latency.h"
 #include "proxy/log.h"
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
@@ -74,7 +75,7 @@ static void on_beat(const PGresult *res, void *arg)
 
 static void beat(void)
 {
-	char pid[16], epoch[24], busy[16], lease[16];
+	char pid[16], epoch[24], busy[16], lease[16], p99[32];
 	uint32_t inflight;
 	if (fleet.beating || !shunt.phase.known || !control_connected())
 		return;
@@ -84,15 +85,21 @@ static void beat(void)
 	snprintf(epoch, sizeof(epoch), "%" PRIu64, fleet.last_acked);
 	snprintf(busy, sizeof(busy), "%u", inflight);
 	snprintf(lease, sizeof(lease), "%d", FLEET_LEASE_S);
+	/* The fleet's p99 is read from these (auto-DEGRADED, SHOW THRESHOLDS); NULL: no insert. */
+	double ms;
+	uint64_t samples;
+	if (latency_p99(&ms, &samples))
+		snprintf(p99, sizeof(p99), "%.3f", ms);
 	const char *params[] = {fleet_proxy_id(), fleet.host, pid, PGSHUNT_VERSION,
-				epoch, busy, lease};
+				epoch, busy, lease, samples ? p99 : NULL};
 	fleet.beating = control_query(
 		"INSERT INTO pgshunt.proxies AS p (proxy_id, host, pid, version, acked_epoch, "
-		"inflight, heartbeat_at, lease_until) VALUES ($1, $2, $3::int, $4, $5::bigint, "
-		"$6::int, now(), now() + make_interval(secs => $7::int)) ON CONFLICT (proxy_id) DO "
-		"UPDATE SET acked_epoch = excluded.acked_epoch, inflight = excluded.inflight, "
-		"heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
-		7, params, on_beat, &fleet);
+		"inflight, heartbeat_at, lease_until, insert_p99_ms) VALUES ($1, $2, $3::int, $4, "
+		"$5::bigint, $6::int, now(), now() + make_interval(secs => $7::int), $8::float8) ON "
+		"CONFLICT (proxy_id) DO UPDATE SET acked_epoch = excluded.acked_epoch, inflight = "
+		"excluded.inflight, heartbeat_at = excluded.heartbeat_at, lease_until = "
+		"excluded.lease_until, insert_p99_ms = excluded.insert_p99_ms",
+		8, params, on_beat, &fleet);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "proxy/brin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/iobuf.h"
@@ -29,6 +30,7 @@
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
+#include "proxy/thresholds.h"
 #include "proxy/tls.h"
 
 #ifndef PGSHUNT_VERSION
@@ -603,6 +605,7 @@ static int run(void)
 	control_start();
 	migrate_load_phase();
 	fleet_start();
+	thresholds_start();
 	if (start_up())
 		event_base_dispatch(shunt.base);
 	else
@@ -611,6 +614,8 @@ static int run(void)
 	metrics_stop();
 	close_listeners();
 	close_all_sessions();
+	brin_stop();
+	thresholds_stop();
 	fleet_stop();
 	control_drain(1000);
 	migrate_stop();

@@ -29,6 +29,7 @@
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
+#include "proxy/thresholds.h"
 #include "rules/rules.h"
 
 #ifndef PGSHUNT_VERSION
@@ -436,6 +437,55 @@ static void page_engine(struct page *p)
 		    shunt.parse_cache ? parser_cache_misses(shunt.parse_cache) : 0);
 }
 
+/* The runbook's thresholds, auto-DEGRADED, the buffer and the jobs (thresholds.h). */
+static void page_ops(struct page *p)
+{
+	const struct ops_view *v = ops_view();
+	page_family(p, "pgshunt_threshold_value", "gauge",
+		    "Last measured value of each runbook threshold metric (bytes, rows, ms); "
+		    "absent until measured.");
+	for (int m = 0; m < TM__COUNT; m++) {
+		if (!v->metric[m].known)
+			continue;
+		page_printf(p, "pgshunt_threshold_value{metric=\"%s\"} %.3f\n",
+			    thresh_metric_name((enum thresh_metric)m), v->metric[m].value);
+	}
+	page_family(p, "pgshunt_threshold_status", "gauge",
+		    "Each threshold metric against its limits: 0 ok, 1 warning, 2 action.");
+	for (int m = 0; m < TM__COUNT; m++)
+		page_labelled(p, "pgshunt_threshold_status", "metric",
+			      thresh_metric_name((enum thresh_metric)m), v->metric[m].status);
+	page_family(p, "pgshunt_auto_degrade_total", "counter",
+		    "DEGRADED changes made by auto-DEGRADED from this proxy, by direction.");
+	page_labelled(p, "pgshunt_auto_degrade_total", "direction", "on", v->auto_degrade_total[1]);
+	page_labelled(p, "pgshunt_auto_degrade_total", "direction", "off", v->auto_degrade_total[0]);
+	page_gauge(p, "pgshunt_auto_degrade_leader",
+		   "1 while this proxy is the one that decides auto-DEGRADED.", v->auto_degrade_leader);
+	if (v->buffer_known)
+		page_gauge(p, "pgshunt_buffer_rows",
+			   "Rows in buffer_table: counted up to 10000, the planner's estimate beyond.",
+			   v->buffer_rows);
+	page_family(p, "pgshunt_job_rows_done", "gauge",
+		    "Rows a job (pgshunt.jobs) has processed; 0 when it has no row.");
+	for (int j = 0; j < OPS_JOB__COUNT; j++)
+		page_labelled(p, "pgshunt_job_rows_done", "job", ops_job_name((enum ops_job)j),
+			      v->job[j].rows_done);
+	page_family(p, "pgshunt_job_rows_total", "gauge",
+		    "Rows a job (pgshunt.jobs) expects to process; 0 when unknown.");
+	for (int j = 0; j < OPS_JOB__COUNT; j++)
+		page_labelled(p, "pgshunt_job_rows_total", "job", ops_job_name((enum ops_job)j),
+			      v->job[j].rows_total);
+	page_family(p, "pgshunt_job_state", "gauge",
+		    "1 for the state a job (pgshunt.jobs) is in; no series when it has no row.");
+	for (int j = 0; j < OPS_JOB__COUNT; j++) {
+		if (!v->job[j].present)
+			continue;
+		page_printf(p, "pgshunt_job_state{job=\"%s\",state=\"", ops_job_name((enum ops_job)j));
+		page_label_value(p, v->job[j].state);
+		page_printf(p, "\"} 1\n");
+	}
+}
+
 /* ---- requests ---- */
 
 static void reply_text(struct evhttp_request *req, int code, const char *fmt, ...)
@@ -463,6 +513,7 @@ static void serve_metrics(struct evhttp_request *req)
 	page_counters(&p);
 	page_phase(&p);
 	page_engine(&p);
+	page_ops(&p);
 	if (p.failed) {
 		evbuffer_drain(p.buf, evbuffer_get_length(p.buf));
 		reply_text(req, HTTP_INTERNAL, "out of memory\n");

@@ -196,6 +196,8 @@ static struct {
 	uint64_t epoch;  /* the epoch written, which the fleet must acknowledge */
 	int waited_ms;   /* waiting for acknowledgements so far */
 	const char *tag; /* "SET PHASE" or "DEGRADED" */
+	const char *by;  /* who asks when it is no console (auto-DEGRADED), for phase_log */
+	migrate_done_cb done; /* told the outcome when no console asked */
 } op;
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
@@ -213,8 +215,12 @@ static void op_finish(const char *sqlstate, const char *fmt, ...)
 		vsnprintf(msg, sizeof(msg), fmt, ap);
 		va_end(ap);
 	}
+	migrate_done_cb done = op.done;
 	op.busy = false;
 	op.s = NULL;
+	op.done = NULL;
+	if (done)
+		done(sqlstate, msg);
 	if (s)
 		admin_deferred_done(s, sqlstate ? NULL : op.tag, sqlstate, msg);
 }
@@ -306,7 +312,10 @@ static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
 static void op_write(void)
 {
 	char by[160];
-	snprintf(by, sizeof(by), "pgshunt console (%s)", op.s ? op.s->prefix : "gone");
+	if (op.by)
+		snprintf(by, sizeof(by), "%s", op.by);
+	else
+		snprintf(by, sizeof(by), "pgshunt console (%s)", op.s ? op.s->prefix : "gone");
 	const char *params[] = {phase_name(op.to), op.degraded ? "true" : "false",
 				op.force ? "true" : "false", by, op.tag};
 	if (!control_query("SELECT pgshunt.set_phase($1, $2::boolean, $3::boolean, $4, $5)", 5,
@@ -403,6 +412,8 @@ static bool op_begin(struct session *s, struct admin_result *r, const char *tag,
 	}
 	op.busy = true;
 	op.s = s;
+	op.by = NULL;
+	op.done = NULL;
 	op.tag = tag;
 	op.set_phase = strcmp(tag, "SET PHASE") == 0;
 	op.to = to;
@@ -442,6 +453,19 @@ bool migrate_cmd_degraded(struct session *s, struct admin_result *r, const char 
 		return false;
 	}
 	return op_begin(s, r, "DEGRADED", shunt.phase.phase, on, false);
+}
+
+bool migrate_set_degraded(bool on, const char *by, migrate_done_cb done)
+{
+	if (!control_available() || op.busy)
+		return false;
+	op = (__typeof__(op)){.busy = true, .tag = "DEGRADED", .to = shunt.phase.phase,
+			      .degraded = on, .by = by, .done = done};
+	if (!control_query(STATE_SQL, 0, NULL, on_current_state, &op)) {
+		op.busy = false;
+		return false;
+	}
+	return true;
 }
 
 /* ---- MIGRATE PREPARE ---- */

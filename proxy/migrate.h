@@ -26,6 +26,16 @@ bool migrate_cmd_degraded(struct session *s, struct admin_result *r, const char 
 bool migrate_cmd_prepare(struct session *s, struct admin_result *r, const char *args);
 bool migrate_cmd_preflight(struct session *s, struct admin_result *r, const char *args);
 
+/*
+ * DEGRADED ON|OFF without a console (auto-DEGRADED): the very path of the console
+ * command, preconditions and fleet acknowledgements included.  by goes to
+ * pgshunt.phase_log (a static string); done gets NULL sqlstate on success, else the
+ * error.  False, and done is not called, when another change is in progress.
+ */
+typedef void (*migrate_done_cb)(const char *sqlstate, const char *msg);
+bool migrate_set_degraded(bool on, const char *by, migrate_done_cb done)
+	__attribute__((warn_unused_result));
+
 extern const char *const migrate_phase_columns[];
 extern const char *const migrate_prepare_columns[];
 extern const char *const migrate_preflight_columns[];

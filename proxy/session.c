@@ -23,6 +23,7 @@
 
 #include "proxy/admin.h"
 #include "proxy/engine.h"
+#include "proxy/guard.h"
 #include "proxy/log.h"
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
@@ -527,13 +528,23 @@ static bool client_startup_v3(struct session *s, const struct startup_info *si)
 	shunt.nclients++;
 	s->user = strdup(si->user);
 	s->database = strdup(si->database);
-	s->startup_pkt = malloc(si->len);
+	/*
+	 * The server connection carries pgshunt.via = on (guard.h), after the client's own
+	 * parameters so that it wins: guard_direct_writes lets it write.  The packet ends
+	 * with the list's terminating zero, which moves to the end.
+	 */
+	static const char via[] = GUARD_SETTING "\0" GUARD_VALUE;
+	s->startup_pkt = malloc(si->len + sizeof(via));
 	if (!s->user || !s->database || !s->startup_pkt) {
 		session_fatal(s, "53200", "out of memory");
 		return false;
 	}
-	memcpy(s->startup_pkt, iobuf_head(&s->client.in), si->len);
-	s->startup_len = si->len;
+	memcpy(s->startup_pkt, iobuf_head(&s->client.in), si->len - 1);
+	memcpy(s->startup_pkt + si->len - 1, via, sizeof(via));
+	s->startup_pkt[si->len - 1 + sizeof(via)] = 0;
+	s->startup_len = si->len + (uint32_t)sizeof(via);
+	for (int i = 0; i < 4; i++)
+		s->startup_pkt[i] = (uint8_t)(s->startup_len >> (24 - 8 * i));
 	snprintf(s->prefix, sizeof(s->prefix), "C-%u %s@%s %s:%d", s->id, s->user, s->database,
 		 s->client_addr, s->client_port);
 	if (strcmp(s->database, cfg->admin_database) == 0) {

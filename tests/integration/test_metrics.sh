@@ -345,7 +345,28 @@ for fam in pgshunt_clients_accepted_total pgshunt_clients_refused_total pgshunt_
 	pgshunt_query_seconds_total pgshunt_errors_total pgshunt_cancel_requests_total; do
 	[ "$(type_of "$fam")" = counter ] || fail "$fam: type $(type_of "$fam"), want counter"
 done
+for fam in pgshunt_threshold_value pgshunt_threshold_status pgshunt_auto_degrade_leader \
+	pgshunt_job_rows_done pgshunt_job_rows_total pgshunt_job_state; do
+	[ "$(type_of "$fam")" = gauge ] || fail "$fam: type $(type_of "$fam"), want gauge"
+done
+[ "$(type_of pgshunt_auto_degrade_total)" = counter ] || fail "pgshunt_auto_degrade_total: type $(type_of pgshunt_auto_degrade_total)"
 ok "every family present with its type"
+
+# Without control_dsn: nothing measured, no jobs (their rows absent: 0), no decider.
+for m in table_size row_estimate insert_p99_ms proxy_insert_p99_ms expires_at_btree_size; do
+	[ "$(val "pgshunt_threshold_status{metric=\"$m\"}")" = 0 ] || fail "threshold status $m"
+	[ "$(val "pgshunt_threshold_value{metric=\"$m\"}")" = missing ] || fail "threshold value $m without a catalog"
+done
+for j in backfill drain; do
+	[ "$(val "pgshunt_job_rows_done{job=\"$j\"}")" = 0 ] || fail "rows_done of $j"
+	[ "$(val "pgshunt_job_rows_total{job=\"$j\"}")" = 0 ] || fail "rows_total of $j"
+done
+[ "$(val pgshunt_buffer_rows)" = missing ] || fail "pgshunt_buffer_rows without a database"
+for d in on off; do
+	[ "$(val "pgshunt_auto_degrade_total{direction=\"$d\"}")" = 0 ] || fail "auto_degrade_total $d"
+done
+[ "$(val pgshunt_auto_degrade_leader)" = 0 ] || fail "a decider without control_dsn"
+ok "thresholds, jobs, buffer and auto-DEGRADED families without control_dsn"
 
 version=$("$bin" --version | cut -d' ' -f2)
 [ "$(val pgshunt_up)" = 1 ] || fail "pgshunt_up $(val pgshunt_up)"
