@@ -328,12 +328,12 @@ static bool alias_not_allowed(const char *text, const struct stmt_info *st,
  * the name it was written with as the alias, so qualified column references resolve.
  */
 static bool rename_edits(struct edits *ed, const char *text, size_t len,
-			 const struct stmt_info *st)
+			 const struct stmt_info *st, const struct rel_ref *skip)
 {
 	char row[160], buf[400];
 	for (uint32_t i = 0; i < st->nrefs; i++) {
 		const struct rel_ref *ref = &st->refs[i];
-		if (ref->role != REL_OLD || in_lock_clause(text, st, ref))
+		if (ref->role != REL_OLD || ref == skip || in_lock_clause(text, st, ref))
 			continue;
 		if (ref->has_alias || st->kind == STMT_COPY_TO || alias_not_allowed(text, st, ref))
 			snprintf(buf, sizeof(buf), "%s", shunt.cfg.next_table);
@@ -345,6 +345,79 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 			return false;
 	}
 	return true;
+}
+
+/* pgshunt."<table>_<view>", the view a claim or buffered INSERT is pointed at. */
+static bool view_name(char *out, size_t n, const char *view)
+{
+	char rel[160];
+	size_t o = 0;
+	snprintf(rel, sizeof(rel), "%s_%s", shunt.tables.rel[REL_OLD].name, view);
+	o = (size_t)snprintf(out, n, "pgshunt.\"");
+	for (const char *c = rel; *c && o + 3 < n; c++) {
+		if (*c == '"')
+			out[o++] = '"';
+		out[o++] = *c;
+	}
+	if (o + 2 > n)
+		return false;
+	out[o++] = '"';
+	out[o] = '\0';
+	return true;
+}
+
+/*
+ * An INSERT into the table goes into a view instead (the claim's or the buffer's),
+ * aliased with the name the client wrote so RETURNING and EXCLUDED-free references
+ * still resolve; its ON CONFLICT clause is cut (the view's trigger or rule does what
+ * it asked for).  Other mentions of the table read next when the phase does.
+ */
+static bool view_edits(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
+		       const struct rule_decision *d)
+{
+	char row[160], name[200], buf[400];
+	const struct rel_ref *target = rules_write_target(st);
+	if (!target || !view_name(name, sizeof(name), d->view))
+		return false;
+	if (target->has_alias)
+		snprintf(buf, sizeof(buf), "%s", name);
+	else if (target_row_name(text, len, target, row, sizeof(row)))
+		snprintf(buf, sizeof(buf), "%s AS %s", name, row);
+	else
+		return false;
+	if (!edit_add(ed, target->start, target->len, strdup(buf)))
+		return false;
+	if (st->conflict != CONFLICT_NONE &&
+	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
+		return false;
+	return !d->to_next || rename_edits(ed, text, len, st, target);
+}
+
+/* The edits a decision makes to one statement, and the transform of its answers. */
+static bool decision_edits(struct edits *ed, const char *text, size_t len,
+			   const struct stmt_info *st, const struct rule_decision *d, uint8_t *xf)
+{
+	switch (d->action) {
+	case RULE_MIRROR:
+		if (d->to_next && !rename_edits(ed, text, len, st, NULL))
+			return false;
+		if (!mirror_edit(ed, text, len, st, d->mirror_fn, xf))
+			return false;
+		if (d->to_next && *xf == XF_DROP_LAST)
+			*xf = XF_DROP_LAST_MAP;
+		return true;
+	case RULE_RENAME:
+		*xf = XF_MAP_OIDS;
+		return rename_edits(ed, text, len, st, NULL);
+	case RULE_CLAIM:
+	case RULE_BUFFER:
+		/* A buffered INSERT runs no trigger: only its RowDescription needs mapping. */
+		if (d->action == RULE_CLAIM || st->has_returning)
+			*xf = XF_VIEW;
+		return view_edits(ed, text, len, st, d);
+	default:
+		return true;
+	}
 }
 
 /* A statement that fails with 0A000 and pgshunt's reason, in place of a refused one. */
@@ -550,13 +623,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		     d.reason);
 		if (!edit_add(&plan->ed, st->start, st->len, refusal_statement(s->pin.phase, d.reason)))
 			return false;
-	} else if (d.action == RULE_MIRROR &&
-		   !mirror_edit(&plan->ed, text, len, st, d.mirror_fn, &xf)) {
+	} else if (!decision_edits(&plan->ed, text, len, st, &d, &xf)) {
 		return false;
-	} else if (d.action == RULE_RENAME) {
-		if (!rename_edits(&plan->ed, text, len, st))
-			return false;
-		xf = XF_MAP_OIDS;
 	}
 	if (st->kind == STMT_PREPARE) {
 		/* A name prepared again for a statement that does not touch the table is
@@ -790,11 +858,7 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 		return NULL;
 	}
 	struct edits ed = {0};
-	if (d.action == RULE_RENAME)
-		*xform = XF_MAP_OIDS;
-	if ((d.action == RULE_MIRROR &&
-	     !mirror_edit(&ed, query, strlen(query), st, d.mirror_fn, xform)) ||
-	    (d.action == RULE_RENAME && !rename_edits(&ed, query, strlen(query), st))) {
+	if (!decision_edits(&ed, query, strlen(query), st, &d, xform)) {
 		edits_free(&ed);
 		*reason = "pgshunt could not rewrite the statement";
 		return NULL;
@@ -1091,6 +1155,139 @@ static bool replace_with(struct session *s, bool ok, struct pktbuf *b, bool *dro
 	return sent;
 }
 
+/* ---- answers of statements pointed at next or at a view ---- */
+
+/* The claim and buffer views' columns as the table's (engine_views_load()). */
+struct view_column {
+	uint32_t view;
+	uint32_t table;
+	int16_t att[2]; /* the view's attnum, the table's */
+};
+
+static struct {
+	struct view_column *cols; /* grouped by view */
+	size_t n;
+	bool loading;
+	bool again; /* asked to load while loading: the answer may predate the change */
+} views;
+
+static void on_views(const PGresult *res, void *arg)
+{
+	(void)arg;
+	views.loading = false;
+	if (control_ok(res)) {
+		size_t n = (size_t)PQntuples(res);
+		struct view_column *cols = calloc(n ? n : 1, sizeof(*cols));
+		if (cols) {
+			for (size_t i = 0; i < n; i++) {
+				cols[i].view = (uint32_t)strtoul(PQgetvalue(res, (int)i, 0), NULL, 10);
+				cols[i].att[0] = (int16_t)atoi(PQgetvalue(res, (int)i, 1));
+				cols[i].table = (uint32_t)strtoul(PQgetvalue(res, (int)i, 2), NULL, 10);
+				cols[i].att[1] = (int16_t)atoi(PQgetvalue(res, (int)i, 3));
+			}
+			free(views.cols);
+			views.cols = cols;
+			views.n = n;
+		}
+	}
+	if (views.again) {
+		views.again = false;
+		engine_views_load();
+	}
+}
+
+void engine_views_load(void)
+{
+	const char *params[] = {shunt.cfg.table, shunt.tables.rel[REL_OLD].name};
+	if (views.loading) {
+		views.again = true;
+		return;
+	}
+	views.loading = control_query(
+		"SELECT v.oid, va.attnum, t.attrelid, t.attnum FROM pg_class v "
+		"JOIN pg_namespace vn ON vn.oid = v.relnamespace AND vn.nspname = 'pgshunt' "
+		"JOIN pg_attribute va ON va.attrelid = v.oid AND va.attnum > 0 "
+		"JOIN pg_attribute t ON t.attrelid = to_regclass($1) AND t.attname = va.attname "
+		"AND NOT t.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || '_claim', "
+		"$2 || '_claim_nothing', $2 || '_claim_final', $2 || '_claim_nothing_final', "
+		"$2 || '_buffer', $2 || '_buffer_nothing') ORDER BY v.oid, va.attnum",
+		2, params, on_views, NULL);
+}
+
+/* RowDescription of a RETURNING through a view names the table the client named (I3). */
+static bool rowdesc_map_views(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct pktbuf cur;
+	pktbuf_init(&cur);
+	pktbuf_put_bytes(&cur, msg, total);
+	for (size_t i = 0; i < views.n && pktbuf_ok(&cur);) {
+		size_t j = i;
+		int16_t att[RELMAP_MAX_COLUMNS][2];
+		while (j < views.n && views.cols[j].view == views.cols[i].view &&
+		       j - i < RELMAP_MAX_COLUMNS) {
+			att[j - i][0] = views.cols[j].att[0];
+			att[j - i][1] = views.cols[j].att[1];
+			j++;
+		}
+		struct pktbuf next;
+		pktbuf_init(&next);
+		bool ok = proto_rowdesc_map_table(cur.data, (uint32_t)cur.len, views.cols[i].view,
+						  views.cols[i].table, (const int16_t(*)[2])att,
+						  j - i, &next);
+		pktbuf_free(&cur);
+		cur = next;
+		if (!ok)
+			break;
+		while (j < views.n && views.cols[j].view == views.cols[i].view)
+			j++;
+		i = j;
+	}
+	bool ok = pktbuf_ok(&cur);
+	*out = cur;
+	return ok;
+}
+
+/* A write pointed at next with the mirror column: next named as the table, then dropped. */
+static bool rowdesc_map_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	const struct relmap *rm = &shunt.relmap;
+	struct pktbuf mapped;
+	if (!rm->loaded)
+		return proto_rowdesc_drop_last(msg, total, out);
+	pktbuf_init(&mapped);
+	bool ok = proto_rowdesc_map_table(msg, total, rm->next_oid, rm->old_oid,
+					  (const int16_t(*)[2])rm->att, rm->n, &mapped) &&
+		  proto_rowdesc_drop_last(mapped.data, (uint32_t)mapped.len, out);
+	pktbuf_free(&mapped);
+	return ok;
+}
+
+/*
+ * An error raised inside a claim trigger carries a CONTEXT line naming pgshunt's
+ * function; PostgreSQL's own error for the client's statement has none (I3).
+ */
+static bool error_drop_context(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct mbuf m;
+	uint8_t code;
+	if (total < 5)
+		return false;
+	mbuf_init(&m, msg + 5, total - 5);
+	pktbuf_start(out, 'E');
+	while (mbuf_get_byte(&m, &code) && code != 0) {
+		const char *value;
+		if (!mbuf_get_string(&m, &value))
+			return false;
+		if (code == 'W')
+			continue;
+		pktbuf_put_byte(out, code);
+		pktbuf_put_string(out, value);
+	}
+	pktbuf_put_byte(out, 0);
+	pktbuf_finish(out);
+	return code == 0 && pktbuf_ok(out);
+}
+
 bool engine_server_message(struct session *s, struct respq_entry *head, char type,
 			   const uint8_t *msg, uint32_t total, bool *drop)
 {
@@ -1137,6 +1334,18 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 						  (const int16_t(*)[2])rm->att, rm->n, &b);
 		return replace_with(s, ok, &b, drop);
 	}
+	case XF_DROP_LAST_MAP:
+		if (type == 'T')
+			return replace_with(s, rowdesc_map_drop_last(msg, total, &b), &b, drop);
+		if (type == 'D')
+			return replace_with(s, proto_datarow_drop_last(msg, total, &b), &b, drop);
+		return true;
+	case XF_VIEW:
+		if (type == 'T')
+			return replace_with(s, rowdesc_map_views(msg, total, &b), &b, drop);
+		if (type == 'E')
+			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
+		return true;
 	default:
 		return true;
 	}
