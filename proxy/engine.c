@@ -1160,8 +1160,8 @@ static bool replace_with(struct session *s, bool ok, struct pktbuf *b, bool *dro
 /* The claim and buffer views' columns as the table's (engine_views_load()). */
 struct view_column {
 	uint32_t view;
-	uint32_t table;
-	int16_t att[2]; /* the view's attnum, the table's */
+	uint32_t table[2]; /* old's OID (0 once next has its name), next's */
+	int16_t att[3];    /* the view's attnum, old's, next's */
 };
 
 static struct {
@@ -1182,8 +1182,12 @@ static void on_views(const PGresult *res, void *arg)
 			for (size_t i = 0; i < n; i++) {
 				cols[i].view = (uint32_t)strtoul(PQgetvalue(res, (int)i, 0), NULL, 10);
 				cols[i].att[0] = (int16_t)atoi(PQgetvalue(res, (int)i, 1));
-				cols[i].table = (uint32_t)strtoul(PQgetvalue(res, (int)i, 2), NULL, 10);
-				cols[i].att[1] = (int16_t)atoi(PQgetvalue(res, (int)i, 3));
+				for (int t = 0; t < 2; t++) {
+					cols[i].table[t] = (uint32_t)strtoul(
+						PQgetvalue(res, (int)i, 2 + 2 * t), NULL, 10);
+					cols[i].att[1 + t] =
+						(int16_t)atoi(PQgetvalue(res, (int)i, 3 + 2 * t));
+				}
 			}
 			free(views.cols);
 			views.cols = cols;
@@ -1203,20 +1207,37 @@ void engine_views_load(void)
 		views.again = true;
 		return;
 	}
+	/*
+	 * next is the claim view's base relation (found by OID: the rename at finalized
+	 * gives it the table's name); old is what the table's name resolves to while it is
+	 * not next.
+	 */
 	views.loading = control_query(
-		"SELECT v.oid, va.attnum, t.attrelid, t.attnum FROM pg_class v "
+		"WITH nx AS (SELECT d.refobjid AS oid FROM pg_rewrite r JOIN pg_depend d ON "
+		"d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = "
+		"'pg_class'::regclass AND d.refobjid <> r.ev_class WHERE r.ev_class = "
+		"to_regclass('pgshunt.' || quote_ident($2 || '_claim')) LIMIT 1) "
+		"SELECT v.oid, va.attnum, coalesce(o.attrelid, 0), coalesce(o.attnum, 0), "
+		"coalesce(n.attrelid, 0), coalesce(n.attnum, 0) FROM pg_class v "
 		"JOIN pg_namespace vn ON vn.oid = v.relnamespace AND vn.nspname = 'pgshunt' "
 		"JOIN pg_attribute va ON va.attrelid = v.oid AND va.attnum > 0 "
-		"JOIN pg_attribute t ON t.attrelid = to_regclass($1) AND t.attname = va.attname "
-		"AND NOT t.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || '_claim', "
-		"$2 || '_claim_nothing', $2 || '_claim_final', $2 || '_claim_nothing_final', "
-		"$2 || '_buffer', $2 || '_buffer_nothing') ORDER BY v.oid, va.attnum",
+		"LEFT JOIN pg_attribute o ON o.attrelid = to_regclass($1) AND o.attrelid IS "
+		"DISTINCT FROM (SELECT oid FROM nx) AND o.attname = va.attname AND NOT o.attisdropped "
+		"LEFT JOIN pg_attribute n ON n.attrelid = (SELECT oid FROM nx) AND n.attname = "
+		"va.attname AND NOT n.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || "
+		"'_claim', $2 || '_claim_nothing', $2 || '_claim_final', $2 || "
+		"'_claim_nothing_final', $2 || '_buffer', $2 || '_buffer_nothing') "
+		"ORDER BY v.oid, va.attnum",
 		2, params, on_views, NULL);
 }
 
-/* RowDescription of a RETURNING through a view names the table the client named (I3). */
-static bool rowdesc_map_views(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+/*
+ * RowDescription of a RETURNING through a view names the table the client named (I3):
+ * old, or in finalized next, which has old's name by then.
+ */
+static bool rowdesc_map_views(const uint8_t *msg, uint32_t total, bool final, struct pktbuf *out)
 {
+	int t = final ? 1 : 0;
 	struct pktbuf cur;
 	pktbuf_init(&cur);
 	pktbuf_put_bytes(&cur, msg, total);
@@ -1226,13 +1247,13 @@ static bool rowdesc_map_views(const uint8_t *msg, uint32_t total, struct pktbuf 
 		while (j < views.n && views.cols[j].view == views.cols[i].view &&
 		       j - i < RELMAP_MAX_COLUMNS) {
 			att[j - i][0] = views.cols[j].att[0];
-			att[j - i][1] = views.cols[j].att[1];
+			att[j - i][1] = views.cols[j].att[1 + t];
 			j++;
 		}
 		struct pktbuf next;
 		pktbuf_init(&next);
 		bool ok = proto_rowdesc_map_table(cur.data, (uint32_t)cur.len, views.cols[i].view,
-						  views.cols[i].table, (const int16_t(*)[2])att,
+						  views.cols[i].table[t], (const int16_t(*)[2])att,
 						  j - i, &next);
 		pktbuf_free(&cur);
 		cur = next;
@@ -1342,7 +1363,9 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 		return true;
 	case XF_VIEW:
 		if (type == 'T')
-			return replace_with(s, rowdesc_map_views(msg, total, &b), &b, drop);
+			return replace_with(
+				s, rowdesc_map_views(msg, total, s->pin.phase == PHASE_FINALIZED, &b),
+				&b, drop);
 		if (type == 'E')
 			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
 		return true;
