@@ -6,6 +6,13 @@ exactly one winner per key (one success for plain inserts, the others 23505; one
 RETURNING row for DO NOTHING), every DO UPDATE applied, one row per key in the table,
 and in the mirroring phases next_table holding the same rows, identical.
 
+cutover and finalized refuse DO UPDATE (0A000, nothing written) and add a storm of
+REPEATABLE READ transactions, whose snapshot is taken before the competitors commit:
+each gets its row, INSERT 0 0, or 40001, and still one row per key.  In finalized the
+table's name is the partitioned table's.  PHASE "degraded" (DEGRADED on, any phase):
+every insert is acknowledged with its row, and the buffer holds each one with its
+conflict mode; nothing reaches the table.
+
 usage: storm.py APP_CONNINFO DIRECT_CONNINFO PHASE
 """
 import sys
@@ -71,6 +78,18 @@ def storm_nothing(conn, i):
 
 
 def storm_update(conn, i):
+    if not upsert_served:
+        refused = 0
+        for k in range(KEYS):
+            try:
+                conn.execute(
+                    "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (site_id, idempotency_key)"
+                    " DO UPDATE SET response_code = 1", (site, f"update-{k}", bytes([i])))
+            except psycopg.errors.FeatureNotSupported:
+                refused += 1
+        assert refused == KEYS, f"DO UPDATE refused {refused} times of {KEYS}"
+        return KEYS
     for k in range(KEYS):
         cur = conn.execute(
             "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code)"
@@ -81,27 +100,76 @@ def storm_update(conn, i):
     return KEYS
 
 
+def storm_rr(conn, i):
+    """One REPEATABLE READ transaction per key, its snapshot taken before the storm."""
+    got = {"row": 0, "skipped": 0, "40001": 0}
+    for k in range(KEYS):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s", (site,))
+        try:
+            cur = conn.execute(
+                "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash)"
+                " VALUES (%s, %s, %s) ON CONFLICT (site_id, idempotency_key) DO NOTHING"
+                " RETURNING created_at", (site, f"rr-{k}", bytes([i])))
+            got["row" if cur.fetchall() else "skipped"] += 1
+            conn.execute("COMMIT")
+        except psycopg.errors.SerializationFailure:
+            got["40001"] += 1
+            conn.execute("ROLLBACK")
+    return got
+
+
+upsert_served = phase in ("passthrough", "dual_write", "read_next")
+degraded = phase == "degraded"
 plain = run_clients(storm_plain)
+nothing = run_clients(storm_nothing)
+run_clients(storm_update)
+rr = run_clients(storm_rr) if phase in ("cutover", "finalized") else []
+
+if degraded:
+    # No unique check in the buffer (SPEC 2): every insert is acknowledged.
+    assert sum(w for w, _ in plain) == KEYS * CLIENTS, f"buffered plain INSERTs: {plain}"
+    assert sum(nothing) == KEYS * CLIENTS, f"buffered DO NOTHING rows: {sum(nothing)}"
+    with psycopg.connect(direct, autocommit=True) as db:
+        modes = dict(db.execute(
+            "SELECT pgshunt_conflict, count(*) FROM ingest_fallback_buffer WHERE site_id = %s"
+            " GROUP BY 1", (site,)).fetchall())
+        assert modes == {"none": KEYS * CLIENTS, "nothing": KEYS * CLIENTS}, modes
+        in_table = db.execute("SELECT count(*) FROM ingest_idempotency WHERE site_id = %s",
+                              (site,)).fetchone()[0]
+        assert in_table == 0, f"{in_table} rows reached the table in DEGRADED"
+    print(f"storm degraded: {CLIENTS} clients x {KEYS} keys x 2 kinds: all buffered")
+    sys.exit(0)
+
 assert sum(w for w, _ in plain) == KEYS, f"plain INSERT winners: {plain}"
 assert sum(d for _, d in plain) == KEYS * (CLIENTS - 1), f"plain INSERT 23505s: {plain}"
-nothing = run_clients(storm_nothing)
 assert sum(nothing) == KEYS, f"DO NOTHING winners: {sum(nothing)} for {KEYS} keys"
-run_clients(storm_update)
+if rr:
+    rows = sum(r["row"] for r in rr)
+    assert rows == KEYS, f"REPEATABLE READ winners: {rows} for {KEYS} keys ({rr})"
+    assert sum(sum(r.values()) for r in rr) == KEYS * CLIENTS, rr
 
+kinds = 3 if upsert_served else 2
+kinds += 1 if rr else 0
 with psycopg.connect(direct, autocommit=True) as db:
     per_key = db.execute(
         "SELECT count(*), count(DISTINCT idempotency_key) FROM ingest_idempotency"
         " WHERE site_id = %s", (site,)).fetchone()
-    assert per_key == (3 * KEYS, 3 * KEYS), f"rows and keys in the table: {per_key}"
-    applied = db.execute(
-        "SELECT min(response_code), max(response_code) FROM ingest_idempotency"
-        " WHERE site_id = %s AND idempotency_key LIKE 'update-%%'", (site,)).fetchone()
-    assert applied == (CLIENTS, CLIENTS), f"DO UPDATE applied {applied}, want {CLIENTS} each"
-    if phase != "passthrough":
+    assert per_key == (kinds * KEYS, kinds * KEYS), f"rows and keys in the table: {per_key}"
+    if upsert_served:
+        applied = db.execute(
+            "SELECT min(response_code), max(response_code) FROM ingest_idempotency"
+            " WHERE site_id = %s AND idempotency_key LIKE 'update-%%'", (site,)).fetchone()
+        assert applied == (CLIENTS, CLIENTS), f"DO UPDATE applied {applied}, want {CLIENTS} each"
+    if phase not in ("passthrough", "finalized"):
         differ = db.execute(
             "SELECT count(*) FROM ingest_idempotency o FULL JOIN ingest_idempotency_next n"
             " USING (site_id, idempotency_key) WHERE coalesce(o.site_id, n.site_id) = %s"
             " AND (o IS NULL OR n IS NULL OR row(o.*)::text <> row(n.*)::text)",
             (site,)).fetchone()[0]
         assert differ == 0, f"{differ} keys differ between the table and next_table"
-print(f"storm {phase}: {CLIENTS} clients x {KEYS} keys x 3 kinds: one winner per key")
+rr_note = ""
+if rr:
+    rr_note = " (REPEATABLE READ: %d rows, %d skipped, %d 40001)" % tuple(
+        sum(r[x] for r in rr) for x in ("row", "skipped", "40001"))
+print(f"storm {phase}: {CLIENTS} clients x {KEYS} keys x {kinds} kinds: one winner per key{rr_note}")
