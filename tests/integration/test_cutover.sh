@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# cutover, finalized and DEGRADED end to end, in databases of their own: answers through
+# pgshunt identical to the original table's (tests/integration/compare.py, against a
+# reference database that is never migrated); in cutover the table and next_table
+# identical row for row; a 30k-row DELETE through the mirror helpers; the claim views
+# surviving the rename; DEGRADED inserts in the buffer with their conflict mode.
+set -euo pipefail
+
+. tests/integration/lib.sh
+
+own_database "cut_$$"
+ref_db="cutref_$$"
+psql -X -q "$shunt_admin dbname=shunt_test" -c "CREATE DATABASE $ref_db OWNER shunt_trust"
+ref="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$ref_db"
+trap 'lib_cleanup; psql -X -q "$shunt_admin dbname=shunt_test" -c "DROP DATABASE IF EXISTS $ref_db WITH (FORCE)" 2>/dev/null || true' EXIT
+psql -X -q -v ON_ERROR_STOP=1 "$ref" -f tests/fixtures/ingest_schema.sql
+
+# The same rows in both, with fixed values (timestamps from the start of today).
+seed="INSERT INTO ingest_idempotency SELECT 'seed-' || g % 7, 'k' || g, '\\x00', 'completed', 200,
+  jsonb_build_object('g', g), date_trunc('day', now()) + g * interval '1 second',
+  date_trunc('day', now()) + interval '1 day' FROM generate_series(1, 300) AS g"
+q() { psql -X -qtA -v ON_ERROR_STOP=1 "$direct" -c "$1"; }
+q "$seed" >/dev/null
+psql -X -qtA -v ON_ERROR_STOP=1 "$ref" -c "$seed" >/dev/null
+
+start_pgshunt "control_dsn = $direct"
+c() { psql -X -qtA "$console" -c "$1" 2>&1 || fail "$1: $(psql -X -qtA "$console" -c "$1" 2>&1)"; }
+a() { psql -X -qtA -v VERBOSITY=verbose "$app" -c "$1" 2>&1; }
+compare() {
+	/usr/bin/python3 tests/integration/compare.py "$app" "$direct" "$ref" "$1" || fail "compare $1 in $2"
+}
+# The table and next_table: the same keys, every column equal (I5).
+same_tables() {
+	local d
+	d=$(q "SELECT count(*) FROM ingest_idempotency o FULL JOIN ingest_idempotency_next n
+	       USING (site_id, idempotency_key) WHERE o IS NULL OR n IS NULL OR row(o.*)::text <> row(n.*)::text")
+	[ "$d" = 0 ] || fail "$d keys differ between the table and next_table ($1)"
+}
+
+c 'MIGRATE PREPARE' >/dev/null
+c 'SET PHASE dual_write' >/dev/null
+# What the backfill does, in one go (the mirror keeps next current from here on).
+q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency FOR SHARE ON CONFLICT DO NOTHING" >/dev/null
+same_tables "after the backfill"
+
+# The hourly expiry, 30k rows in one DELETE: with an advisory lock per mirrored row it
+# exhausted the shared lock table ("out of shared memory", 53200).
+expire_30k() {
+	local out
+	q "INSERT INTO ingest_idempotency SELECT 'exp', 'e' || g, '', 'completed', 200, NULL, now(), now() - interval '1 hour'
+	   FROM generate_series(1, 30000) AS g" >/dev/null
+	q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency WHERE site_id = 'exp' ON CONFLICT DO NOTHING" >/dev/null
+	out=$(a "DELETE FROM ingest_idempotency WHERE expires_at < now()")
+	[ "$out" = "" ] || fail "30k-row DELETE in $1: $out"
+	[ "$(q "SELECT (SELECT count(*) FROM ingest_idempotency WHERE site_id = 'exp') + (SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'exp')")" = 0 ] ||
+		fail "the 30k-row DELETE in $1 left rows"
+	same_tables "after the 30k-row DELETE in $1"
+	ok "$1: a 30k-row DELETE goes through (no lock per row)"
+}
+expire_30k dual_write
+c 'SET PHASE read_next FORCE' >/dev/null
+c 'SET PHASE cutover' >/dev/null
+ok "cutover, over $(q "SELECT count(*) FROM ingest_idempotency_next") rows"
+
+# --- cutover: the client sees what the table says ---
+compare cutover cutover
+same_tables "after the statements of compare.py"
+ok "cutover: answers identical to the original table's, the two tables identical"
+
+# Defaults are evaluated once, for both tables: the claim's row is the stored row.
+a "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('def', 'k1', '\\x01'), ('def', 'k2', '\\x02')" >/dev/null
+[ "$(q "SELECT count(*) FROM ingest_idempotency o JOIN ingest_idempotency_next n USING (site_id, idempotency_key)
+       WHERE o.site_id = 'def' AND o.created_at = n.created_at AND o.expires_at = n.expires_at")" = 2 ] ||
+	fail "defaults differ between the table and next_table"
+ok "cutover: now() defaults equal in both tables"
+
+# Refused: what would split the tables or break the key (0A000, named table and phase).
+refused() {
+	local out
+	out=$(a "$1") && fail "not refused in $2: $1"
+	grep -q "0A000" <<<"$out" || fail "refusal without 0A000: $1: $out"
+	grep -q "public.ingest_idempotency in phase $2" <<<"$out" || fail "refusal names no table/phase: $out"
+}
+for ph in cutover; do
+	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
+	refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'def'" $ph
+	refused "UPDATE ingest_idempotency SET created_at = now() WHERE site_id = 'def'" $ph
+	refused "MERGE INTO ingest_idempotency t USING (SELECT 1) s ON false WHEN NOT MATCHED THEN DO NOTHING" $ph
+	refused "WITH d AS (DELETE FROM ingest_idempotency WHERE site_id = 'def' RETURNING *) SELECT count(*) FROM d" $ph
+	refused "TRUNCATE ingest_idempotency" $ph
+	refused "COPY ingest_idempotency FROM STDIN" $ph
+done
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'r'")" = 0 ] || fail "a refused statement wrote"
+ok "cutover: DO UPDATE, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
+
+# A transaction: a duplicate fails it, ROLLBACK leaves neither table written.
+out=$(psql -X -qtA "$app" -c "BEGIN" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('tx', '1', '')" \
+	-c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('tx', '1', '')" -c "COMMIT" 2>&1) || true
+grep -q 23505 <<<"$out" || grep -q 'duplicate key' <<<"$out" || fail "duplicate inside a transaction: $out"
+[ "$(q "SELECT (SELECT count(*) FROM ingest_idempotency WHERE site_id = 'tx') + (SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'tx')")" = 0 ] ||
+	fail "a failed transaction left rows"
+ok "cutover: a failed transaction writes neither table"
+
+expire_30k cutover
+
+# --- DEGRADED in cutover: inserts to the buffer, answered as the table would ---
+c 'DEGRADED ON' >/dev/null
+compare degraded "DEGRADED"
+modes=$(q "SELECT string_agg(pgshunt_conflict || ':' || idempotency_key, ',' ORDER BY pgshunt_seq) FROM ingest_fallback_buffer WHERE site_id = 'cmp-degraded'")
+want="nothing:a,none:b,nothing:c,nothing:d,none:g1,none:g2,none:g3,none:g4,none:g5,nothing:p1,none:p2"
+[ "$modes" = "$want" ] || fail "buffer holds $modes, want $want"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'cmp-degraded'")" = 0 ] || fail "DEGRADED wrote the table"
+out=$(psql -X -A -t -q "$app" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('cmp-degraded', 'a', '\\x09') ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING idempotency_key" -c "SELECT 1" 2>&1)
+[ "$out" = $'a\n1' ] || fail "DO NOTHING in DEGRADED: $out"
+# A constraint fails as on the table (SQLSTATE, constraint), but names the buffer.
+out=$(a "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash, status) VALUES ('cmp-degraded', 'e', '', 'bogus')") &&
+	fail "a CHECK violation was buffered"
+grep -q '23514' <<<"$out" && grep -q 'ingest_idempotency_status_check' <<<"$out" || fail "CHECK violation in DEGRADED: $out"
+refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" cutover
+c 'DEGRADED OFF' >/dev/null
+ok "DEGRADED: tags and RETURNING as the table's, every insert in the buffer with its conflict mode, DO UPDATE refused"
+
+# --- finalized: the rename (the fleet's hold is not under test here), then the claim alone ---
+q "BEGIN; ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old; ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency; COMMIT" >/dev/null
+c 'SET PHASE finalized FORCE' >/dev/null
+[ "$(q "SELECT relkind FROM pg_class WHERE oid = 'ingest_idempotency'::regclass")" = p ] || fail "the rename"
+# The same statements, from scratch: another site, the reference reset to match.
+q "DELETE FROM ingest_idempotency WHERE site_id LIKE 'cmp-%'" >/dev/null
+psql -X -qtA "$ref" -c "DELETE FROM ingest_idempotency WHERE site_id LIKE 'cmp-%'; DELETE FROM ingest_idempotency WHERE site_id IN ('def', 'tx')" >/dev/null
+q "DELETE FROM ingest_idempotency WHERE site_id IN ('def', 'tx')" >/dev/null
+compare claim finalized
+[ "$(q "SELECT count(*) FROM ingest_idempotency_old WHERE site_id = 'cmp-claim'")" = 0 ] || fail "finalized wrote the old table"
+refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" finalized
+refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'seed-1'" finalized
+ok "finalized: the claim views survive the rename, answers identical to the original table's"
+
+stop_pgshunt
