@@ -968,7 +968,7 @@ static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
 		xform = p->xform;
 	if (!portal_set(s, portal, xform, p ? (uint8_t)(p->kind + 1) : 0))
 		return oom(s);
-	if (xform != XF_DROP_LAST)
+	if (xform != XF_DROP_LAST && xform != XF_DROP_LAST_MAP)
 		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	/* Result formats listed per column must cover the mirror column too. */
 	struct pktbuf b;
