@@ -50,7 +50,7 @@ expire_30k() {
 	q "INSERT INTO ingest_idempotency SELECT 'exp', 'e' || g, '', 'completed', 200, NULL, now(), now() - interval '1 hour'
 	   FROM generate_series(1, 30000) AS g" >/dev/null
 	q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency WHERE site_id = 'exp' ON CONFLICT DO NOTHING" >/dev/null
-	out=$(a "DELETE FROM ingest_idempotency WHERE expires_at < now()")
+	out=$(a "DELETE FROM ingest_idempotency WHERE expires_at < now()") || true
 	[ "$out" = "" ] || fail "30k-row DELETE in $1: $out"
 	[ "$(q "SELECT (SELECT count(*) FROM ingest_idempotency WHERE site_id = 'exp') + (SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'exp')")" = 0 ] ||
 		fail "the 30k-row DELETE in $1 left rows"
@@ -59,8 +59,53 @@ expire_30k() {
 }
 expire_30k dual_write
 c 'SET PHASE read_next FORCE' >/dev/null
+
+# Statements prepared in read_next (SQL-level and protocol-level), executed in cutover:
+# made again behind the client's back, as claims.
+cat >"$work/prepared.py" <<'PY'
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("PREPARE ins (text) AS INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash)"
+             " VALUES ('prep', $1, '') ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING idempotency_key")
+sql = "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('prep', %s, '')"
+conn.execute(sql, ("rn",), prepare=True)
+print("prepared", flush=True)
+sys.stdin.readline()
+got = [conn.execute("EXECUTE ins ('co')").fetchall(), conn.execute("EXECUTE ins ('co')").fetchall()]
+assert got == [[("co",)], []], got
+conn.execute(sql, ("co2",), prepare=True)
+try:
+    conn.execute(sql, ("co2",), prepare=True)
+    raise SystemExit("a duplicate through a statement prepared in read_next went in")
+except psycopg.errors.UniqueViolation as e:
+    assert e.diag.constraint_name == "ingest_idempotency_pkey", e.diag.constraint_name
+cur = conn.execute("SELECT 1; INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash)"
+                   " VALUES ('prep', 'multi', '') RETURNING idempotency_key; SELECT 2")
+rows = []
+while True:
+    rows.append((cur.statusmessage, cur.fetchall()))
+    if not cur.nextset():
+        break
+assert rows == [("SELECT 1", [(1,)]), ("INSERT 0 1", [("multi",)]), ("SELECT 1", [(2,)])], rows
+print("done", flush=True)
+PY
+coproc PY { /usr/bin/python3 -u "$work/prepared.py" "$app" 2>&1; }
+exec {py_in}>&"${PY[1]}" {py_out}<&"${PY[0]}"
+read -r -t 20 line <&"$py_out" || fail "psycopg did not start"
+[ "$line" = prepared ] || fail "psycopg in read_next: $line"
+
 c 'SET PHASE cutover' >/dev/null
 ok "cutover, over $(q "SELECT count(*) FROM ingest_idempotency_next") rows"
+
+echo go >&"$py_in"
+out=$(cat <&"$py_out")
+[ "$out" = done ] || fail "statements prepared in read_next, executed in cutover: $out"
+[ "$(q "SELECT string_agg(idempotency_key, ' ' ORDER BY idempotency_key) FROM ingest_idempotency_next WHERE site_id = 'prep'")" = "co co2 multi rn" ] ||
+	fail "prepared claims: next holds $(q "SELECT string_agg(idempotency_key, ' ') FROM ingest_idempotency_next WHERE site_id = 'prep'")"
+ok "cutover: SQL-level and protocol-level statements prepared in read_next claim through the view; a claim inside a multi-statement Query"
+same_tables "after the prepared claims"
+# The reference never saw these rows.
+q "DELETE FROM ingest_idempotency WHERE site_id = 'prep'; DELETE FROM ingest_idempotency_next WHERE site_id = 'prep'" >/dev/null
 
 # --- cutover: the client sees what the table says ---
 compare cutover cutover
