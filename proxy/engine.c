@@ -1167,6 +1167,7 @@ struct view_column {
 static struct {
 	struct view_column *cols; /* grouped by view */
 	size_t n;
+	uint64_t epoch; /* the phase epoch the columns were read under */
 	bool loading;
 	bool again; /* asked to load while loading: the answer may predate the change */
 } views;
@@ -1203,10 +1204,15 @@ static void on_views(const PGresult *res, void *arg)
 void engine_views_load(void)
 {
 	const char *params[] = {shunt.cfg.table, shunt.tables.rel[REL_OLD].name};
+	/* The views keep their OIDs when made again: found once, read again only when the
+	 * phase moves (the rename at finalized changes what the table's name is). */
+	if (views.n > 0 && views.epoch == shunt.phase.epoch)
+		return;
 	if (views.loading) {
 		views.again = true;
 		return;
 	}
+	views.epoch = shunt.phase.epoch;
 	/*
 	 * next is the claim view's base relation (found by OID: the rename at finalized
 	 * gives it the table's name); old is what the table's name resolves to while it is
