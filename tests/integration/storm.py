@@ -13,6 +13,11 @@ table's name is the partitioned table's.  PHASE "degraded" (DEGRADED on, any pha
 every insert is acknowledged with its row, and the buffer holds each one with its
 conflict mode; nothing reaches the table.
 
+PHASE "mixed" (the console in cutover): half the clients go through pgshunt, the
+other half straight to PostgreSQL with the SQL a proxy still in read_next sends (old
+first, mirrored with put_next), as during the switch from read_next to cutover: one
+winner per key across both, the two tables identical.
+
 usage: storm.py APP_CONNINFO DIRECT_CONNINFO PHASE
 """
 import sys
@@ -35,7 +40,8 @@ def run_clients(work):
 
     def client(i):
         try:
-            with psycopg.connect(app, autocommit=True) as conn:
+            # "mixed": odd clients are a proxy still in read_next, straight to the server.
+            with psycopg.connect(direct if mixed and i % 2 else app, autocommit=True) as conn:
                 barrier.wait(timeout=30)
                 results[i] = work(conn, i)
         except Exception as e:  # reported below: a storm must not lose a client
@@ -50,13 +56,18 @@ def run_clients(work):
     return results
 
 
+# What a proxy in read_next sends for the two inserts (docs/ENGINE.md, "Mirroring").
+READ_NEXT_MIRROR = " RETURNING pgshunt.put_next(ingest_idempotency)"
+
+
 def storm_plain(conn, i):
     wins, dups = 0, 0
+    tail = READ_NEXT_MIRROR if mixed and i % 2 else ""
     for k in range(KEYS):
         try:
             conn.execute(
                 "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash, status)"
-                " VALUES (%s, %s, %s, 'processing')", (site, f"plain-{k}", bytes([i])))
+                " VALUES (%s, %s, %s, 'processing')" + tail, (site, f"plain-{k}", bytes([i])))
             wins += 1
         except psycopg.errors.UniqueViolation as e:
             assert e.sqlstate == "23505", e.sqlstate
@@ -66,11 +77,12 @@ def storm_plain(conn, i):
 
 def storm_nothing(conn, i):
     wins = 0
+    tail = ", pgshunt.put_next(ingest_idempotency)" if mixed and i % 2 else ""
     for k in range(KEYS):
         cur = conn.execute(
             "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash)"
             " VALUES (%s, %s, %s) ON CONFLICT (site_id, idempotency_key) DO NOTHING"
-            " RETURNING created_at", (site, f"nothing-{k}", bytes([i])))
+            " RETURNING created_at" + tail, (site, f"nothing-{k}", bytes([i])))
         rows = cur.fetchall()
         assert cur.rowcount == len(rows) and len(rows) <= 1, (cur.rowcount, rows)
         wins += len(rows)
@@ -121,9 +133,11 @@ def storm_rr(conn, i):
 
 upsert_served = phase in ("passthrough", "dual_write", "read_next")
 degraded = phase == "degraded"
+mixed = phase == "mixed"
 plain = run_clients(storm_plain)
 nothing = run_clients(storm_nothing)
-run_clients(storm_update)
+if not mixed:
+    run_clients(storm_update)
 rr = run_clients(storm_rr) if phase in ("cutover", "finalized") else []
 
 if degraded:

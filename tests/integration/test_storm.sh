@@ -20,6 +20,7 @@ c 'SET PHASE read_next FORCE'
 storm read_next
 c 'SET PHASE cutover'
 storm cutover
+storm mixed
 c 'DEGRADED ON'
 storm degraded
 c 'DEGRADED OFF'
