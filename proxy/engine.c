@@ -226,6 +226,11 @@ static void edits_apply(struct edits *ed, const char *text, size_t len, struct p
 	uint32_t at = 0;
 	qsort(ed->e, ed->n, sizeof(ed->e[0]), edit_cmp);
 	for (uint32_t i = 0; i < ed->n; i++) {
+		/* Edits never overlap by construction; if two ever did, fail the text. */
+		if (ed->e[i].pos < at || ed->e[i].pos + ed->e[i].del > len) {
+			b->failed = true;
+			return;
+		}
 		pktbuf_put_bytes(b, text + at, ed->e[i].pos - at);
 		pktbuf_put_bytes(b, ed->e[i].ins, strlen(ed->e[i].ins));
 		at = ed->e[i].pos + ed->e[i].del;
@@ -366,28 +371,159 @@ static bool view_name(char *out, size_t n, const char *view)
 	return true;
 }
 
+/* The span of ON CONFLICT ... DO UPDATE's SET list and of its WHERE (0/0: none). */
+struct upsert_parts {
+	size_t set_start, set_end;
+	size_t where_start, where_end;
+};
+
+static bool upsert_parts(const char *text, const struct stmt_info *st, struct upsert_parts *u)
+{
+	size_t pos = st->conflict_start, end = (size_t)st->conflict_start + st->conflict_len;
+	struct scan_tok tok, prev = {0}, prev2 = {0};
+	int depth = 0;
+	bool in_set = false;
+	memset(u, 0, sizeof(*u));
+	while (pos < end) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		if (!in_set) {
+			if (scan_tok_is(text, &tok, "set") && scan_tok_is(text, &prev, "update") &&
+			    scan_tok_is(text, &prev2, "do")) {
+				in_set = true;
+				u->set_start = tok.end;
+			}
+			prev2 = prev;
+			prev = tok;
+			continue;
+		}
+		if (tok.kind == TOK_CHAR && (text[tok.start] == '(' || text[tok.start] == '['))
+			depth++;
+		else if (tok.kind == TOK_CHAR && (text[tok.start] == ')' || text[tok.start] == ']'))
+			depth--;
+		else if (depth == 0 && scan_tok_is(text, &tok, "where")) {
+			u->set_end = tok.start;
+			u->where_start = tok.end;
+			u->where_end = end;
+			return true;
+		}
+	}
+	u->set_end = end;
+	return in_set;
+}
+
+/* Why an ON CONFLICT DO UPDATE cannot go through the claim view; NULL when it can. */
+static const char *upsert_refusal(const char *text, const struct stmt_info *st, bool to_next)
+{
+	struct upsert_parts u;
+	struct scan_tok tok;
+	if (!upsert_parts(text, st, &u))
+		return "pgshunt could not find the SET list of ON CONFLICT DO UPDATE";
+	/* The clause travels as it is written: a read of the table in it would not be
+	 * pointed at next. */
+	for (uint32_t i = 0; to_next && i < st->nrefs; i++)
+		if (st->refs[i].role == REL_OLD && st->refs[i].start >= st->conflict_start &&
+		    st->refs[i].start < st->conflict_start + st->conflict_len)
+			return "ON CONFLICT DO UPDATE that reads the table in its SET list or WHERE "
+			       "cannot go through the claim view in cutover";
+	for (size_t pos = u.set_start; pos < st->conflict_start + st->conflict_len;) {
+		scan_next(text, st->conflict_start + st->conflict_len, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		/* The claim's trigger runs the SET list without the statement's parameters. */
+		if (tok.kind == TOK_PARAM)
+			return "ON CONFLICT DO UPDATE with parameters in its SET list or WHERE cannot "
+			       "go through the claim view (use EXCLUDED.column)";
+	}
+	return NULL;
+}
+
+/* The text of [start, end) with every EXCLUDED.col as ($1).col, the trigger's NEW. */
+static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, size_t end)
+{
+	struct scan_tok tok, prev = {0}, next;
+	size_t pos = start, at = start;
+	while (pos < end) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		size_t peek = pos;
+		scan_next(text, end, &peek, &next);
+		bool word = scan_tok_is(text, &tok, "excluded") ||
+			    (tok.kind == TOK_QIDENT && tok.end - tok.start == 10 &&
+			     memcmp(text + tok.start, "\"excluded\"", 10) == 0);
+		bool after_dot = prev.kind == TOK_CHAR && text[prev.start] == '.';
+		if (word && !after_dot && next.kind == TOK_CHAR && text[next.start] == '.') {
+			pktbuf_put_bytes(b, text + at, tok.start - at);
+			pktbuf_put_bytes(b, "($1)", 4);
+			at = tok.end;
+		}
+		prev = tok;
+	}
+	pktbuf_put_bytes(b, text + at, end - at);
+}
+
+/*
+ * ON CONFLICT DO UPDATE through the claim view: the clause is replaced by a comment
+ * carrying the alias, the SET list and the WHERE (joined by chr(31), hex), which the
+ * claim's trigger reads back with pgshunt.upsert_clause().
+ */
+static char *upsert_marker(const char *text, const struct stmt_info *st, const char *row)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct upsert_parts u;
+	struct pktbuf b, out;
+	char *marker = NULL;
+	if (!upsert_parts(text, st, &u))
+		return NULL;
+	pktbuf_init(&b);
+	pktbuf_put_bytes(&b, row, strlen(row));
+	pktbuf_put_byte(&b, 31);
+	put_with_excluded(&b, text, u.set_start, u.set_end);
+	pktbuf_put_byte(&b, 31);
+	if (u.where_end > u.where_start)
+		put_with_excluded(&b, text, u.where_start, u.where_end);
+	else
+		pktbuf_put_bytes(&b, "true", 4);
+	pktbuf_init(&out);
+	pktbuf_put_bytes(&out, " /*pgshunt:upsert:", 18);
+	for (size_t i = 0; pktbuf_ok(&b) && i < b.len; i++) {
+		pktbuf_put_byte(&out, (uint8_t)hex[b.data[i] >> 4]);
+		pktbuf_put_byte(&out, (uint8_t)hex[b.data[i] & 15]);
+	}
+	pktbuf_put_bytes(&out, "*/ ", 4); /* with the NUL */
+	if (pktbuf_ok(&b) && pktbuf_ok(&out))
+		marker = strdup((char *)out.data);
+	pktbuf_free(&b);
+	pktbuf_free(&out);
+	return marker;
+}
+
 /*
  * An INSERT into the table goes into a view instead (the claim's or the buffer's),
- * aliased with the name the client wrote so RETURNING and EXCLUDED-free references
- * still resolve; its ON CONFLICT clause is cut (the view's trigger or rule does what
- * it asked for).  Other mentions of the table read next when the phase does.
+ * aliased with the name the client wrote so RETURNING's references still resolve;
+ * its ON CONFLICT clause is cut (the view's trigger or rule does what it asked for; DO
+ * UPDATE's SET list travels in a comment, upsert_marker()).  Other mentions of the table read next when the phase does.
  */
 static bool view_edits(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
 		       const struct rule_decision *d)
 {
 	char row[160], name[200], buf[400];
 	const struct rel_ref *target = rules_write_target(st);
-	if (!target || !view_name(name, sizeof(name), d->view))
+	if (!target || !view_name(name, sizeof(name), d->view) ||
+	    !target_row_name(text, len, target, row, sizeof(row)))
 		return false;
 	if (target->has_alias)
 		snprintf(buf, sizeof(buf), "%s", name);
-	else if (target_row_name(text, len, target, row, sizeof(row)))
-		snprintf(buf, sizeof(buf), "%s AS %s", name, row);
 	else
-		return false;
+		snprintf(buf, sizeof(buf), "%s AS %s", name, row);
 	if (!edit_add(ed, target->start, target->len, strdup(buf)))
 		return false;
-	if (st->conflict != CONFLICT_NONE &&
+	if (st->conflict == CONFLICT_UPDATE &&
+	    !edit_add(ed, st->conflict_start, st->conflict_len, upsert_marker(text, st, row)))
+		return false;
+	if (st->conflict == CONFLICT_NOTHING &&
 	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
 		return false;
 	return !d->to_next || rename_edits(ed, text, len, st, target);
@@ -524,12 +660,31 @@ static void forget_all_statements(struct engine *e)
 
 /* ---- the simple protocol ---- */
 
+/*
+ * A claim for ON CONFLICT DO UPDATE reads its SET list from the one marker in the
+ * query being run: refused when the clause cannot be carried, or when the query string
+ * already holds one.
+ */
+static void upsert_check(const char *text, const struct stmt_info *st, struct rule_decision *d,
+			 unsigned *nupserts)
+{
+	const char *why;
+	if (d->action != RULE_CLAIM || st->conflict != CONFLICT_UPDATE)
+		return;
+	why = upsert_refusal(text, st, d->to_next);
+	if (!why && ++*nupserts > 1)
+		why = "one INSERT ... ON CONFLICT DO UPDATE per query string in this phase";
+	if (why)
+		*d = (struct rule_decision){.action = RULE_REFUSE, .reason = why};
+}
+
 struct query_plan {
 	struct edits ed;
 	uint8_t xf[PARSER_MAX_STMTS * 3];
 	uint32_t nxf;
 	bool any_xform;
 	uint8_t timed; /* 1 + the kind of the first statement naming the table, 0 = none */
+	unsigned nupserts; /* statements sent through a claim view for ON CONFLICT DO UPDATE */
 };
 
 static bool plan_stmt(struct session *s, const char *text, size_t len, const struct stmt_info *st,
@@ -608,6 +763,7 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 {
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
 	uint8_t xf = XF_NONE;
+	upsert_check(text, st, &d, &plan->nupserts);
 	if (st->touches)
 		count_decision(s, st, &d);
 	if (st->touches && !plan->timed)
@@ -850,6 +1006,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	}
 	const struct stmt_info *st = &r->stmts[0];
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
+	unsigned nupserts = 0;
+	upsert_check(query, st, &d, &nupserts);
 	*kind = (uint8_t)st->kind;
 	if (st->touches)
 		count_decision(s, st, &d);
@@ -1231,8 +1389,9 @@ void engine_views_load(void)
 		"DISTINCT FROM (SELECT oid FROM nx) AND o.attname = va.attname AND NOT o.attisdropped "
 		"LEFT JOIN pg_attribute n ON n.attrelid = (SELECT oid FROM nx) AND n.attname = "
 		"va.attname AND NOT n.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || "
-		"'_claim', $2 || '_claim_nothing', $2 || '_claim_final', $2 || "
-		"'_claim_nothing_final', $2 || '_buffer', $2 || '_buffer_nothing') "
+		"'_claim', $2 || '_claim_nothing', $2 || '_claim_upsert', $2 || '_claim_final', "
+		"$2 || '_claim_nothing_final', $2 || '_claim_upsert_final', $2 || '_buffer', "
+		"$2 || '_buffer_nothing') "
 		"ORDER BY v.oid, va.attnum",
 		2, params, on_views, NULL);
 }

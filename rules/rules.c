@@ -130,6 +130,18 @@ static struct rule_decision read_decision(bool final, const struct stmt_info *st
 	return final || !reads_table(st) ? forward() : (struct rule_decision){.action = RULE_RENAME};
 }
 
+static const char *claim_view(bool final, enum conflict_action conflict)
+{
+	switch (conflict) {
+	case CONFLICT_NOTHING:
+		return final ? "claim_nothing_final" : "claim_nothing";
+	case CONFLICT_UPDATE:
+		return final ? "claim_upsert_final" : "claim_upsert";
+	default:
+		return final ? "claim_final" : "claim";
+	}
+}
+
 /*
  * cutover writes next first and mirrors into old; finalized writes the partitioned
  * table alone, under the table's own name.  INSERTs go through a claim view, whose
@@ -161,16 +173,17 @@ static struct rule_decision decide_next_first(bool final, const struct stmt_info
 	case STMT_INSERT_SELECT:
 		if (!target)
 			return read_decision(final, st);
-		if (st->conflict == CONFLICT_UPDATE)
-			return refuse("INSERT ... ON CONFLICT DO UPDATE cannot keep the key unique on "
-				      "the partitioned table (its primary key includes the partition "
-				      "column)");
-		return (struct rule_decision){
-			.action = RULE_CLAIM,
-			.view = st->conflict == CONFLICT_NOTHING
-					? (final ? "claim_nothing_final" : "claim_nothing")
-					: (final ? "claim_final" : "claim"),
-			.to_next = !final};
+		if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
+			return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
+				      "cannot be mirrored");
+		/* The claim's trigger reads DO UPDATE's SET list from the statement being run:
+		 * an EXECUTE is not that statement. */
+		if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
+			return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot "
+				      "go through the claim view (prepare it with the protocol)");
+		return (struct rule_decision){.action = RULE_CLAIM,
+					      .view = claim_view(final, st->conflict),
+					      .to_next = !final};
 	case STMT_UPDATE:
 	case STMT_DELETE:
 		if (!target)

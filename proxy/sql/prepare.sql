@@ -325,6 +325,29 @@ $fn$;
 -- The views name their relations by OID (a view's query is stored parsed), so they
 -- survive the rename at finalized; the finalized trigger function names next by the
 -- name it has after the rename and refuses to run before it.
+-- The SET list, WHERE and alias of the client's INSERT ... ON CONFLICT DO UPDATE, which
+-- pgshunt writes into the statement it sends as a comment /*pgshunt:upsert:HEX*/ (the
+-- three, joined by chr(31), in the client's encoding, as hex): a trigger has no other
+-- way to learn them, and the comment travels with the statement in both protocols.
+-- Exactly one such comment must be in the query being run (the engine sends no more).
+CREATE OR REPLACE FUNCTION pgshunt.upsert_clause() RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_hex text[];
+BEGIN
+    SELECT array_agg(m[1]) INTO v_hex
+      FROM regexp_matches(current_query(), '/\*pgshunt:upsert:([0-9a-f]*)\*/', 'g') AS m;
+    IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
+        RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent (% clauses found)',
+            coalesce(cardinality(v_hex), 0)
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN string_to_array(convert_from(decode(v_hex[1], 'hex'), pg_client_encoding()), chr(31));
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION pgshunt.prepare_claims(p_table regclass, p_next regclass,
                                                   p_buffer regclass, p_key_columns name[],
                                                   p_key_idx oid)
@@ -353,6 +376,10 @@ DECLARE
     v_ovr_old   text;
     v_ovr_next  text;
     v_raise     text;
+    v_key_dyn   text;   -- the key's equality for the upsert's UPDATE, %1$s = the alias
+    v_set_new   text;   -- SELECT v_row.<col>, ... INTO NEW
+    v_upsert_c  text;
+    v_upsert_f  text;
     v_body_cut  text;
     v_body_fin  text;
     v_src       text;
@@ -414,42 +441,78 @@ BEGIN
       JOIN pg_namespace AS opn ON opn.oid = op.oprnamespace
      WHERE i.indexrelid = p_key_idx AND s.s < i.indnkeyatts;
 
+    SELECT string_agg('%1$s.' || replace(quote_ident(a.attname), '%', '%%') || ' OPERATOR('
+                      || replace(quote_ident(opn.nspname), '%', '%%') || '.' || op.oprname || ') ($1).'
+                      || replace(quote_ident(a.attname), '%', '%%'), ' AND ')
+      INTO v_key_dyn
+      FROM pg_index AS i
+      JOIN LATERAL generate_subscripts(i.indkey::int2[], 1) AS s(s) ON true
+      JOIN pg_attribute AS a ON a.attrelid = p_table AND a.attnum = (i.indkey::int2[])[s.s]
+      JOIN pg_opclass AS opc ON opc.oid = (i.indclass::oid[])[s.s]
+      JOIN pg_amop AS amop ON amop.amopfamily = opc.opcfamily AND amop.amopstrategy = 3
+                          AND amop.amoplefttype = opc.opcintype AND amop.amoprighttype = opc.opcintype
+      JOIN pg_operator AS op ON op.oid = amop.amopopr
+      JOIN pg_namespace AS opn ON opn.oid = op.oprnamespace
+     WHERE i.indexrelid = p_key_idx AND s.s < i.indnkeyatts;
+    SELECT 'SELECT ' || string_agg(format('v_row.%I', a.attname), ', ' ORDER BY a.attnum) || ' INTO NEW;'
+      INTO v_set_new
+      FROM pg_attribute AS a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    -- ON CONFLICT DO UPDATE: the application's SET list and WHERE, with its alias for the
+    -- table, come in the statement's text (pgshunt.upsert_clause()); the existing row is
+    -- updated with them, EXCLUDED being the proposed row ($1).  Updated: the row is the
+    -- answer (RETURNING sees it, the tag counts it); WHERE false: skipped.
+    v_upsert_c := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '            EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
+                         '                INTO v_row USING NEW;\n'
+                         '            GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+                         '            IF v_n = 0 THEN\n                RETURN NULL;\n            END IF;\n'
+                         '            %s\n            RETURN NEW;',
+                         'UPDATE ' || replace(v_next_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
+                         || ' AND (%3$s) RETURNING %1$s.*, pgshunt.put_old(%1$s)', v_set_new);
+    v_upsert_f := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '        EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
+                         '            INTO v_row USING NEW;\n'
+                         '        GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+                         '        IF v_n > 0 THEN\n            %s\n            RETURN NEW;\n        END IF;',
+                         'UPDATE ' || replace(v_final_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
+                         || ' AND (%3$s) RETURNING %1$s.*', v_set_new);
     -- What PostgreSQL says for a duplicate in old's key index (I3).
-    v_raise := format(E'IF TG_ARGV[0] = %L THEN\n        RETURN NULL;\n    END IF;\n'
+    v_raise := format(E'IF TG_ARGV[0] <> %L THEN\n        RETURN NULL;\n    END IF;\n'
                       '    RAISE EXCEPTION USING ERRCODE = %L, MESSAGE = %L,\n'
                       '        DETAIL = pg_catalog.format(%L, pg_catalog.concat_ws(%L, %s)),\n'
                       '        CONSTRAINT = %L, TABLE = %L, SCHEMA = %L;',
-                      'nothing', 'unique_violation',
+                      'error', 'unique_violation',
                       format('duplicate key value violates unique constraint "%s"', v_pk),
                       format('Key (%s)=(%%s) already exists.', v_key_q), ', ', v_key_vals,
                       v_pk, v_rel, v_old_nsp);
     -- cutover: old still has its unique key and every writer of the fleet writes old, so
     -- old's index decides; ON CONFLICT waits for an uncommitted insert of the key and
     -- raises 40001 under REPEATABLE READ when the winner is invisible to the snapshot.
-    v_body_cut := format(E'\nBEGIN\n'
+    v_body_cut := format(E'\nDECLARE\n    v_clause text[];\n    v_row record;\n    v_n bigint;\nBEGIN\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) ON CONFLICT (%s) DO NOTHING;\n'
-                         '    IF NOT FOUND THEN\n        %s\n    END IF;\n'
+                         '    IF NOT FOUND THEN\n        IF TG_ARGV[0] = %L THEN\n            %s\n        END IF;\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
                          '    RETURN NEW;\nEND\n',
-                         v_old_q, v_cols, v_ovr_old, v_newvals, v_key_q, v_raise,
+                         v_old_q, v_cols, v_ovr_old, v_newvals, v_key_q, 'upsert', v_upsert_c, v_raise,
                          v_next_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
     -- finalized: next alone.  The key lock orders claims (and the jobs) of one key; the
     -- bucket upsert leaves a trace a REPEATABLE READ claim trips on (40001); FOR KEY
     -- SHARE, with this query's own snapshot, waits for an uncommitted delete of the key.
-    v_body_fin := format(E'\nBEGIN\n'
+    v_body_fin := format(E'\nDECLARE\n    v_clause text[];\n    v_row record;\n    v_n bigint;\nBEGIN\n'
                          '    IF pg_catalog.to_regclass(%L) IS DISTINCT FROM %s::pg_catalog.oid THEN\n'
                          '        RAISE EXCEPTION USING ERRCODE = %L,\n'
                          '            MESSAGE = %L;\n    END IF;\n'
                          '    PERFORM pgshunt.key_lock(%s::pg_catalog.oid, %s);\n'
                          '    INSERT INTO pgshunt.%I AS c (bucket) VALUES (pg_catalog.hashtext(%s) & 1048575)\n'
                          '        ON CONFLICT (bucket) DO UPDATE SET bucket = excluded.bucket;\n'
+                         '    IF TG_ARGV[0] = %L THEN\n        %s\n    END IF;\n'
                          '    PERFORM FROM %s AS t WHERE %s FOR KEY SHARE;\n'
                          '    IF FOUND THEN\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
                          '    RETURN NEW;\nEND\n',
                          v_final_q, p_next::oid, 'object_not_in_prerequisite_state',
                          format('pgshunt: %s is not renamed to %s yet (phase finalized needs the rename)', v_next_q, v_final_q),
-                         p_table::oid, v_key_args, v_rel || '_claims', v_key_txt,
+                         p_table::oid, v_key_args, v_rel || '_claims', v_key_txt, 'upsert', v_upsert_f,
                          v_final_q, v_key_where, v_raise,
                          v_final_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
 
@@ -458,6 +521,7 @@ BEGIN
      WHERE p.oid = to_regprocedure(format('pgshunt.%I()', v_rel || '_claim_final'));
     v_done := v_src IS NOT DISTINCT FROM v_body_fin
               AND to_regclass(format('pgshunt.%I', v_rel || '_buffer_nothing')) IS NOT NULL
+              AND to_regclass(format('pgshunt.%I', v_rel || '_claim_upsert_final')) IS NOT NULL
               AND EXISTS (SELECT 1 FROM pg_proc AS p
                            WHERE p.oid = to_regprocedure(format('pgshunt.%I()', v_rel || '_claim'))
                              AND p.prosrc = v_body_cut);
@@ -478,6 +542,8 @@ BEGIN
                  ('_claim_nothing', v_next_q, v_rel || '_claim', 'nothing'),
                  ('_claim_final', v_next_q, v_rel || '_claim_final', 'error'),
                  ('_claim_nothing_final', v_next_q, v_rel || '_claim_final', 'nothing'),
+                 ('_claim_upsert', v_next_q, v_rel || '_claim', 'upsert'),
+                 ('_claim_upsert_final', v_next_q, v_rel || '_claim_final', 'upsert'),
                  ('_buffer', v_buf_q, NULL, NULL),
                  ('_buffer_nothing', v_buf_q, NULL, 'nothing')) AS f(suffix, base, fn, arg) LOOP
         v_view := format('pgshunt.%I', v_rel || r.suffix);
@@ -573,6 +639,8 @@ DECLARE
     v_params   text;
     v_nkeys    integer;
     v_override text;
+    v_ucols    text;
+    v_uvals    text;
     v_sig      text;
     v_src      text;
     v_config   text;
@@ -1018,8 +1086,12 @@ BEGIN
     -- by name: the row types of old and next have the same column names, and old's
     -- dropped columns are absent from both the list and next.
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum)
-      INTO v_cols, v_vals
+           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum),
+           -- old's GENERATED ALWAYS identity columns can only be inserted (OVERRIDING):
+           -- an UPDATE leaves them as they are, the key's row keeps its id.
+           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attidentity <> 'a'),
+           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attidentity <> 'a')
+      INTO v_cols, v_vals, v_ucols, v_uvals
       FROM pg_attribute AS a
      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     v_override := CASE WHEN EXISTS (SELECT 1 FROM pg_attribute AS a
@@ -1057,18 +1129,21 @@ BEGIN
                        FROM generate_series(1, cardinality(p_key_columns)) AS o)),
              'p_table oid, ' || v_params,
              'void', 'the per-key transaction lock: pg_advisory_xact_lock(p_table::int4, hashtext(key values as text joined by chr(31)))'),
+            -- An UPDATE when the key is there (not DELETE + INSERT): a concurrent writer of
+            -- the row waiting on it follows the update instead of finding it gone (a
+            -- lost update while proxies in read_next and cutover write the same key).
             (2, 'put_next', v_old_q,
-             format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    INSERT INTO %s (%s) VALUES (%s);\n    RETURN true;\nEND\n',
-                    v_next_q, v_where, v_next_q, v_cols, v_vals),
-             'r ' || v_old_q, 'boolean', format('mirror a row of %s into %s (replaces the row with its key)', v_old_q, v_next_q)),
+             format(E'\nBEGIN\n    UPDATE %s AS t SET (%s) = ROW(%s) WHERE %s;\n    IF NOT FOUND THEN\n        INSERT INTO %s (%s) VALUES (%s);\n    END IF;\n    RETURN true;\nEND\n',
+                    v_next_q, v_cols, v_vals, v_where, v_next_q, v_cols, v_vals),
+             'r ' || v_old_q, 'boolean', format('mirror a row of %s into %s (updates the row with its key, or inserts it)', v_old_q, v_next_q)),
             (3, 'del_next', v_old_q,
              format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
                     v_next_q, v_where),
              'r ' || v_old_q, 'boolean', format('delete from %s the row with the key of a row of %s', v_next_q, v_old_q)),
             (4, 'put_old', v_next_q,
-             format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    INSERT INTO %s (%s)%s VALUES (%s);\n    RETURN true;\nEND\n',
-                    v_old_q, v_where, v_old_q, v_cols, v_override, v_vals),
-             'r ' || v_next_q, 'boolean', format('mirror a row of %s into %s (replaces the row with its key)', v_next_q, v_old_q)),
+             format(E'\nBEGIN\n    UPDATE %s AS t SET (%s) = ROW(%s) WHERE %s;\n    IF NOT FOUND THEN\n        INSERT INTO %s (%s)%s VALUES (%s);\n    END IF;\n    RETURN true;\nEND\n',
+                    v_old_q, v_ucols, v_uvals, v_where, v_old_q, v_cols, v_override, v_vals),
+             'r ' || v_next_q, 'boolean', format('mirror a row of %s into %s (updates the row with its key, or inserts it)', v_next_q, v_old_q)),
             (5, 'del_old', v_next_q,
              format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
                     v_old_q, v_where),

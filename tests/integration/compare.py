@@ -45,6 +45,16 @@ claim = [
     (f"SELECT i.idempotency_key, i.status FROM ingest_idempotency AS i WHERE i.site_id = '{S}' FOR UPDATE", None),
     ("SELECT count(*), count(DISTINCT site_id) FROM ingest_idempotency", None),
     ("SELECT status, response_code FROM ingest_idempotency WHERE site_id = $1 AND idempotency_key = $2", [S, "a"]),
+    # ON CONFLICT DO UPDATE: inserted, updated (EXCLUDED and the alias), skipped by WHERE.
+    (f"INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code) VALUES ('{S}', 'u1', '\\x01', 1) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = t.response_code + EXCLUDED.response_code, request_hash = excluded.request_hash WHERE t.status <> 'failed' RETURNING idempotency_key, response_code, request_hash", None),
+    (f"INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code) VALUES ('{S}', 'u1', '\\x02', 5) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = t.response_code + EXCLUDED.response_code, request_hash = excluded.request_hash WHERE t.status <> 'failed' RETURNING idempotency_key, response_code, request_hash", None),
+    (f"INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code) VALUES ('{S}', 'u1', '\\x03', 10), ('{S}', 'u2', '\\x03', 7) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = t.response_code + EXCLUDED.response_code WHERE t.status <> 'failed' RETURNING idempotency_key, response_code", None),
+    (f"UPDATE ingest_idempotency SET status = 'failed' WHERE site_id = '{S}' AND idempotency_key = 'u2'", None),
+    (f"INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code) VALUES ('{S}', 'u2', '', 1), ('{S}', 'u1', '', 1) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = t.response_code + EXCLUDED.response_code WHERE t.status <> 'failed' RETURNING idempotency_key, response_code", None),
+    (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('{S}', 'u1', '\\x09') ON CONFLICT ON CONSTRAINT ingest_idempotency_pkey DO UPDATE SET response_body = coalesce(ingest_idempotency.response_body, '{{}}') || jsonb_build_object('h', Excluded.request_hash), status = 'completed' RETURNING site_id, idempotency_key, request_hash, status, response_code, response_body", None),
+    (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('{S}', 'u1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = (SELECT count(*) FROM generate_series(1, length(excluded.site_id)))", None),
+    ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET request_hash = EXCLUDED.request_hash RETURNING idempotency_key, request_hash", [S, "u3", b"\x05"]),
+    (f"SELECT idempotency_key, status, response_code, request_hash, response_body FROM ingest_idempotency WHERE site_id = '{S}' AND idempotency_key LIKE 'u%'", None),
 ]
 # In cutover the claim writes old first: a failing row names old as the table would.
 # In finalized it names the partition, as PostgreSQL does for any partitioned table.

@@ -6,8 +6,8 @@ exactly one winner per key (one success for plain inserts, the others 23505; one
 RETURNING row for DO NOTHING), every DO UPDATE applied, one row per key in the table,
 and in the mirroring phases next_table holding the same rows, identical.
 
-cutover and finalized refuse DO UPDATE (0A000, nothing written) and add a storm of
-REPEATABLE READ transactions, whose snapshot is taken before the competitors commit:
+cutover and finalized serve DO UPDATE through the claim view (every one applied) and
+add a storm of REPEATABLE READ transactions, whose snapshot is taken before the competitors commit:
 each gets its row, INSERT 0 0, or 40001, and still one row per key.  In finalized the
 table's name is the partitioned table's.  PHASE "degraded" (DEGRADED on, any phase):
 every insert is acknowledged with its row, and the buffer holds each one with its
@@ -16,7 +16,8 @@ conflict mode; nothing reaches the table.
 PHASE "mixed" (the console in cutover): half the clients go through pgshunt, the
 other half straight to PostgreSQL with the SQL a proxy still in read_next sends (old
 first, mirrored with put_next), as during the switch from read_next to cutover: one
-winner per key across both, the two tables identical.
+winner per key across both, every DO UPDATE applied (a deadlock between the two lock
+orders is retried, as PostgreSQL reports it), the two tables identical.
 
 usage: storm.py APP_CONNINFO DIRECT_CONNINFO PHASE
 """
@@ -102,13 +103,21 @@ def storm_update(conn, i):
                 refused += 1
         assert refused == KEYS, f"DO UPDATE refused {refused} times of {KEYS}"
         return KEYS
+    tail = ", pgshunt.put_next(t)" if mixed and i % 2 else ""
     for k in range(KEYS):
-        cur = conn.execute(
-            "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code)"
-            " VALUES (%s, %s, %s, 1) ON CONFLICT (site_id, idempotency_key)"
-            " DO UPDATE SET response_code = t.response_code + 1 RETURNING response_code",
-            (site, f"update-{k}", bytes([i])))
-        assert cur.rowcount == 1
+        # Across the switch a key's row is locked old then next by one side, next then
+        # old by the other: PostgreSQL detects the deadlock, the application retries.
+        for attempt in range(50):
+            try:
+                cur = conn.execute(
+                    "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash, response_code)"
+                    " VALUES (%s, %s, %s, 1) ON CONFLICT (site_id, idempotency_key)"
+                    " DO UPDATE SET response_code = t.response_code + 1 RETURNING response_code" + tail,
+                    (site, f"update-{k}", bytes([i])))
+                break
+            except psycopg.errors.DeadlockDetected:
+                assert mixed, "deadlock outside the switch"
+        assert cur.rowcount == 1, (cur.rowcount, k)
     return KEYS
 
 
@@ -131,13 +140,12 @@ def storm_rr(conn, i):
     return got
 
 
-upsert_served = phase in ("passthrough", "dual_write", "read_next")
+upsert_served = phase in ("passthrough", "dual_write", "read_next", "cutover", "finalized", "mixed")
 degraded = phase == "degraded"
 mixed = phase == "mixed"
 plain = run_clients(storm_plain)
 nothing = run_clients(storm_nothing)
-if not mixed:
-    run_clients(storm_update)
+run_clients(storm_update)
 rr = run_clients(storm_rr) if phase in ("cutover", "finalized") else []
 
 if degraded:

@@ -127,7 +127,11 @@ refused() {
 	grep -q "public.ingest_idempotency in phase $2" <<<"$out" || fail "refusal names no table/phase: $out"
 }
 for ph in cutover; do
-	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
+	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET idempotency_key = 'x'" $ph
+	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = (SELECT count(*) FROM ingest_idempotency)" $ph
+	refused "PREPARE up AS INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
+	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed';
+	         INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '2', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
 	refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'def'" $ph
 	refused "UPDATE ingest_idempotency SET created_at = now() WHERE site_id = 'def'" $ph
 	refused "MERGE INTO ingest_idempotency t USING (SELECT 1) s ON false WHEN NOT MATCHED THEN DO NOTHING" $ph
@@ -135,8 +139,25 @@ for ph in cutover; do
 	refused "TRUNCATE ingest_idempotency" $ph
 	refused "COPY ingest_idempotency FROM STDIN" $ph
 done
+/usr/bin/python3 - "$app" <<'PY' || fail "DO UPDATE with a parameter in its SET list"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    try:
+        c.execute("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '3', '')"
+                  " ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = %s", (7,))
+        raise SystemExit("not refused")
+    except psycopg.errors.FeatureNotSupported as e:
+        assert "parameters" in str(e), str(e)
+PY
+# The trigger reads DO UPDATE's clause from the statement pgshunt sends, and nowhere else.
+for bad in "" "/*pgshunt:upsert:74*/ /*pgshunt:upsert:74*/"; do
+	out=$(psql -X -qtA "$direct" -c "INSERT INTO pgshunt.ingest_idempotency_claim_upsert (site_id, idempotency_key, request_hash) VALUES ('def', 'k1', '') $bad" 2>&1) &&
+		fail "an upsert through the view without its one clause went through"
+	grep -q "pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent" <<<"$out" ||
+		fail "upsert without its clause: $out"
+done
 [ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'r'")" = 0 ] || fail "a refused statement wrote"
-ok "cutover: DO UPDATE, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
+ok "cutover: DO UPDATE changing the key, SQL-level PREPARE of DO UPDATE, two in one query, parameters in its SET list, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
 
 # A transaction: a duplicate fails it, ROLLBACK leaves neither table written.
 out=$(psql -X -qtA "$app" -c "BEGIN" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('tx', '1', '')" \
@@ -175,7 +196,7 @@ psql -X -qtA "$ref" -c "DELETE FROM ingest_idempotency WHERE site_id LIKE 'cmp-%
 q "DELETE FROM ingest_idempotency WHERE site_id IN ('def', 'tx')" >/dev/null
 compare claim finalized
 [ "$(q "SELECT count(*) FROM ingest_idempotency_old WHERE site_id = 'cmp-claim'")" = 0 ] || fail "finalized wrote the old table"
-refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" finalized
+refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET created_at = now()" finalized
 refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'seed-1'" finalized
 ok "finalized: the claim views survive the rename, answers identical to the original table's"
 

@@ -424,8 +424,13 @@ static const char *invariant_broken(enum phase phase, bool degraded, const struc
 	if (d.action == RULE_MIRROR && d.to_next != (phase == PHASE_CUTOVER))
 		return "cutover's writes (and only they) are pointed at next";
 	if ((d.action == RULE_CLAIM || d.action == RULE_BUFFER) &&
-	    (!insert || !target || target->role != REL_OLD || st->conflict == CONFLICT_UPDATE))
-		return "a claim or buffer view takes an INSERT into the table (not DO UPDATE)";
+	    (!insert || !target || target->role != REL_OLD))
+		return "a claim or buffer view takes an INSERT into the table";
+	if (d.action == RULE_BUFFER && st->conflict == CONFLICT_UPDATE)
+		return "the buffer does not carry DO UPDATE";
+	if (d.action == RULE_CLAIM && (st->conflict == CONFLICT_UPDATE) !=
+	                                  (strstr(d.view, "upsert") != NULL))
+		return "DO UPDATE, and only it, goes to a claim_upsert view";
 	if (d.action == RULE_CLAIM && (degraded || phase < PHASE_CUTOVER))
 		return "claims are for cutover and finalized, out of DEGRADED";
 	if (d.action == RULE_BUFFER && !degraded)
