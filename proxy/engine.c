@@ -504,7 +504,8 @@ static char *upsert_marker(const char *text, const struct stmt_info *st, const c
  * An INSERT into the table goes into a view instead (the claim's or the buffer's),
  * aliased with the name the client wrote so RETURNING's references still resolve;
  * its ON CONFLICT clause is cut (the view's trigger or rule does what it asked for; DO
- * UPDATE's SET list travels in a comment, upsert_marker()).  Other mentions of the table read next when the phase does.
+ * UPDATE's SET list travels in a comment, upsert_marker()).  Other mentions of the
+ * table read next when the phase does.
  */
 static bool view_edits(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
 		       const struct rule_decision *d)
