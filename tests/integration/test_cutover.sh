@@ -156,6 +156,12 @@ for bad in "" "/*pgshunt:upsert:74*/ /*pgshunt:upsert:74*/"; do
 	grep -q "pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent" <<<"$out" ||
 		fail "upsert without its clause: $out"
 done
+# A clause that is not one (odd hex, one part only) fails the statement, writes nothing.
+for bad in "/*pgshunt:upsert:7*/" "/*pgshunt:upsert:74*/"; do
+	psql -X -qtA "$direct" -c "INSERT INTO pgshunt.ingest_idempotency_claim_upsert (site_id, idempotency_key, request_hash, response_code) VALUES ('def', 'k1', '', 99) $bad" >/dev/null 2>&1 &&
+		fail "an upsert with the clause $bad went through"
+done
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE response_code = 99")" = 0 ] || fail "a malformed upsert clause wrote"
 [ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'r'")" = 0 ] || fail "a refused statement wrote"
 ok "cutover: DO UPDATE changing the key, SQL-level PREPARE of DO UPDATE, two in one query, parameters in its SET list, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
 
