@@ -439,6 +439,28 @@ static const char *upsert_refusal(const char *text, const struct stmt_info *st, 
 	return NULL;
 }
 
+/*
+ * DEGRADED: the drain replays the clause as written after its own INSERT into the
+ * table, so it must not name an alias or a parameter the drain does not have.
+ */
+static const char *buffer_upsert_refusal(const char *text, const struct stmt_info *st)
+{
+	struct scan_tok tok;
+	const struct rel_ref *target = rules_write_target(st);
+	if (target && target->has_alias)
+		return "INSERT ... AS alias ... ON CONFLICT DO UPDATE cannot be buffered (the "
+		       "drain replays the clause on the table's own name)";
+	for (size_t pos = st->conflict_start; pos < st->conflict_start + st->conflict_len;) {
+		scan_next(text, st->conflict_start + st->conflict_len, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		if (tok.kind == TOK_PARAM)
+			return "ON CONFLICT DO UPDATE with parameters in its clause cannot be "
+			       "buffered (use EXCLUDED.column)";
+	}
+	return NULL;
+}
+
 /* The text of [start, end) with every EXCLUDED.col as ($1).col, the trigger's NEW. */
 static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, size_t end)
 {
@@ -469,12 +491,40 @@ static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, 
  * carrying the alias, the SET list and the WHERE (joined by chr(31), hex), which the
  * claim's trigger reads back with pgshunt.upsert_clause().
  */
-static char *upsert_marker(const char *text, const struct stmt_info *st, const char *row)
+static char *marker_of(const char *kind, struct pktbuf *b)
 {
 	static const char hex[] = "0123456789abcdef";
-	struct upsert_parts u;
-	struct pktbuf b, out;
+	struct pktbuf out;
 	char *marker = NULL;
+	pktbuf_init(&out);
+	pktbuf_put_bytes(&out, " /*pgshunt:", 11);
+	pktbuf_put_bytes(&out, kind, strlen(kind));
+	pktbuf_put_byte(&out, ':');
+	for (size_t i = 0; pktbuf_ok(b) && i < b->len; i++) {
+		pktbuf_put_byte(&out, (uint8_t)hex[b->data[i] >> 4]);
+		pktbuf_put_byte(&out, (uint8_t)hex[b->data[i] & 15]);
+	}
+	pktbuf_put_bytes(&out, "*/ ", 4); /* with the NUL */
+	if (pktbuf_ok(b) && pktbuf_ok(&out))
+		marker = strdup((char *)out.data);
+	pktbuf_free(b);
+	pktbuf_free(&out);
+	return marker;
+}
+
+/* DEGRADED: the clause as written, for the buffer's pgshunt_conflict_clause. */
+static char *conflict_marker(const char *text, const struct stmt_info *st)
+{
+	struct pktbuf b;
+	pktbuf_init(&b);
+	pktbuf_put_bytes(&b, text + st->conflict_start, st->conflict_len);
+	return marker_of("conflict", &b);
+}
+
+static char *upsert_marker(const char *text, const struct stmt_info *st, const char *row)
+{
+	struct upsert_parts u;
+	struct pktbuf b;
 	if (!upsert_parts(text, st, &u))
 		return NULL;
 	pktbuf_init(&b);
@@ -486,18 +536,7 @@ static char *upsert_marker(const char *text, const struct stmt_info *st, const c
 		put_with_excluded(&b, text, u.where_start, u.where_end);
 	else
 		pktbuf_put_bytes(&b, "true", 4);
-	pktbuf_init(&out);
-	pktbuf_put_bytes(&out, " /*pgshunt:upsert:", 18);
-	for (size_t i = 0; pktbuf_ok(&b) && i < b.len; i++) {
-		pktbuf_put_byte(&out, (uint8_t)hex[b.data[i] >> 4]);
-		pktbuf_put_byte(&out, (uint8_t)hex[b.data[i] & 15]);
-	}
-	pktbuf_put_bytes(&out, "*/ ", 4); /* with the NUL */
-	if (pktbuf_ok(&b) && pktbuf_ok(&out))
-		marker = strdup((char *)out.data);
-	pktbuf_free(&b);
-	pktbuf_free(&out);
-	return marker;
+	return marker_of("upsert", &b);
 }
 
 /*
@@ -522,7 +561,9 @@ static bool view_edits(struct edits *ed, const char *text, size_t len, const str
 	if (!edit_add(ed, target->start, target->len, strdup(buf)))
 		return false;
 	if (st->conflict == CONFLICT_UPDATE &&
-	    !edit_add(ed, st->conflict_start, st->conflict_len, upsert_marker(text, st, row)))
+	    !edit_add(ed, st->conflict_start, st->conflict_len,
+		      d->action == RULE_BUFFER ? conflict_marker(text, st)
+					       : upsert_marker(text, st, row)))
 		return false;
 	if (st->conflict == CONFLICT_NOTHING &&
 	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
@@ -670,11 +711,16 @@ static void upsert_check(const char *text, const struct stmt_info *st, struct ru
 			 unsigned *nupserts)
 {
 	const char *why;
-	if (d->action != RULE_CLAIM || st->conflict != CONFLICT_UPDATE)
+	if ((d->action != RULE_CLAIM && d->action != RULE_BUFFER) ||
+	    st->conflict != CONFLICT_UPDATE)
 		return;
-	why = upsert_refusal(text, st, d->to_next);
+	if (d->action == RULE_BUFFER)
+		why = buffer_upsert_refusal(text, st);
+	else
+		why = upsert_refusal(text, st, d->to_next);
 	if (!why && ++*nupserts > 1)
-		why = "one INSERT ... ON CONFLICT DO UPDATE per query string in this phase";
+		why = "one INSERT ... ON CONFLICT DO UPDATE per query string in this phase (the "
+		      "view reads its clause from the query)";
 	if (why)
 		*d = (struct rule_decision){.action = RULE_REFUSE, .reason = why};
 }
@@ -1392,7 +1438,7 @@ void engine_views_load(void)
 		"va.attname AND NOT n.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || "
 		"'_claim', $2 || '_claim_nothing', $2 || '_claim_upsert', $2 || '_claim_final', "
 		"$2 || '_claim_nothing_final', $2 || '_claim_upsert_final', $2 || '_buffer', "
-		"$2 || '_buffer_nothing') "
+		"$2 || '_buffer_nothing', $2 || '_buffer_upsert') "
 		"ORDER BY v.oid, va.attnum",
 		2, params, on_views, NULL);
 }

@@ -252,12 +252,18 @@ static struct rule_decision decide_degraded(enum phase phase, const struct stmt_
 		return decide_phase(phase, st);
 	if (st->writable_cte)
 		return refuse("a data-modifying WITH clause cannot be buffered");
-	if (st->conflict == CONFLICT_UPDATE)
-		return refuse("INSERT ... ON CONFLICT DO UPDATE cannot be buffered (the buffer "
-			      "does not carry the SET list)");
+	if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
+		return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
+			      "cannot be buffered");
+	/* The buffer view's rule reads the clause from the statement being run. */
+	if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
+		return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot be "
+			      "buffered (prepare it with the protocol)");
 	return (struct rule_decision){
 		.action = RULE_BUFFER,
-		.view = st->conflict == CONFLICT_NOTHING ? "buffer_nothing" : "buffer",
+		.view = st->conflict == CONFLICT_NOTHING  ? "buffer_nothing"
+			: st->conflict == CONFLICT_UPDATE ? "buffer_upsert"
+							  : "buffer",
 		.to_next = phase == PHASE_READ_NEXT || phase == PHASE_CUTOVER};
 }
 

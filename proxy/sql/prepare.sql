@@ -318,10 +318,11 @@ $fn$;
 --       the key (2^20 of them), upserted by every finalized claim: under REPEATABLE READ
 --       the upsert fails with 40001 when a competitor claimed a key of the bucket after
 --       the transaction's snapshot, which no query of next could see.
---   pgshunt.<rel>_buffer, <rel>_buffer_nothing             DEGRADED: views over the buffer
---       with the same columns; the first is auto-updatable (pgshunt_conflict takes its
---       default, 'none'), the second writes 'nothing' through an INSTEAD rule (an
---       auto-updatable view cannot set a column it does not show).
+--   pgshunt.<rel>_buffer, <rel>_buffer_nothing, <rel>_buffer_upsert   DEGRADED: views
+--       over the buffer with the same columns; the first is auto-updatable
+--       (pgshunt_conflict takes its default, 'none'), the others write 'nothing' or
+--       'update' (with the clause, pgshunt.conflict_clause()) through an INSTEAD rule
+--       (an auto-updatable view cannot set a column it does not show).
 -- The views name their relations by OID (a view's query is stored parsed), so they
 -- survive the rename at finalized; the finalized trigger function names next by the
 -- name it has after the rename and refuses to run before it.
@@ -345,6 +346,27 @@ BEGIN
             USING ERRCODE = 'feature_not_supported';
     END IF;
     RETURN string_to_array(convert_from(decode(v_hex[1], 'hex'), pg_client_encoding()), chr(31));
+END
+$fn$;
+
+-- DEGRADED: the ON CONFLICT ... DO UPDATE clause of the client's INSERT, as written,
+-- for the buffer's pgshunt_conflict_clause (the drain replays it).  pgshunt sends it as
+-- /*pgshunt:conflict:HEX*/ in place of the clause, for the same reason as above.
+CREATE OR REPLACE FUNCTION pgshunt.conflict_clause() RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_hex text[];
+BEGIN
+    SELECT array_agg(m[1]) INTO v_hex
+      FROM regexp_matches(current_query(), '/\*pgshunt:conflict:([0-9a-f]*)\*/', 'g') AS m;
+    IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
+        RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE into the buffer needs the statement pgshunt sent (% clauses found)',
+            coalesce(cardinality(v_hex), 0)
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN convert_from(decode(v_hex[1], 'hex'), pg_client_encoding());
 END
 $fn$;
 
@@ -522,6 +544,7 @@ BEGIN
     v_done := v_src IS NOT DISTINCT FROM v_body_fin
               AND to_regclass(format('pgshunt.%I', v_rel || '_buffer_nothing')) IS NOT NULL
               AND to_regclass(format('pgshunt.%I', v_rel || '_claim_upsert_final')) IS NOT NULL
+              AND to_regclass(format('pgshunt.%I', v_rel || '_buffer_upsert')) IS NOT NULL
               AND EXISTS (SELECT 1 FROM pg_proc AS p
                            WHERE p.oid = to_regprocedure(format('pgshunt.%I()', v_rel || '_claim'))
                              AND p.prosrc = v_body_cut);
@@ -545,7 +568,8 @@ BEGIN
                  ('_claim_upsert', v_next_q, v_rel || '_claim', 'upsert'),
                  ('_claim_upsert_final', v_next_q, v_rel || '_claim_final', 'upsert'),
                  ('_buffer', v_buf_q, NULL, NULL),
-                 ('_buffer_nothing', v_buf_q, NULL, 'nothing')) AS f(suffix, base, fn, arg) LOOP
+                 ('_buffer_nothing', v_buf_q, NULL, 'nothing'),
+                 ('_buffer_upsert', v_buf_q, NULL, 'update')) AS f(suffix, base, fn, arg) LOOP
         v_view := format('pgshunt.%I', v_rel || r.suffix);
         IF v_done THEN
             step := 'exists';
@@ -562,8 +586,11 @@ BEGIN
                            'EXECUTE FUNCTION pgshunt.%I(%L)', v_view, r.fn, r.arg);
         ELSIF r.arg IS NOT NULL THEN
             EXECUTE format('CREATE OR REPLACE RULE buffer AS ON INSERT TO %s DO INSTEAD '
-                           'INSERT INTO %s AS b (pgshunt_conflict, %s) VALUES (%L, %s) RETURNING %s',
-                           v_view, v_buf_q, v_cols, r.arg, v_newvals, v_retcols);
+                           'INSERT INTO %s AS b (pgshunt_conflict, pgshunt_conflict_clause, %s) '
+                           'VALUES (%L, %s, %s) RETURNING %s',
+                           v_view, v_buf_q, v_cols, r.arg,
+                           CASE WHEN r.arg = 'update' THEN 'pgshunt.conflict_clause()' ELSE 'NULL' END,
+                           v_newvals, v_retcols);
         END IF;
         PERFORM copy_owner_acl(p_table, v_view::regclass);
         EXECUTE format('COMMENT ON VIEW %s IS %L', v_view,

@@ -69,6 +69,8 @@ degraded = [
     (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) SELECT '{S}', 'g' || g, '\\x00' FROM generate_series(1, 5) AS g RETURNING idempotency_key, request_hash", None),
     ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING idempotency_key, status", [S, "p1", b"\x07"]),
     ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash, status) VALUES ($1, $2, $3, 'processing')", [S, "p2", b"\x08"]),
+    (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('{S}', 'u1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = EXCLUDED.status RETURNING idempotency_key, status", None),
+    ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET request_hash = EXCLUDED.request_hash RETURNING idempotency_key, request_hash", [S, "u2", b"\x05"]),
 ]
 stmts = {"claim": claim, "cutover": claim + cutover_only, "degraded": degraded}[which]
 

@@ -179,7 +179,7 @@ expire_30k cutover
 c 'DEGRADED ON' >/dev/null
 compare degraded "DEGRADED"
 modes=$(q "SELECT string_agg(pgshunt_conflict || ':' || idempotency_key, ',' ORDER BY pgshunt_seq) FROM ingest_fallback_buffer WHERE site_id = 'cmp-degraded'")
-want="nothing:a,none:b,nothing:c,nothing:d,none:g1,none:g2,none:g3,none:g4,none:g5,nothing:p1,none:p2"
+want="nothing:a,none:b,nothing:c,nothing:d,none:g1,none:g2,none:g3,none:g4,none:g5,nothing:p1,none:p2,update:u1,update:u2"
 [ "$modes" = "$want" ] || fail "buffer holds $modes, want $want"
 [ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'cmp-degraded'")" = 0 ] || fail "DEGRADED wrote the table"
 out=$(psql -X -A -t -q "$app" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('cmp-degraded', 'a', '\\x09') ON CONFLICT (site_id, idempotency_key) DO NOTHING RETURNING idempotency_key" -c "SELECT 1" 2>&1)
@@ -188,9 +188,15 @@ out=$(psql -X -A -t -q "$app" -c "INSERT INTO ingest_idempotency (site_id, idemp
 out=$(a "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash, status) VALUES ('cmp-degraded', 'e', '', 'bogus')") &&
 	fail "a CHECK violation was buffered"
 grep -q '23514' <<<"$out" && grep -q 'ingest_idempotency_status_check' <<<"$out" || fail "CHECK violation in DEGRADED: $out"
-refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" cutover
+clauses=$(q "SELECT string_agg(pgshunt_conflict_clause, ' | ' ORDER BY pgshunt_seq) FROM ingest_fallback_buffer WHERE site_id = 'cmp-degraded' AND pgshunt_conflict = 'update'")
+[ "$clauses" = "ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = EXCLUDED.status | ON CONFLICT (site_id, idempotency_key) DO UPDATE SET request_hash = EXCLUDED.request_hash" ] ||
+	fail "buffered DO UPDATE clauses: $clauses"
+[ "$(q "SELECT count(*) FROM ingest_fallback_buffer WHERE pgshunt_conflict <> 'update' AND pgshunt_conflict_clause IS NOT NULL")" = 0 ] ||
+	fail "a clause recorded for an insert that had no DO UPDATE"
+refused "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" cutover
+refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET site_id = 'x'" cutover
 c 'DEGRADED OFF' >/dev/null
-ok "DEGRADED: tags and RETURNING as the table's, every insert in the buffer with its conflict mode, DO UPDATE refused"
+ok "DEGRADED: tags and RETURNING as the table's, every insert in the buffer with its conflict mode and DO UPDATE's clause; aliased or key-changing DO UPDATE refused"
 
 # --- finalized: the rename (the fleet's hold is not under test here), then the claim alone ---
 q "BEGIN; ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old; ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency; COMMIT" >/dev/null

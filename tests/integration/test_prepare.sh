@@ -120,7 +120,7 @@ steps() {
 	grep -v '|function pgshunt.key_lock(' "$1" | cut -d'|' -f1 | sort | uniq -c | awk '{print $2 "=" $1}' | paste -sd' '
 }
 expect_eq "first prepare: steps" "$(steps "$tmp/prepare1")" \
-	"create_constraint=1 create_function=4 create_index=1 create_partitions=1 create_table=2 create_view=8"
+	"create_constraint=1 create_function=4 create_index=1 create_partitions=1 create_table=2 create_view=9"
 grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, text\)$' "$tmp/prepare1" ||
 	fail "no key_lock(oid, text, text) step"
 ok "migrate_prepare on the production shape"
@@ -389,7 +389,7 @@ sed 's/^/    /' "$tmp/prepare3"
 grep -q 'WARNING:  partition column "inserted_at" of table '"$s"'.payments allows NULL' "$tmp/prepare3.err" ||
 	fail "no warning about the nullable inserted_at: $(cat "$tmp/prepare3.err")"
 expect_eq "second shape: steps" "$(steps "$tmp/prepare3")" \
-	"create_constraint=1 create_function=4 create_index=2 create_partitions=1 create_table=2 create_view=8"
+	"create_constraint=1 create_function=4 create_index=2 create_partitions=1 create_table=2 create_view=9"
 grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, uuid\)$' "$tmp/prepare3" ||
 	fail "no key_lock(oid, text, uuid) step"
 ok "migrate_prepare on the second shape (key tenant, request_id; daily partitions)"

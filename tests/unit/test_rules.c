@@ -426,11 +426,9 @@ static const char *invariant_broken(enum phase phase, bool degraded, const struc
 	if ((d.action == RULE_CLAIM || d.action == RULE_BUFFER) &&
 	    (!insert || !target || target->role != REL_OLD))
 		return "a claim or buffer view takes an INSERT into the table";
-	if (d.action == RULE_BUFFER && st->conflict == CONFLICT_UPDATE)
-		return "the buffer does not carry DO UPDATE";
-	if (d.action == RULE_CLAIM && (st->conflict == CONFLICT_UPDATE) !=
-	                                  (strstr(d.view, "upsert") != NULL))
-		return "DO UPDATE, and only it, goes to a claim_upsert view";
+	if ((d.action == RULE_CLAIM || d.action == RULE_BUFFER) &&
+	    (st->conflict == CONFLICT_UPDATE) != (strstr(d.view, "upsert") != NULL))
+		return "DO UPDATE, and only it, goes to an _upsert view";
 	if (d.action == RULE_CLAIM && (degraded || phase < PHASE_CUTOVER))
 		return "claims are for cutover and finalized, out of DEGRADED";
 	if (d.action == RULE_BUFFER && !degraded)
