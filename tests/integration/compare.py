@@ -9,7 +9,7 @@ table and column each field says it comes from, by name, types, modifiers), the 
 field but the source location (SQLSTATE, message, detail, hint, context, schema,
 table, constraint).  Any difference fails.
 
-usage: compare.py PROXY_CONNINFO PROXY_DIRECT_CONNINFO REFERENCE_CONNINFO SET
+usage: compare.py PROXY_CONNINFO PROXY_DIRECT_CONNINFO REFERENCE_CONNINFO SET [SITE]
   SET: "claim" (cutover and finalized), "cutover" (claim + what only cutover keeps
        as on the table) or "degraded" (new keys only: the buffer checks nothing; and
        no constraint failures: they name the buffer, docs/ENGINE.md)
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import pq
 
 proxy_dsn, proxy_direct_dsn, ref_dsn, which = sys.argv[1:5]
-S = "cmp-" + which
+S = "cmp-" + (sys.argv[5] if len(sys.argv) > 5 else which)  # the rows' site_id
 DAY = "date_trunc('day', now())"
 
 claim = [
@@ -133,4 +133,4 @@ for sql, params in stmts:
             print(f"DIFFERS ({how}): {sql}\n  pgshunt:  {x}\n  original: {y}", file=sys.stderr)
 if bad:
     sys.exit(f"{bad} answers differ from the original table's")
-print(f"compare {which}: {len(stmts)} statements, answers identical to the original table's")
+print(f"compare {which} ({S}): {len(stmts)} statements, answers identical to the original table's")

@@ -26,8 +26,8 @@ psql -X -qtA -v ON_ERROR_STOP=1 "$ref" -c "$seed" >/dev/null
 start_pgshunt "control_dsn = $direct"
 c() { psql -X -qtA "$console" -c "$1" 2>&1 || fail "$1: $(psql -X -qtA "$console" -c "$1" 2>&1)"; }
 a() { psql -X -qtA -v VERBOSITY=verbose "$app" -c "$1" 2>&1; }
-compare() {
-	/usr/bin/python3 tests/integration/compare.py "$app" "$direct" "$ref" "$1" || fail "compare $1 in $2"
+compare() { # SET PHASE [SITE]
+	/usr/bin/python3 tests/integration/compare.py "$app" "$direct" "$ref" "$1" ${3:-} || fail "compare $1 in $2"
 }
 # The table and next_table: the same keys, every column equal (I5).
 same_tables() {
@@ -58,7 +58,13 @@ expire_30k() {
 	ok "$1: a 30k-row DELETE goes through (no lock per row)"
 }
 expire_30k dual_write
+# The same statements in the phases before: the mirror's answers are the table's too.
+compare claim dual_write dual_write
+same_tables "after the statements of compare.py in dual_write"
 c 'SET PHASE read_next FORCE' >/dev/null
+compare claim read_next read_next
+same_tables "after the statements of compare.py in read_next"
+ok "dual_write, read_next: answers identical to the original table's, the two tables identical"
 
 # Statements prepared in read_next (SQL-level and protocol-level), executed in cutover:
 # made again behind the client's back, as claims.
