@@ -54,6 +54,8 @@ claim = [
     (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('{S}', 'u1', '\\x09') ON CONFLICT ON CONSTRAINT ingest_idempotency_pkey DO UPDATE SET response_body = coalesce(ingest_idempotency.response_body, '{{}}') || jsonb_build_object('h', Excluded.request_hash), status = 'completed' RETURNING site_id, idempotency_key, request_hash, status, response_code, response_body", None),
     (f"INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('{S}', 'u1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = (SELECT count(*) FROM generate_series(1, length(excluded.site_id)))", None),
     ("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET request_hash = EXCLUDED.request_hash RETURNING idempotency_key, request_hash", [S, "u3", b"\x05"]),
+    # EXCLUDED in a string, a comment, quoted, spaced, as a JSON key: only the real ones are the proposed row.
+    (f"INSERT INTO ingest_idempotency AS excluded_t (site_id, idempotency_key, request_hash, status) VALUES ('{S}', 'u3', '\\x06', 'failed') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_body = jsonb_build_object('excluded.status', \"excluded\" . status, 'old', excluded_t.status) /* excluded.status */, status = EXCLUDED.status WHERE excluded_t.status <> excluded.status RETURNING idempotency_key, status, response_body", None),
     (f"SELECT idempotency_key, status, response_code, request_hash, response_body FROM ingest_idempotency WHERE site_id = '{S}' AND idempotency_key LIKE 'u%'", None),
 ]
 # In cutover the claim writes old first: a failing row names old as the table would.
