@@ -226,6 +226,11 @@ static void edits_apply(struct edits *ed, const char *text, size_t len, struct p
 	uint32_t at = 0;
 	qsort(ed->e, ed->n, sizeof(ed->e[0]), edit_cmp);
 	for (uint32_t i = 0; i < ed->n; i++) {
+		/* Edits never overlap by construction; if two ever did, fail the text. */
+		if (ed->e[i].pos < at || ed->e[i].pos + ed->e[i].del > len) {
+			b->failed = true;
+			return;
+		}
 		pktbuf_put_bytes(b, text + at, ed->e[i].pos - at);
 		pktbuf_put_bytes(b, ed->e[i].ins, strlen(ed->e[i].ins));
 		at = ed->e[i].pos + ed->e[i].del;
@@ -328,12 +333,12 @@ static bool alias_not_allowed(const char *text, const struct stmt_info *st,
  * the name it was written with as the alias, so qualified column references resolve.
  */
 static bool rename_edits(struct edits *ed, const char *text, size_t len,
-			 const struct stmt_info *st)
+			 const struct stmt_info *st, const struct rel_ref *skip)
 {
 	char row[160], buf[400];
 	for (uint32_t i = 0; i < st->nrefs; i++) {
 		const struct rel_ref *ref = &st->refs[i];
-		if (ref->role != REL_OLD || in_lock_clause(text, st, ref))
+		if (ref->role != REL_OLD || ref == skip || in_lock_clause(text, st, ref))
 			continue;
 		if (ref->has_alias || st->kind == STMT_COPY_TO || alias_not_allowed(text, st, ref))
 			snprintf(buf, sizeof(buf), "%s", shunt.cfg.next_table);
@@ -345,6 +350,252 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 			return false;
 	}
 	return true;
+}
+
+/* pgshunt."<table>_<view>", the view a claim or buffered INSERT is pointed at. */
+static bool view_name(char *out, size_t n, const char *view)
+{
+	char rel[160];
+	size_t o = 0;
+	snprintf(rel, sizeof(rel), "%s_%s", shunt.tables.rel[REL_OLD].name, view);
+	o = (size_t)snprintf(out, n, "pgshunt.\"");
+	for (const char *c = rel; *c && o + 3 < n; c++) {
+		if (*c == '"')
+			out[o++] = '"';
+		out[o++] = *c;
+	}
+	if (o + 2 > n)
+		return false;
+	out[o++] = '"';
+	out[o] = '\0';
+	return true;
+}
+
+/* The span of ON CONFLICT ... DO UPDATE's SET list and of its WHERE (0/0: none). */
+struct upsert_parts {
+	size_t set_start, set_end;
+	size_t where_start, where_end;
+};
+
+static bool upsert_parts(const char *text, const struct stmt_info *st, struct upsert_parts *u)
+{
+	size_t pos = st->conflict_start, end = (size_t)st->conflict_start + st->conflict_len;
+	struct scan_tok tok, prev = {0}, prev2 = {0};
+	int depth = 0;
+	bool in_set = false;
+	memset(u, 0, sizeof(*u));
+	while (pos < end) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		if (!in_set) {
+			if (scan_tok_is(text, &tok, "set") && scan_tok_is(text, &prev, "update") &&
+			    scan_tok_is(text, &prev2, "do")) {
+				in_set = true;
+				u->set_start = tok.end;
+			}
+			prev2 = prev;
+			prev = tok;
+			continue;
+		}
+		if (tok.kind == TOK_CHAR && (text[tok.start] == '(' || text[tok.start] == '['))
+			depth++;
+		else if (tok.kind == TOK_CHAR && (text[tok.start] == ')' || text[tok.start] == ']'))
+			depth--;
+		else if (depth == 0 && scan_tok_is(text, &tok, "where")) {
+			u->set_end = tok.start;
+			u->where_start = tok.end;
+			u->where_end = end;
+			return true;
+		}
+	}
+	u->set_end = end;
+	return in_set;
+}
+
+/* Why an ON CONFLICT DO UPDATE cannot go through the claim view; NULL when it can. */
+static const char *upsert_refusal(const char *text, const struct stmt_info *st, bool to_next)
+{
+	struct upsert_parts u;
+	struct scan_tok tok;
+	if (!upsert_parts(text, st, &u))
+		return "pgshunt could not find the SET list of ON CONFLICT DO UPDATE";
+	/* The clause travels as it is written: a read of the table in it would not be
+	 * pointed at next. */
+	for (uint32_t i = 0; to_next && i < st->nrefs; i++)
+		if (st->refs[i].role == REL_OLD && st->refs[i].start >= st->conflict_start &&
+		    st->refs[i].start < st->conflict_start + st->conflict_len)
+			return "ON CONFLICT DO UPDATE that reads the table in its SET list or WHERE "
+			       "cannot go through the claim view in cutover";
+	for (size_t pos = u.set_start; pos < st->conflict_start + st->conflict_len;) {
+		scan_next(text, st->conflict_start + st->conflict_len, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		/* The claim's trigger runs the SET list without the statement's parameters. */
+		if (tok.kind == TOK_PARAM)
+			return "ON CONFLICT DO UPDATE with parameters in its SET list or WHERE cannot "
+			       "go through the claim view (use EXCLUDED.column)";
+	}
+	return NULL;
+}
+
+/*
+ * DEGRADED: the drain replays the clause as written after its own INSERT into the
+ * table, so it must not name an alias or a parameter the drain does not have.
+ */
+static const char *buffer_upsert_refusal(const char *text, const struct stmt_info *st)
+{
+	struct scan_tok tok;
+	const struct rel_ref *target = rules_write_target(st);
+	if (target && target->has_alias)
+		return "INSERT ... AS alias ... ON CONFLICT DO UPDATE cannot be buffered (the "
+		       "drain replays the clause on the table's own name)";
+	for (size_t pos = st->conflict_start; pos < st->conflict_start + st->conflict_len;) {
+		scan_next(text, st->conflict_start + st->conflict_len, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		if (tok.kind == TOK_PARAM)
+			return "ON CONFLICT DO UPDATE with parameters in its clause cannot be "
+			       "buffered (use EXCLUDED.column)";
+	}
+	return NULL;
+}
+
+/* The text of [start, end) with every EXCLUDED.col as ($1).col, the trigger's NEW. */
+static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, size_t end)
+{
+	struct scan_tok tok, prev = {0}, next;
+	size_t pos = start, at = start;
+	while (pos < end) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		size_t peek = pos;
+		scan_next(text, end, &peek, &next);
+		bool word = scan_tok_is(text, &tok, "excluded") ||
+			    (tok.kind == TOK_QIDENT && tok.end - tok.start == 10 &&
+			     memcmp(text + tok.start, "\"excluded\"", 10) == 0);
+		bool after_dot = prev.kind == TOK_CHAR && text[prev.start] == '.';
+		if (word && !after_dot && next.kind == TOK_CHAR && text[next.start] == '.') {
+			pktbuf_put_bytes(b, text + at, tok.start - at);
+			pktbuf_put_bytes(b, "($1)", 4);
+			at = tok.end;
+		}
+		prev = tok;
+	}
+	pktbuf_put_bytes(b, text + at, end - at);
+}
+
+/*
+ * ON CONFLICT DO UPDATE through the claim view: the clause is replaced by a comment
+ * carrying the alias, the SET list and the WHERE (joined by chr(31), hex), which the
+ * claim's trigger reads back with pgshunt.upsert_clause().
+ */
+static char *marker_of(const char *kind, struct pktbuf *b)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct pktbuf out;
+	char *marker = NULL;
+	pktbuf_init(&out);
+	pktbuf_put_bytes(&out, " /*pgshunt:", 11);
+	pktbuf_put_bytes(&out, kind, strlen(kind));
+	pktbuf_put_byte(&out, ':');
+	for (size_t i = 0; pktbuf_ok(b) && i < b->len; i++) {
+		pktbuf_put_byte(&out, (uint8_t)hex[b->data[i] >> 4]);
+		pktbuf_put_byte(&out, (uint8_t)hex[b->data[i] & 15]);
+	}
+	pktbuf_put_bytes(&out, "*/ ", 4); /* with the NUL */
+	if (pktbuf_ok(b) && pktbuf_ok(&out))
+		marker = strdup((char *)out.data);
+	pktbuf_free(b);
+	pktbuf_free(&out);
+	return marker;
+}
+
+/* DEGRADED: the clause as written, for the buffer's pgshunt_conflict_clause. */
+static char *conflict_marker(const char *text, const struct stmt_info *st)
+{
+	struct pktbuf b;
+	pktbuf_init(&b);
+	pktbuf_put_bytes(&b, text + st->conflict_start, st->conflict_len);
+	return marker_of("conflict", &b);
+}
+
+static char *upsert_marker(const char *text, const struct stmt_info *st, const char *row)
+{
+	struct upsert_parts u;
+	struct pktbuf b;
+	if (!upsert_parts(text, st, &u))
+		return NULL;
+	pktbuf_init(&b);
+	pktbuf_put_bytes(&b, row, strlen(row));
+	pktbuf_put_byte(&b, 31);
+	put_with_excluded(&b, text, u.set_start, u.set_end);
+	pktbuf_put_byte(&b, 31);
+	if (u.where_end > u.where_start)
+		put_with_excluded(&b, text, u.where_start, u.where_end);
+	else
+		pktbuf_put_bytes(&b, "true", 4);
+	return marker_of("upsert", &b);
+}
+
+/*
+ * An INSERT into the table goes into a view instead (the claim's or the buffer's),
+ * aliased with the name the client wrote so RETURNING's references still resolve;
+ * its ON CONFLICT clause is cut (the view's trigger or rule does what it asked for; DO
+ * UPDATE's SET list travels in a comment, upsert_marker()).  Other mentions of the
+ * table read next when the phase does.
+ */
+static bool view_edits(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
+		       const struct rule_decision *d)
+{
+	char row[160], name[200], buf[400];
+	const struct rel_ref *target = rules_write_target(st);
+	if (!target || !view_name(name, sizeof(name), d->view) ||
+	    !target_row_name(text, len, target, row, sizeof(row)))
+		return false;
+	if (target->has_alias)
+		snprintf(buf, sizeof(buf), "%s", name);
+	else
+		snprintf(buf, sizeof(buf), "%s AS %s", name, row);
+	if (!edit_add(ed, target->start, target->len, strdup(buf)))
+		return false;
+	if (st->conflict == CONFLICT_UPDATE &&
+	    !edit_add(ed, st->conflict_start, st->conflict_len,
+		      d->action == RULE_BUFFER ? conflict_marker(text, st)
+					       : upsert_marker(text, st, row)))
+		return false;
+	if (st->conflict == CONFLICT_NOTHING &&
+	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
+		return false;
+	return !d->to_next || rename_edits(ed, text, len, st, target);
+}
+
+/* The edits a decision makes to one statement, and the transform of its answers. */
+static bool decision_edits(struct edits *ed, const char *text, size_t len,
+			   const struct stmt_info *st, const struct rule_decision *d, uint8_t *xf)
+{
+	switch (d->action) {
+	case RULE_MIRROR:
+		if (d->to_next && !rename_edits(ed, text, len, st, NULL))
+			return false;
+		if (!mirror_edit(ed, text, len, st, d->mirror_fn, xf))
+			return false;
+		if (d->to_next && *xf == XF_DROP_LAST)
+			*xf = XF_DROP_LAST_MAP;
+		return true;
+	case RULE_RENAME:
+		*xf = XF_MAP_OIDS;
+		return rename_edits(ed, text, len, st, NULL);
+	case RULE_CLAIM:
+	case RULE_BUFFER:
+		/* A buffered INSERT runs no trigger: only its RowDescription needs mapping. */
+		if (d->action == RULE_CLAIM || st->has_returning)
+			*xf = XF_VIEW;
+		return view_edits(ed, text, len, st, d);
+	default:
+		return true;
+	}
 }
 
 /* A statement that fails with 0A000 and pgshunt's reason, in place of a refused one. */
@@ -451,12 +702,36 @@ static void forget_all_statements(struct engine *e)
 
 /* ---- the simple protocol ---- */
 
+/*
+ * A claim for ON CONFLICT DO UPDATE reads its SET list from the one marker in the
+ * query being run: refused when the clause cannot be carried, or when the query string
+ * already holds one.
+ */
+static void upsert_check(const char *text, const struct stmt_info *st, struct rule_decision *d,
+			 unsigned *nupserts)
+{
+	const char *why;
+	if ((d->action != RULE_CLAIM && d->action != RULE_BUFFER) ||
+	    st->conflict != CONFLICT_UPDATE)
+		return;
+	if (d->action == RULE_BUFFER)
+		why = buffer_upsert_refusal(text, st);
+	else
+		why = upsert_refusal(text, st, d->to_next);
+	if (!why && ++*nupserts > 1)
+		why = "one INSERT ... ON CONFLICT DO UPDATE per query string in this phase (the "
+		      "view reads its clause from the query)";
+	if (why)
+		*d = (struct rule_decision){.action = RULE_REFUSE, .reason = why};
+}
+
 struct query_plan {
 	struct edits ed;
 	uint8_t xf[PARSER_MAX_STMTS * 3];
 	uint32_t nxf;
 	bool any_xform;
 	uint8_t timed; /* 1 + the kind of the first statement naming the table, 0 = none */
+	unsigned nupserts; /* statements sent through a claim view for ON CONFLICT DO UPDATE */
 };
 
 static bool plan_stmt(struct session *s, const char *text, size_t len, const struct stmt_info *st,
@@ -535,6 +810,7 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 {
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
 	uint8_t xf = XF_NONE;
+	upsert_check(text, st, &d, &plan->nupserts);
 	if (st->touches)
 		count_decision(s, st, &d);
 	if (st->touches && !plan->timed)
@@ -550,13 +826,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		     d.reason);
 		if (!edit_add(&plan->ed, st->start, st->len, refusal_statement(s->pin.phase, d.reason)))
 			return false;
-	} else if (d.action == RULE_MIRROR &&
-		   !mirror_edit(&plan->ed, text, len, st, d.mirror_fn, &xf)) {
+	} else if (!decision_edits(&plan->ed, text, len, st, &d, &xf)) {
 		return false;
-	} else if (d.action == RULE_RENAME) {
-		if (!rename_edits(&plan->ed, text, len, st))
-			return false;
-		xf = XF_MAP_OIDS;
 	}
 	if (st->kind == STMT_PREPARE) {
 		/* A name prepared again for a statement that does not touch the table is
@@ -782,6 +1053,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	}
 	const struct stmt_info *st = &r->stmts[0];
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
+	unsigned nupserts = 0;
+	upsert_check(query, st, &d, &nupserts);
 	*kind = (uint8_t)st->kind;
 	if (st->touches)
 		count_decision(s, st, &d);
@@ -790,11 +1063,7 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 		return NULL;
 	}
 	struct edits ed = {0};
-	if (d.action == RULE_RENAME)
-		*xform = XF_MAP_OIDS;
-	if ((d.action == RULE_MIRROR &&
-	     !mirror_edit(&ed, query, strlen(query), st, d.mirror_fn, xform)) ||
-	    (d.action == RULE_RENAME && !rename_edits(&ed, query, strlen(query), st))) {
+	if (!decision_edits(&ed, query, strlen(query), st, &d, xform)) {
 		edits_free(&ed);
 		*reason = "pgshunt could not rewrite the statement";
 		return NULL;
@@ -904,7 +1173,7 @@ static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
 		xform = p->xform;
 	if (!portal_set(s, portal, xform, p ? (uint8_t)(p->kind + 1) : 0))
 		return oom(s);
-	if (xform != XF_DROP_LAST)
+	if (xform != XF_DROP_LAST && xform != XF_DROP_LAST_MAP)
 		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	/* Result formats listed per column must cover the mirror column too. */
 	struct pktbuf b;
@@ -1091,6 +1360,167 @@ static bool replace_with(struct session *s, bool ok, struct pktbuf *b, bool *dro
 	return sent;
 }
 
+/* ---- answers of statements pointed at next or at a view ---- */
+
+/* The claim and buffer views' columns as the table's (engine_views_load()). */
+struct view_column {
+	uint32_t view;
+	uint32_t table[2]; /* old's OID (0 once next has its name), next's */
+	int16_t att[3];    /* the view's attnum, old's, next's */
+};
+
+static struct {
+	struct view_column *cols; /* grouped by view */
+	size_t n;
+	uint64_t epoch; /* the phase epoch the columns were read under */
+	bool loading;
+	bool again; /* asked to load while loading: the answer may predate the change */
+} views;
+
+static void on_views(const PGresult *res, void *arg)
+{
+	(void)arg;
+	views.loading = false;
+	if (control_ok(res)) {
+		size_t n = (size_t)PQntuples(res);
+		struct view_column *cols = calloc(n ? n : 1, sizeof(*cols));
+		if (cols) {
+			for (size_t i = 0; i < n; i++) {
+				cols[i].view = (uint32_t)strtoul(PQgetvalue(res, (int)i, 0), NULL, 10);
+				cols[i].att[0] = (int16_t)atoi(PQgetvalue(res, (int)i, 1));
+				for (int t = 0; t < 2; t++) {
+					cols[i].table[t] = (uint32_t)strtoul(
+						PQgetvalue(res, (int)i, 2 + 2 * t), NULL, 10);
+					cols[i].att[1 + t] =
+						(int16_t)atoi(PQgetvalue(res, (int)i, 3 + 2 * t));
+				}
+			}
+			free(views.cols);
+			views.cols = cols;
+			views.n = n;
+		}
+	}
+	if (views.again) {
+		views.again = false;
+		engine_views_load();
+	}
+}
+
+void engine_views_load(void)
+{
+	const char *params[] = {shunt.cfg.table, shunt.tables.rel[REL_OLD].name};
+	/* The views keep their OIDs when made again: found once, read again only when the
+	 * phase moves (the rename at finalized changes what the table's name is). */
+	if (views.n > 0 && views.epoch == shunt.phase.epoch)
+		return;
+	if (views.loading) {
+		views.again = true;
+		return;
+	}
+	views.epoch = shunt.phase.epoch;
+	/*
+	 * next is the claim view's base relation (found by OID: the rename at finalized
+	 * gives it the table's name); old is what the table's name resolves to while it is
+	 * not next.
+	 */
+	views.loading = control_query(
+		"WITH nx AS (SELECT d.refobjid AS oid FROM pg_rewrite r JOIN pg_depend d ON "
+		"d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = "
+		"'pg_class'::regclass AND d.refobjid <> r.ev_class WHERE r.ev_class = "
+		"to_regclass('pgshunt.' || quote_ident($2 || '_claim')) LIMIT 1) "
+		"SELECT v.oid, va.attnum, coalesce(o.attrelid, 0), coalesce(o.attnum, 0), "
+		"coalesce(n.attrelid, 0), coalesce(n.attnum, 0) FROM pg_class v "
+		"JOIN pg_namespace vn ON vn.oid = v.relnamespace AND vn.nspname = 'pgshunt' "
+		"JOIN pg_attribute va ON va.attrelid = v.oid AND va.attnum > 0 "
+		"LEFT JOIN pg_attribute o ON o.attrelid = to_regclass($1) AND o.attrelid IS "
+		"DISTINCT FROM (SELECT oid FROM nx) AND o.attname = va.attname AND NOT o.attisdropped "
+		"LEFT JOIN pg_attribute n ON n.attrelid = (SELECT oid FROM nx) AND n.attname = "
+		"va.attname AND NOT n.attisdropped WHERE v.relkind = 'v' AND v.relname IN ($2 || "
+		"'_claim', $2 || '_claim_nothing', $2 || '_claim_upsert', $2 || '_claim_final', "
+		"$2 || '_claim_nothing_final', $2 || '_claim_upsert_final', $2 || '_buffer', "
+		"$2 || '_buffer_nothing', $2 || '_buffer_upsert') "
+		"ORDER BY v.oid, va.attnum",
+		2, params, on_views, NULL);
+}
+
+/*
+ * RowDescription of a RETURNING through a view names the table the client named (I3):
+ * old, or in finalized next, which has old's name by then.
+ */
+static bool rowdesc_map_views(const uint8_t *msg, uint32_t total, bool final, struct pktbuf *out)
+{
+	int t = final ? 1 : 0;
+	struct pktbuf cur;
+	pktbuf_init(&cur);
+	pktbuf_put_bytes(&cur, msg, total);
+	for (size_t i = 0; i < views.n && pktbuf_ok(&cur);) {
+		size_t j = i;
+		int16_t att[RELMAP_MAX_COLUMNS][2];
+		while (j < views.n && views.cols[j].view == views.cols[i].view &&
+		       j - i < RELMAP_MAX_COLUMNS) {
+			att[j - i][0] = views.cols[j].att[0];
+			att[j - i][1] = views.cols[j].att[1 + t];
+			j++;
+		}
+		struct pktbuf next;
+		pktbuf_init(&next);
+		bool ok = proto_rowdesc_map_table(cur.data, (uint32_t)cur.len, views.cols[i].view,
+						  views.cols[i].table[t], (const int16_t(*)[2])att,
+						  j - i, &next);
+		pktbuf_free(&cur);
+		cur = next;
+		if (!ok)
+			break;
+		while (j < views.n && views.cols[j].view == views.cols[i].view)
+			j++;
+		i = j;
+	}
+	bool ok = pktbuf_ok(&cur);
+	*out = cur;
+	return ok;
+}
+
+/* A write pointed at next with the mirror column: next named as the table, then dropped. */
+static bool rowdesc_map_drop_last(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	const struct relmap *rm = &shunt.relmap;
+	struct pktbuf mapped;
+	if (!rm->loaded)
+		return proto_rowdesc_drop_last(msg, total, out);
+	pktbuf_init(&mapped);
+	bool ok = proto_rowdesc_map_table(msg, total, rm->next_oid, rm->old_oid,
+					  (const int16_t(*)[2])rm->att, rm->n, &mapped) &&
+		  proto_rowdesc_drop_last(mapped.data, (uint32_t)mapped.len, out);
+	pktbuf_free(&mapped);
+	return ok;
+}
+
+/*
+ * An error raised inside a claim trigger carries a CONTEXT line naming pgshunt's
+ * function; PostgreSQL's own error for the client's statement has none (I3).
+ */
+static bool error_drop_context(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+{
+	struct mbuf m;
+	uint8_t code;
+	if (total < 5)
+		return false;
+	mbuf_init(&m, msg + 5, total - 5);
+	pktbuf_start(out, 'E');
+	while (mbuf_get_byte(&m, &code) && code != 0) {
+		const char *value;
+		if (!mbuf_get_string(&m, &value))
+			return false;
+		if (code == 'W')
+			continue;
+		pktbuf_put_byte(out, code);
+		pktbuf_put_string(out, value);
+	}
+	pktbuf_put_byte(out, 0);
+	pktbuf_finish(out);
+	return code == 0 && pktbuf_ok(out);
+}
+
 bool engine_server_message(struct session *s, struct respq_entry *head, char type,
 			   const uint8_t *msg, uint32_t total, bool *drop)
 {
@@ -1137,6 +1567,20 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 						  (const int16_t(*)[2])rm->att, rm->n, &b);
 		return replace_with(s, ok, &b, drop);
 	}
+	case XF_DROP_LAST_MAP:
+		if (type == 'T')
+			return replace_with(s, rowdesc_map_drop_last(msg, total, &b), &b, drop);
+		if (type == 'D')
+			return replace_with(s, proto_datarow_drop_last(msg, total, &b), &b, drop);
+		return true;
+	case XF_VIEW:
+		if (type == 'T')
+			return replace_with(
+				s, rowdesc_map_views(msg, total, s->pin.phase == PHASE_FINALIZED, &b),
+				&b, drop);
+		if (type == 'E')
+			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
+		return true;
 	default:
 		return true;
 	}

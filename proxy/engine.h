@@ -25,6 +25,9 @@ enum xform {
 	XF_DROP_ROWS,  /* RowDescription (NoData for a Describe) and DataRows are dropped */
 	XF_SWALLOW,    /* everything up to and including CommandComplete is dropped */
 	XF_MAP_OIDS,   /* a read pointed at next: RowDescription names the table instead */
+	XF_DROP_LAST_MAP, /* XF_DROP_LAST on a write pointed at next (cutover), mapped too */
+	XF_VIEW,       /* an INSERT into a claim or buffer view: RowDescription names the
+			  table instead of the view, and errors lose the trigger's CONTEXT */
 };
 
 /*
@@ -53,5 +56,12 @@ bool engine_must_hold(const struct session *s, char type, const uint8_t *msg, ui
 bool engine_needs_whole(const struct respq_entry *head);
 
 void engine_free(struct session *s);
+
+/*
+ * Read (again) the claim and buffer views' OIDs and columns, mapped to the table the
+ * configured name resolves to now: at start, after MIGRATE PREPARE and at every phase
+ * change (the rename at finalized moves the name to the partitioned table).
+ */
+void engine_views_load(void);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "proxy/admin.h"
 #include "proxy/control.h"
+#include "proxy/engine.h"
 #include "proxy/fleet.h"
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
@@ -107,6 +108,8 @@ static void on_state_loaded(const PGresult *res, void *arg)
 		shunt.phase_read_us = now_us();
 		if (!shunt.relmap.loaded)
 			load_relmap();
+		if (!shunt.relmap.loaded || !before.known || before.epoch != shunt.phase.epoch)
+			engine_views_load();
 		if (!before.known)
 			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */

@@ -4,7 +4,8 @@
 
 const char *rule_action_name(enum rule_action action)
 {
-	static const char *const names[RULE__COUNT] = {"forward", "mirror", "rename", "refuse"};
+	static const char *const names[RULE__COUNT] = {"forward", "mirror", "rename",
+						       "refuse",  "claim",  "buffer"};
 	return action < RULE__COUNT ? names[action] : "?";
 }
 
@@ -119,13 +120,103 @@ static bool reads_table(const struct stmt_info *st)
 	return false;
 }
 
-struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
+static bool is_insert(enum stmt_kind kind)
 {
-	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
+	return kind == STMT_INSERT || kind == STMT_INSERT_SELECT;
+}
+
+static struct rule_decision read_decision(bool final, const struct stmt_info *st)
+{
+	return final || !reads_table(st) ? forward() : (struct rule_decision){.action = RULE_RENAME};
+}
+
+static const char *claim_view(bool final, enum conflict_action conflict)
+{
+	switch (conflict) {
+	case CONFLICT_NOTHING:
+		return final ? "claim_nothing_final" : "claim_nothing";
+	case CONFLICT_UPDATE:
+		return final ? "claim_upsert_final" : "claim_upsert";
+	default:
+		return final ? "claim_final" : "claim";
+	}
+}
+
+/*
+ * cutover writes next first and mirrors into old; finalized writes the partitioned
+ * table alone, under the table's own name.  INSERTs go through a claim view, whose
+ * trigger keeps the key unique (next's primary key includes the partition column).
+ */
+static struct rule_decision decide_next_first(bool final, const struct stmt_info *st)
+{
+	const struct rel_ref *target = rules_write_target(st);
+	if (target && target->role != REL_OLD)
+		return refuse("next_table and buffer_table are written by pgshunt only");
+	if (st->writable_cte && st->writes)
+		return refuse("a data-modifying WITH clause cannot be mirrored");
+	enum stmt_kind kind = st->kind == STMT_PREPARE ? st->inner : st->kind;
+	switch (kind) {
+	case STMT_COPY_TO:
+		return st->writes ? refuse("COPY of a data-modifying query cannot be mirrored")
+				  : read_decision(final, st);
+	case STMT_SELECT:
+	case STMT_SELECT_LOCKING:
+		/* Writes lock next's row first now, so locking reads go there too. */
+		return read_decision(final, st);
+	case STMT_DEALLOCATE:
+	case STMT_EXECUTE:
 		return forward();
-	if (degraded)
-		return refuse("DEGRADED mode is not built in this version");
+	case STMT_EXPLAIN:
+		return is_write_kind(st->inner) ? refuse("EXPLAIN of a write is not mirrored")
+						: read_decision(final, st);
+	case STMT_INSERT:
+	case STMT_INSERT_SELECT:
+		if (!target)
+			return read_decision(final, st);
+		if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
+			return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
+				      "cannot be mirrored");
+		/* The claim's trigger reads DO UPDATE's SET list from the statement being run:
+		 * an EXECUTE is not that statement. */
+		if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
+			return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot "
+				      "go through the claim view (prepare it with the protocol)");
+		return (struct rule_decision){.action = RULE_CLAIM,
+					      .view = claim_view(final, st->conflict),
+					      .to_next = !final};
+	case STMT_UPDATE:
+	case STMT_DELETE:
+		if (!target)
+			return read_decision(final, st);
+		if (st->sets_key_columns)
+			return refuse("an UPDATE that changes key or partition columns cannot be "
+				      "mirrored");
+		if (final)
+			return forward();
+		return (struct rule_decision){.action = RULE_MIRROR,
+					      .mirror_fn = kind == STMT_DELETE ? "pgshunt.del_old"
+									      : "pgshunt.put_old",
+					      .to_next = true};
+	case STMT_MERGE:
+		return target ? refuse("MERGE into the table cannot be mirrored (it has no RETURNING "
+				       "in PostgreSQL 15)")
+			      : read_decision(final, st);
+	case STMT_COPY_FROM:
+		return refuse("COPY into the table cannot be mirrored");
+	case STMT_TRUNCATE:
+		return refuse("TRUNCATE would empty one table only");
+	case STMT_DDL:
+		return refuse("DDL on the table would change one table only");
+	default:
+		return refuse("pgshunt does not know how to mirror this statement");
+	}
+}
+
+static struct rule_decision decide_phase(enum phase phase, const struct stmt_info *st)
+{
 	switch (phase) {
+	case PHASE_PASSTHROUGH:
+		return forward();
 	case PHASE_DUAL_WRITE:
 		return decide_dual_write(st);
 	case PHASE_READ_NEXT: {
@@ -140,16 +231,51 @@ struct rule_decision rules_decide(enum phase phase, bool degraded, const struct 
 			d.action = RULE_RENAME;
 		return d;
 	}
+	case PHASE_CUTOVER:
+		return decide_next_first(false, st);
+	case PHASE_FINALIZED:
+		return decide_next_first(true, st);
 	default:
 		return refuse("this phase is not built in this version");
 	}
 }
 
+/*
+ * DEGRADED: an INSERT into the table goes to the buffer (append-only, no unique check,
+ * its conflict clause recorded for the drain); everything else follows the phase.
+ */
+static struct rule_decision decide_degraded(enum phase phase, const struct stmt_info *st)
+{
+	const struct rel_ref *target = rules_write_target(st);
+	enum stmt_kind kind = st->kind == STMT_PREPARE ? st->inner : st->kind;
+	if (!is_insert(kind) || !target || target->role != REL_OLD)
+		return decide_phase(phase, st);
+	if (st->writable_cte)
+		return refuse("a data-modifying WITH clause cannot be buffered");
+	if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
+		return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
+			      "cannot be buffered");
+	/* The buffer view's rule reads the clause from the statement being run. */
+	if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
+		return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot be "
+			      "buffered (prepare it with the protocol)");
+	return (struct rule_decision){
+		.action = RULE_BUFFER,
+		.view = st->conflict == CONFLICT_NOTHING  ? "buffer_nothing"
+			: st->conflict == CONFLICT_UPDATE ? "buffer_upsert"
+							  : "buffer",
+		.to_next = phase == PHASE_READ_NEXT || phase == PHASE_CUTOVER};
+}
+
+struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
+{
+	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
+		return forward();
+	return degraded ? decide_degraded(phase, st) : decide_phase(phase, st);
+}
+
 const char *rules_unservable(enum phase phase, bool degraded)
 {
-	if (degraded)
-		return "redirecting inserts to the buffer table is not built in this version";
-	if (phase != PHASE_PASSTHROUGH && phase != PHASE_DUAL_WRITE && phase != PHASE_READ_NEXT)
-		return "writing next_table first and the final rename are not built in this version";
-	return NULL;
+	(void)degraded;
+	return phase < PHASE__COUNT ? NULL : "unknown phase";
 }

@@ -19,6 +19,8 @@ enum rule_action {
 	RULE_MIRROR,  /* append the mirror call to RETURNING (mirror_fn on the target row) */
 	RULE_RENAME,  /* a read: every mention of the table is pointed at next_table */
 	RULE_REFUSE,  /* 0A000 with reason */
+	RULE_CLAIM,   /* an INSERT: its target becomes the claim view pgshunt.<table>_<view> */
+	RULE_BUFFER,  /* an INSERT in DEGRADED: its target becomes the buffer view */
 	RULE__COUNT
 };
 
@@ -26,8 +28,15 @@ const char *rule_action_name(enum rule_action action);
 
 struct rule_decision {
 	enum rule_action action;
-	const char *mirror_fn; /* RULE_MIRROR: "pgshunt.put_next" or "pgshunt.del_next" */
+	const char *mirror_fn; /* RULE_MIRROR: "pgshunt.put_next", "pgshunt.del_next",
+				  "pgshunt.put_old" or "pgshunt.del_old" */
 	const char *reason;    /* RULE_REFUSE: why, for the message naming table and phase */
+	const char *view;      /* RULE_CLAIM, RULE_BUFFER: the view's name after "<table>_"
+				  ("claim", "claim_nothing", "claim_final", "claim_nothing_final",
+				  "buffer", "buffer_nothing") */
+	bool to_next;          /* RULE_MIRROR, RULE_CLAIM, RULE_BUFFER: the table's mentions
+				  (but a claim's or buffer's target) point at next_table: the
+				  phase reads next, and cutover writes next first */
 };
 
 /* The action for one statement of a touching query in this phase. */

@@ -13,12 +13,18 @@
 -- What migrate_prepare() generates per table (old = the table being migrated):
 --   pgshunt.key_lock(p_table oid, k1 <type of key column 1>, ...) RETURNS void
 --       pg_advisory_xact_lock(p_table::int4, hashtext(k1::text || chr(31) || k2::text ...))
---       (NULL counts as ''), the per-key lock every writer of the key takes: mirror
---       helpers, the claim trigger, the backfill, the drain.  p_table is old's oid.
---       One function per list of key types, shared by tables with the same key types.
+--       (NULL counts as ''), the per-key lock taken by the writers that insert a key old's
+--       unique index does not guard: the finalized claim trigger, the backfill, the
+--       drain.  p_table is old's oid.  One function per list of key types, shared by
+--       tables with the same key types.
 --   pgshunt.put_next(r <old>) / pgshunt.del_next(r <old>)    RETURNS boolean
 --   pgshunt.put_old(r <next>) / pgshunt.del_old(r <next>)    RETURNS boolean
---       Overloaded on the row type of their argument: several tables coexist.
+--       Overloaded on the row type of their argument: several tables coexist.  They take
+--       no key lock: the statement that calls them has already written old's row (or, in
+--       cutover, next's row and then old's through them), so old's unique index and row
+--       locks order every write of the key, and a lock per row would exhaust the shared
+--       lock table on a bulk DELETE (docs/ENGINE.md, "Locks").
+--   the claim and buffer views: see prepare_claims() below.
 
 DO $$
 BEGIN
@@ -300,6 +306,302 @@ BEGIN
 END
 $fn$;
 
+-- The write paths that do not go through the table itself, for migrate_prepare: per
+-- table (old = p_table, rel = old's name),
+--   pgshunt.<rel>_claim, <rel>_claim_nothing              cutover: next first, old mirrored
+--   pgshunt.<rel>_claim_final, <rel>_claim_nothing_final  finalized: next only
+--       views over next exposing old's live columns in old's order, with old's column
+--       defaults, whose INSTEAD OF INSERT trigger decides key uniqueness (a plain INSERT
+--       fails with old's 23505, DO NOTHING skips the row); docs/ENGINE.md, "Key
+--       uniqueness on a partitioned target", says why each step is there.
+--   pgshunt.<rel>_claims (bucket int PRIMARY KEY), UNLOGGED: one row per hash bucket of
+--       the key (2^20 of them), upserted by every finalized claim: under REPEATABLE READ
+--       the upsert fails with 40001 when a competitor claimed a key of the bucket after
+--       the transaction's snapshot, which no query of next could see.
+--   pgshunt.<rel>_buffer, <rel>_buffer_nothing, <rel>_buffer_upsert   DEGRADED: views
+--       over the buffer with the same columns; the first is auto-updatable
+--       (pgshunt_conflict takes its default, 'none'), the others write 'nothing' or
+--       'update' (with the clause, pgshunt.conflict_clause()) through an INSTEAD rule
+--       (an auto-updatable view cannot set a column it does not show).
+-- The views name their relations by OID (a view's query is stored parsed), so they
+-- survive the rename at finalized; the finalized trigger function names next by the
+-- name it has after the rename and refuses to run before it.
+-- The SET list, WHERE and alias of the client's INSERT ... ON CONFLICT DO UPDATE, which
+-- pgshunt writes into the statement it sends as a comment /*pgshunt:upsert:HEX*/ (the
+-- three, joined by chr(31), in the client's encoding, as hex): a trigger has no other
+-- way to learn them, and the comment travels with the statement in both protocols.
+-- Exactly one such comment must be in the query being run (the engine sends no more).
+CREATE OR REPLACE FUNCTION pgshunt.upsert_clause() RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_hex text[];
+BEGIN
+    SELECT array_agg(m[1]) INTO v_hex
+      FROM regexp_matches(current_query(), '/\*pgshunt:upsert:([0-9a-f]*)\*/', 'g') AS m;
+    IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
+        RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent (% clauses found)',
+            coalesce(cardinality(v_hex), 0)
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN string_to_array(convert_from(decode(v_hex[1], 'hex'), pg_client_encoding()), chr(31));
+END
+$fn$;
+
+-- DEGRADED: the ON CONFLICT ... DO UPDATE clause of the client's INSERT, as written,
+-- for the buffer's pgshunt_conflict_clause (the drain replays it).  pgshunt sends it as
+-- /*pgshunt:conflict:HEX*/ in place of the clause, for the same reason as above.
+CREATE OR REPLACE FUNCTION pgshunt.conflict_clause() RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_hex text[];
+BEGIN
+    SELECT array_agg(m[1]) INTO v_hex
+      FROM regexp_matches(current_query(), '/\*pgshunt:conflict:([0-9a-f]*)\*/', 'g') AS m;
+    IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
+        RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE into the buffer needs the statement pgshunt sent (% clauses found)',
+            coalesce(cardinality(v_hex), 0)
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN convert_from(decode(v_hex[1], 'hex'), pg_client_encoding());
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgshunt.prepare_claims(p_table regclass, p_next regclass,
+                                                  p_buffer regclass, p_key_columns name[],
+                                                  p_key_idx oid)
+RETURNS TABLE(step text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_old_nsp   name;
+    v_rel       name;
+    v_old_q     text;
+    v_next_q    text;
+    v_final_q   text;
+    v_buf_q     text;
+    v_pk        name;
+    v_viewcols  text;   -- every live column, in old's order
+    v_cols      text;   -- the ones that take a value (not generated)
+    v_newvals   text;   -- NEW.<col> for those
+    v_retcols   text;   -- buffer.<col> for every view column
+    v_defaults  text;   -- ALTER COLUMN ... SET DEFAULT list for the views
+    v_key_q     text;
+    v_key_txt   text;   -- the key as key_lock hashes it
+    v_key_args  text;
+    v_key_where text;
+    v_key_vals  text;
+    v_ovr_old   text;
+    v_ovr_next  text;
+    v_raise     text;
+    v_key_dyn   text;   -- the key's equality for the upsert's UPDATE, %1$s = the alias
+    v_set_new   text;   -- SELECT v_row.<col>, ... INTO NEW
+    v_upsert_c  text;
+    v_upsert_f  text;
+    v_body_cut  text;
+    v_body_fin  text;
+    v_src       text;
+    v_view      text;
+    v_done      boolean;
+    r           record;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_old_nsp, v_rel
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = p_table;
+    v_old_q := quote_ident(v_old_nsp) || '.' || quote_ident(v_rel);
+    SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+           quote_ident(n.nspname) || '.' || quote_ident(v_rel)
+      INTO v_next_q, v_final_q
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = p_next;
+    SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) INTO v_buf_q
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = p_buffer;
+    SELECT c.relname INTO v_pk FROM pg_class AS c WHERE c.oid = p_key_idx;
+    IF octet_length(v_rel) + 20 > 63 THEN
+        RAISE EXCEPTION 'table name "%" is too long for pgshunt''s views (at most 43 bytes)', v_rel
+            USING ERRCODE = 'name_too_long';
+    END IF;
+
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''),
+           string_agg(format('NEW.%I', a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''),
+           string_agg(format('b.%I', a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('ALTER COLUMN %I SET DEFAULT %s', a.attname,
+                             CASE WHEN a.attidentity <> ''
+                                  THEN format('nextval(%L::regclass)', pg_get_serial_sequence(v_old_q, a.attname))
+                                  ELSE pg_get_expr(d.adbin, d.adrelid) END), ', ' ORDER BY a.attnum)
+               FILTER (WHERE a.attgenerated = '' AND (d.adbin IS NOT NULL OR a.attidentity <> ''))
+      INTO v_viewcols, v_cols, v_newvals, v_retcols, v_defaults
+      FROM pg_attribute AS a
+      LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    v_ovr_old := CASE WHEN EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = p_table
+                                     AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'a')
+                      THEN ' OVERRIDING SYSTEM VALUE' ELSE '' END;
+    v_ovr_next := CASE WHEN EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = p_next
+                                      AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'a')
+                       THEN ' OVERRIDING SYSTEM VALUE' ELSE '' END;
+    -- The key: as the index names it in 23505's DETAIL, hashed as key_lock hashes it.
+    SELECT string_agg(quote_ident(k), ', ' ORDER BY o),
+           string_agg(format('coalesce(NEW.%I::pg_catalog.text, %L)', k, ''), ' || pg_catalog.chr(31) || ' ORDER BY o),
+           string_agg(format('NEW.%I', k), ', ' ORDER BY o),
+           string_agg(format('NEW.%I::pg_catalog.text', k), ', ' ORDER BY o)
+      INTO v_key_q, v_key_txt, v_key_args, v_key_vals
+      FROM unnest(p_key_columns) WITH ORDINALITY AS u(k, o);
+    -- The key's equality operators are those of old's key index, schema-qualified.
+    SELECT string_agg(format('t.%I OPERATOR(%I.%s) NEW.%I', a.attname, opn.nspname, op.oprname, a.attname), ' AND ')
+      INTO v_key_where
+      FROM pg_index AS i
+      JOIN LATERAL generate_subscripts(i.indkey::int2[], 1) AS s(s) ON true
+      JOIN pg_attribute AS a ON a.attrelid = p_table AND a.attnum = (i.indkey::int2[])[s.s]
+      JOIN pg_opclass AS opc ON opc.oid = (i.indclass::oid[])[s.s]
+      JOIN pg_amop AS amop ON amop.amopfamily = opc.opcfamily AND amop.amopstrategy = 3
+                          AND amop.amoplefttype = opc.opcintype AND amop.amoprighttype = opc.opcintype
+      JOIN pg_operator AS op ON op.oid = amop.amopopr
+      JOIN pg_namespace AS opn ON opn.oid = op.oprnamespace
+     WHERE i.indexrelid = p_key_idx AND s.s < i.indnkeyatts;
+
+    SELECT string_agg('%1$s.' || replace(quote_ident(a.attname), '%', '%%') || ' OPERATOR('
+                      || replace(quote_ident(opn.nspname), '%', '%%') || '.' || op.oprname || ') ($1).'
+                      || replace(quote_ident(a.attname), '%', '%%'), ' AND ')
+      INTO v_key_dyn
+      FROM pg_index AS i
+      JOIN LATERAL generate_subscripts(i.indkey::int2[], 1) AS s(s) ON true
+      JOIN pg_attribute AS a ON a.attrelid = p_table AND a.attnum = (i.indkey::int2[])[s.s]
+      JOIN pg_opclass AS opc ON opc.oid = (i.indclass::oid[])[s.s]
+      JOIN pg_amop AS amop ON amop.amopfamily = opc.opcfamily AND amop.amopstrategy = 3
+                          AND amop.amoplefttype = opc.opcintype AND amop.amoprighttype = opc.opcintype
+      JOIN pg_operator AS op ON op.oid = amop.amopopr
+      JOIN pg_namespace AS opn ON opn.oid = op.oprnamespace
+     WHERE i.indexrelid = p_key_idx AND s.s < i.indnkeyatts;
+    SELECT 'SELECT ' || string_agg(format('v_row.%I', a.attname), ', ' ORDER BY a.attnum) || ' INTO NEW;'
+      INTO v_set_new
+      FROM pg_attribute AS a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    -- ON CONFLICT DO UPDATE: the application's SET list and WHERE, with its alias for the
+    -- table, come in the statement's text (pgshunt.upsert_clause()); the existing row is
+    -- updated with them, EXCLUDED being the proposed row ($1).  Updated: the row is the
+    -- answer (RETURNING sees it, the tag counts it); WHERE false: skipped.
+    v_upsert_c := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '            EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
+                         '                INTO v_row USING NEW;\n'
+                         '            GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+                         '            IF v_n = 0 THEN\n                RETURN NULL;\n            END IF;\n'
+                         '            %s\n            RETURN NEW;',
+                         'UPDATE ' || replace(v_next_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
+                         || ' AND (%3$s) RETURNING %1$s.*, pgshunt.put_old(%1$s)', v_set_new);
+    v_upsert_f := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '        EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
+                         '            INTO v_row USING NEW;\n'
+                         '        GET DIAGNOSTICS v_n = ROW_COUNT;\n'
+                         '        IF v_n > 0 THEN\n            %s\n            RETURN NEW;\n        END IF;',
+                         'UPDATE ' || replace(v_final_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
+                         || ' AND (%3$s) RETURNING %1$s.*', v_set_new);
+    -- What PostgreSQL says for a duplicate in old's key index (I3).
+    v_raise := format(E'IF TG_ARGV[0] <> %L THEN\n        RETURN NULL;\n    END IF;\n'
+                      '    RAISE EXCEPTION USING ERRCODE = %L, MESSAGE = %L,\n'
+                      '        DETAIL = pg_catalog.format(%L, pg_catalog.concat_ws(%L, %s)),\n'
+                      '        CONSTRAINT = %L, TABLE = %L, SCHEMA = %L;',
+                      'error', 'unique_violation',
+                      format('duplicate key value violates unique constraint "%s"', v_pk),
+                      format('Key (%s)=(%%s) already exists.', v_key_q), ', ', v_key_vals,
+                      v_pk, v_rel, v_old_nsp);
+    -- cutover: old still has its unique key and every writer of the fleet writes old, so
+    -- old's index decides; ON CONFLICT waits for an uncommitted insert of the key and
+    -- raises 40001 under REPEATABLE READ when the winner is invisible to the snapshot.
+    v_body_cut := format(E'\nDECLARE\n    v_clause text[];\n    v_row record;\n    v_n bigint;\nBEGIN\n'
+                         '    INSERT INTO %s (%s)%s VALUES (%s) ON CONFLICT (%s) DO NOTHING;\n'
+                         '    IF NOT FOUND THEN\n        IF TG_ARGV[0] = %L THEN\n            %s\n        END IF;\n        %s\n    END IF;\n'
+                         '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    RETURN NEW;\nEND\n',
+                         v_old_q, v_cols, v_ovr_old, v_newvals, v_key_q, 'upsert', v_upsert_c, v_raise,
+                         v_next_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
+    -- finalized: next alone.  The key lock orders claims (and the jobs) of one key; the
+    -- bucket upsert leaves a trace a REPEATABLE READ claim trips on (40001); FOR KEY
+    -- SHARE, with this query's own snapshot, waits for an uncommitted delete of the key.
+    v_body_fin := format(E'\nDECLARE\n    v_clause text[];\n    v_row record;\n    v_n bigint;\nBEGIN\n'
+                         '    IF pg_catalog.to_regclass(%L) IS DISTINCT FROM %s::pg_catalog.oid THEN\n'
+                         '        RAISE EXCEPTION USING ERRCODE = %L,\n'
+                         '            MESSAGE = %L;\n    END IF;\n'
+                         '    PERFORM pgshunt.key_lock(%s::pg_catalog.oid, %s);\n'
+                         '    INSERT INTO pgshunt.%I AS c (bucket) VALUES (pg_catalog.hashtext(%s) & 1048575)\n'
+                         '        ON CONFLICT (bucket) DO UPDATE SET bucket = excluded.bucket;\n'
+                         '    IF TG_ARGV[0] = %L THEN\n        %s\n    END IF;\n'
+                         '    PERFORM FROM %s AS t WHERE %s FOR KEY SHARE;\n'
+                         '    IF FOUND THEN\n        %s\n    END IF;\n'
+                         '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    RETURN NEW;\nEND\n',
+                         v_final_q, p_next::oid, 'object_not_in_prerequisite_state',
+                         format('pgshunt: %s is not renamed to %s yet (phase finalized needs the rename)', v_next_q, v_final_q),
+                         p_table::oid, v_key_args, v_rel || '_claims', v_key_txt, 'upsert', v_upsert_f,
+                         v_final_q, v_key_where, v_raise,
+                         v_final_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
+
+    -- Unchanged since the last run: nothing to do (the bodies depend on every input).
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p
+     WHERE p.oid = to_regprocedure(format('pgshunt.%I()', v_rel || '_claim_final'));
+    v_done := v_src IS NOT DISTINCT FROM v_body_fin
+              AND to_regclass(format('pgshunt.%I', v_rel || '_buffer_nothing')) IS NOT NULL
+              AND to_regclass(format('pgshunt.%I', v_rel || '_claim_upsert_final')) IS NOT NULL
+              AND to_regclass(format('pgshunt.%I', v_rel || '_buffer_upsert')) IS NOT NULL
+              AND EXISTS (SELECT 1 FROM pg_proc AS p
+                           WHERE p.oid = to_regprocedure(format('pgshunt.%I()', v_rel || '_claim'))
+                             AND p.prosrc = v_body_cut);
+    IF NOT v_done THEN
+        EXECUTE format('CREATE UNLOGGED TABLE IF NOT EXISTS pgshunt.%I (bucket int PRIMARY KEY)', v_rel || '_claims');
+        -- Any writer of the table claims through it; its rows carry no data.
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON pgshunt.%I TO PUBLIC', v_rel || '_claims');
+        FOR r IN SELECT * FROM (VALUES (v_rel || '_claim', v_body_cut), (v_rel || '_claim_final', v_body_fin)) AS f(name, body) LOOP
+            -- Key lookups planned once per connection, maybe while next was empty.
+            EXECUTE format('CREATE OR REPLACE FUNCTION pgshunt.%I() RETURNS trigger LANGUAGE plpgsql VOLATILE '
+                           'SET search_path = pg_catalog, pgshunt SET enable_seqscan = off AS %L', r.name, r.body);
+            EXECUTE format('COMMENT ON FUNCTION pgshunt.%I() IS %L', r.name,
+                           format('pgshunt (generated by migrate_prepare): INSTEAD OF INSERT trigger of the claim views of %s', v_old_q));
+        END LOOP;
+    END IF;
+    FOR r IN SELECT * FROM (VALUES
+                 ('_claim', v_next_q, v_rel || '_claim', 'error'),
+                 ('_claim_nothing', v_next_q, v_rel || '_claim', 'nothing'),
+                 ('_claim_final', v_next_q, v_rel || '_claim_final', 'error'),
+                 ('_claim_nothing_final', v_next_q, v_rel || '_claim_final', 'nothing'),
+                 ('_claim_upsert', v_next_q, v_rel || '_claim', 'upsert'),
+                 ('_claim_upsert_final', v_next_q, v_rel || '_claim_final', 'upsert'),
+                 ('_buffer', v_buf_q, NULL, NULL),
+                 ('_buffer_nothing', v_buf_q, NULL, 'nothing'),
+                 ('_buffer_upsert', v_buf_q, NULL, 'update')) AS f(suffix, base, fn, arg) LOOP
+        v_view := format('pgshunt.%I', v_rel || r.suffix);
+        IF v_done THEN
+            step := 'exists';
+            detail := format('view %s over %s', v_view, r.base);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s FROM %s', v_view, v_viewcols, r.base);
+        IF v_defaults IS NOT NULL THEN
+            EXECUTE format('ALTER VIEW %s %s', v_view, v_defaults);
+        END IF;
+        IF r.fn IS NOT NULL THEN
+            EXECUTE format('CREATE OR REPLACE TRIGGER claim INSTEAD OF INSERT ON %s FOR EACH ROW '
+                           'EXECUTE FUNCTION pgshunt.%I(%L)', v_view, r.fn, r.arg);
+        ELSIF r.arg IS NOT NULL THEN
+            EXECUTE format('CREATE OR REPLACE RULE buffer AS ON INSERT TO %s DO INSTEAD '
+                           'INSERT INTO %s AS b (pgshunt_conflict, pgshunt_conflict_clause, %s) '
+                           'VALUES (%L, %s, %s) RETURNING %s',
+                           v_view, v_buf_q, v_cols, r.arg,
+                           CASE WHEN r.arg = 'update' THEN 'pgshunt.conflict_clause()' ELSE 'NULL' END,
+                           v_newvals, v_retcols);
+        END IF;
+        PERFORM copy_owner_acl(p_table, v_view::regclass);
+        EXECUTE format('COMMENT ON VIEW %s IS %L', v_view,
+                       format('pgshunt: INSERTs into %s are rewritten to this view (docs/ENGINE.md)', v_old_q));
+        step := 'create_view';
+        detail := format('view %s over %s', v_view, r.base);
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
 -- MIGRATE PREPARE: check p_table, then build next (partitioned), its partitions, the
 -- buffer and the mirror helpers, one row per step; 'exists' for what is already there.
 -- All in the caller's transaction; running it again changes nothing but the partitions
@@ -364,6 +666,8 @@ DECLARE
     v_params   text;
     v_nkeys    integer;
     v_override text;
+    v_ucols    text;
+    v_uvals    text;
     v_sig      text;
     v_src      text;
     v_config   text;
@@ -809,8 +1113,12 @@ BEGIN
     -- by name: the row types of old and next have the same column names, and old's
     -- dropped columns are absent from both the list and next.
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum)
-      INTO v_cols, v_vals
+           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum),
+           -- old's GENERATED ALWAYS identity columns can only be inserted (OVERRIDING):
+           -- an UPDATE leaves them as they are, the key's row keeps its id.
+           string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attidentity <> 'a'),
+           string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum) FILTER (WHERE a.attidentity <> 'a')
+      INTO v_cols, v_vals, v_ucols, v_uvals
       FROM pg_attribute AS a
      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     v_override := CASE WHEN EXISTS (SELECT 1 FROM pg_attribute AS a
@@ -848,21 +1156,24 @@ BEGIN
                        FROM generate_series(1, cardinality(p_key_columns)) AS o)),
              'p_table oid, ' || v_params,
              'void', 'the per-key transaction lock: pg_advisory_xact_lock(p_table::int4, hashtext(key values as text joined by chr(31)))'),
+            -- An UPDATE when the key is there (not DELETE + INSERT): a concurrent writer of
+            -- the row waiting on it follows the update instead of finding it gone (a
+            -- lost update while proxies in read_next and cutover write the same key).
             (2, 'put_next', v_old_q,
-             format(E'\nBEGIN\n    PERFORM pgshunt.key_lock(%s::oid, %s);\n    DELETE FROM %s AS t WHERE %s;\n    INSERT INTO %s (%s) VALUES (%s);\n    RETURN true;\nEND\n',
-                    p_table::oid, v_lockargs, v_next_q, v_where, v_next_q, v_cols, v_vals),
-             'r ' || v_old_q, 'boolean', format('mirror a row of %s into %s (replaces the row with its key)', v_old_q, v_next_q)),
+             format(E'\nBEGIN\n    UPDATE %s AS t SET (%s) = ROW(%s) WHERE %s;\n    IF NOT FOUND THEN\n        INSERT INTO %s (%s) VALUES (%s);\n    END IF;\n    RETURN true;\nEND\n',
+                    v_next_q, v_cols, v_vals, v_where, v_next_q, v_cols, v_vals),
+             'r ' || v_old_q, 'boolean', format('mirror a row of %s into %s (updates the row with its key, or inserts it)', v_old_q, v_next_q)),
             (3, 'del_next', v_old_q,
-             format(E'\nBEGIN\n    PERFORM pgshunt.key_lock(%s::oid, %s);\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
-                    p_table::oid, v_lockargs, v_next_q, v_where),
+             format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
+                    v_next_q, v_where),
              'r ' || v_old_q, 'boolean', format('delete from %s the row with the key of a row of %s', v_next_q, v_old_q)),
             (4, 'put_old', v_next_q,
-             format(E'\nBEGIN\n    PERFORM pgshunt.key_lock(%s::oid, %s);\n    DELETE FROM %s AS t WHERE %s;\n    INSERT INTO %s (%s)%s VALUES (%s);\n    RETURN true;\nEND\n',
-                    p_table::oid, v_lockargs, v_old_q, v_where, v_old_q, v_cols, v_override, v_vals),
-             'r ' || v_next_q, 'boolean', format('mirror a row of %s into %s (replaces the row with its key)', v_next_q, v_old_q)),
+             format(E'\nBEGIN\n    UPDATE %s AS t SET (%s) = ROW(%s) WHERE %s;\n    IF NOT FOUND THEN\n        INSERT INTO %s (%s)%s VALUES (%s);\n    END IF;\n    RETURN true;\nEND\n',
+                    v_old_q, v_ucols, v_uvals, v_where, v_old_q, v_cols, v_override, v_vals),
+             'r ' || v_next_q, 'boolean', format('mirror a row of %s into %s (updates the row with its key, or inserts it)', v_next_q, v_old_q)),
             (5, 'del_old', v_next_q,
-             format(E'\nBEGIN\n    PERFORM pgshunt.key_lock(%s::oid, %s);\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
-                    p_table::oid, v_lockargs, v_old_q, v_where),
+             format(E'\nBEGIN\n    DELETE FROM %s AS t WHERE %s;\n    RETURN true;\nEND\n',
+                    v_old_q, v_where),
              'r ' || v_next_q, 'boolean', format('delete from %s the row with the key of a row of %s', v_old_q, v_next_q))
         ) AS f(ord, name, argtypes, body, args, rettype, comment)
         ORDER BY ord
@@ -890,6 +1201,9 @@ BEGIN
         detail := 'function ' || v_sig;
         RETURN NEXT;
     END LOOP;
+
+    -- ---------------------------------------------------------------- claim and buffer views
+    RETURN QUERY SELECT * FROM prepare_claims(p_table, v_next::regclass, v_buf::regclass, p_key_columns, v_key_idx);
     RETURN;
 END
 $fn$;
@@ -898,4 +1212,5 @@ REVOKE ALL ON FUNCTION pgshunt.index_tail(oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.index_tail_add_column(text, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.copy_owner_acl(regclass, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.partitions_ensure(regclass, text, timestamptz, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgshunt.prepare_claims(regclass, regclass, regclass, name[], oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.migrate_prepare(regclass, text, text, name, text, int, name[]) FROM PUBLIC;

@@ -120,7 +120,7 @@ steps() {
 	grep -v '|function pgshunt.key_lock(' "$1" | cut -d'|' -f1 | sort | uniq -c | awk '{print $2 "=" $1}' | paste -sd' '
 }
 expect_eq "first prepare: steps" "$(steps "$tmp/prepare1")" \
-	"create_constraint=1 create_function=4 create_index=1 create_partitions=1 create_table=2"
+	"create_constraint=1 create_function=4 create_index=1 create_partitions=1 create_table=2 create_view=9"
 grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, text\)$' "$tmp/prepare1" ||
 	fail "no key_lock(oid, text, text) step"
 ok "migrate_prepare on the production shape"
@@ -267,14 +267,19 @@ expect_eq "del_next removes the row" "$(q -c "$same_row")" "1/1/1"
 expect_eq "k1 gone from next" "$(q -c "SELECT count(*) FROM ingest_idempotency_next WHERE idempotency_key = 'k1'")" 0
 ok "del_next removes the row from next"
 
-# The per-key lock: pg_advisory_xact_lock(old's oid, hashtext(site_id || chr(31) || key)).
-out=$(q -c "BEGIN" -c "SELECT pgshunt.put_next(o) FROM ingest_idempotency o WHERE site_id = 'mirror'" \
-	-c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+# The per-key lock: pg_advisory_xact_lock(old's oid, hashtext(site_id || chr(31) || key)),
+# taken by key_lock (the finalized claim, the jobs), not by the mirror helpers: old's
+# unique index orders their writes, and a lock per row fills the lock table.
+locks="SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
 	    AND classid = 'ingest_idempotency'::regclass::oid AND objsubid = 2 AND mode = 'ExclusiveLock'
-	    AND objid::bigint = (hashtext('mirror' || chr(31) || 'seed-' || md5('7'))::bigint & 4294967295)" \
-	-c "ROLLBACK")
+	    AND objid::bigint = (hashtext('mirror' || chr(31) || 'seed-' || md5('7'))::bigint & 4294967295)"
+out=$(q -c "BEGIN" -c "SELECT pgshunt.key_lock('ingest_idempotency'::regclass, 'mirror', 'seed-' || md5('7'))" \
+	-c "$locks" -c "ROLLBACK")
 expect_eq "key lock held" "$(tail -n1 <<<"$out")" 1
-ok "put_next takes the per-key advisory lock (old's oid, hashtext of the key)"
+out=$(q -c "BEGIN" -c "SELECT pgshunt.put_next(o) FROM ingest_idempotency o WHERE site_id = 'mirror'" \
+	-c "$locks" -c "ROLLBACK")
+expect_eq "no key lock taken by put_next" "$(tail -n1 <<<"$out")" 0
+ok "key_lock takes the per-key advisory lock (old's oid, hashtext of the key); put_next takes none"
 
 # The cutover direction: next written, old mirrored.
 q -c "INSERT INTO ingest_idempotency_next (site_id, idempotency_key, request_hash)
@@ -384,7 +389,7 @@ sed 's/^/    /' "$tmp/prepare3"
 grep -q 'WARNING:  partition column "inserted_at" of table '"$s"'.payments allows NULL' "$tmp/prepare3.err" ||
 	fail "no warning about the nullable inserted_at: $(cat "$tmp/prepare3.err")"
 expect_eq "second shape: steps" "$(steps "$tmp/prepare3")" \
-	"create_constraint=1 create_function=4 create_index=2 create_partitions=1 create_table=2"
+	"create_constraint=1 create_function=4 create_index=2 create_partitions=1 create_table=2 create_view=9"
 grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, uuid\)$' "$tmp/prepare3" ||
 	fail "no key_lock(oid, text, uuid) step"
 ok "migrate_prepare on the second shape (key tenant, request_id; daily partitions)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Duplicate-key storms (tests/integration/storm.py) in every phase this pgshunt serves,
+# Duplicate-key storms (tests/integration/storm.py) in every phase, and in DEGRADED,
 # in a database of its own with a pgshunt of its own.
 set -euo pipefail
 . tests/integration/lib.sh
@@ -10,12 +10,26 @@ start_pgshunt "control_dsn = $direct"
 storm() {
 	/usr/bin/python3 tests/integration/storm.py "$app" "$direct" "$1" || fail "storm in $1"
 }
+c() { psql -X -qtA "$console" -c "$1" >/dev/null || fail "$1"; }
 
 storm passthrough
-psql -X -qtA "$console" -c 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE"
-psql -X -qtA "$console" -c 'SET PHASE dual_write' || fail "SET PHASE dual_write"
+c 'MIGRATE PREPARE'
+c 'SET PHASE dual_write'
 storm dual_write
-psql -X -qtA "$console" -c 'SET PHASE read_next FORCE' || fail "SET PHASE read_next FORCE"
+c 'SET PHASE read_next FORCE'
 storm read_next
+c 'SET PHASE cutover'
+storm cutover
+storm mixed
+c 'DEGRADED ON'
+storm degraded
+c 'DEGRADED OFF'
+# The rename finalized stands for (the fleet's hold and retries are not under test here).
+psql -X -q -v ON_ERROR_STOP=1 "$direct" -c "BEGIN" \
+	-c "ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old" \
+	-c "ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency" -c "COMMIT" ||
+	fail "the rename"
+c 'SET PHASE finalized FORCE'
+storm finalized
 stop_pgshunt
 echo "storms: ok"

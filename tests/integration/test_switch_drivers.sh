@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Named prepared statements kept across phase switches, with real drivers, in a database
 # and a pgshunt of its own.  Each driver keeps one connection and its server-side
-# statements through passthrough -> dual_write -> read_next FORCE -> dual_write ->
-# passthrough while this script switches the phase on the console between its stages:
+# statements through passthrough -> dual_write -> read_next FORCE -> cutover -> read_next
+# -> dual_write -> passthrough while this script switches the phase on the console
+# between its stages:
 #
 #   postgres.js   tests/drivers/node/switch_postgres.js pgjs   (prepare: true, max: 1)
 #   node-postgres tests/drivers/node/switch_postgres.js pg     (named query configs)
@@ -129,18 +130,26 @@ scenario() { # NAME SITE COMMAND...
 	q "DELETE FROM ingest_idempotency_next WHERE site_id = '$site' AND idempotency_key = 'next-only'" >/dev/null
 	in_next "$site" "dw-1 dw-2 pre-2 rn-1"
 	ok "$name: read_next FORCE: the read sees next_table's rows only (next-only yes; direct-only, pre-1 no); rn-1 mirrored"
+	phase cutover
+	resume
+
+	until_sync cutover
+	in_next "$site" "co-1 dw-1 dw-2 pre-2 rn-1"
+	in_table "$site" "co-1 direct-only dw-1 dw-2 pre-1 pre-2 rn-1"
+	ok "$name: cutover: claims through the view (co-1 once, rn-1 refused as taken), UPDATE and DELETE on next_table, all mirrored into the table"
+	phase read_next
 	phase dual_write
 	resume
 
 	until_sync dual_write_again
-	in_next "$site" "dw-1 dw-2 dw-4 pre-2 rn-1"
+	in_next "$site" "co-1 dw-1 dw-2 dw-4 pre-2 rn-1"
 	ok "$name: back to dual_write: reads from the table again; dw-4 mirrored"
 	phase passthrough
 	resume
 
 	end_driver
-	in_table "$site" "direct-only dw-1 dw-2 dw-4 pre-1 pre-2 pt-1 rn-1"
-	[ "$(keys "$site" ingest_idempotency_next)" = "dw-1 dw-2 dw-4 pre-2 rn-1" ] ||
+	in_table "$site" "co-1 direct-only dw-1 dw-2 dw-4 pre-1 pre-2 pt-1 rn-1"
+	[ "$(keys "$site" ingest_idempotency_next)" = "co-1 dw-1 dw-2 dw-4 pre-2 rn-1" ] ||
 		die "$name: passthrough wrote to next_table: $(keys "$site" ingest_idempotency_next)"
 	ok "$name: back to passthrough: nothing mirrored; driver done ($((SECONDS - t0)) s)"
 }

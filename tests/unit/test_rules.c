@@ -50,8 +50,10 @@ struct record {
 
 struct expect {
 	enum rule_action action;
-	const char *fn;   /* RULE_MIRROR: "pgshunt.put_next" / "pgshunt.del_next" */
+	const char *fn;   /* RULE_MIRROR: "pgshunt.put_next", ..., "pgshunt.del_old" */
 	const char *text; /* RULE_REFUSE: a substring of the reason, "" for any */
+	char view[40];    /* RULE_CLAIM, RULE_BUFFER: the view's suffix */
+	bool to_next;     /* RULE_MIRROR, RULE_CLAIM, RULE_BUFFER: "+next" */
 };
 
 struct dfile {
@@ -242,10 +244,16 @@ static void dfile_directive(void *arg, const char *path, unsigned line, char *s)
 	}
 }
 
-/* "forward", "mirror put_next", "rename", "refuse [text]" */
+/*
+ * "forward", "mirror put_next|del_next|put_old|del_old [+next]", "rename",
+ * "claim VIEW [+next]", "buffer VIEW [+next]", "refuse [text]"
+ */
 static struct expect expect_from(const char *path, unsigned line, const char *s)
 {
+	static const char *const fns[] = {"put_next", "del_next", "put_old", "del_old"};
 	struct expect e = {.action = RULE_FORWARD};
+	char word[16], arg[40], plus[8], extra[8];
+	int n = sscanf(s, "%15s %39s %7s %7s", word, arg, plus, extra);
 
 	if (strcmp(s, "forward") == 0)
 		return e;
@@ -253,18 +261,34 @@ static struct expect expect_from(const char *path, unsigned line, const char *s)
 		e.action = RULE_RENAME;
 		return e;
 	}
-	if (strcmp(s, "mirror put_next") == 0 || strcmp(s, "mirror del_next") == 0) {
-		e.action = RULE_MIRROR;
-		e.fn = s[7] == 'p' ? "pgshunt.put_next" : "pgshunt.del_next";
-		return e;
-	}
 	if (strcmp(s, "refuse") == 0 || strncmp(s, "refuse ", 7) == 0) {
 		e.action = RULE_REFUSE;
 		e.text = s[6] ? s + 7 : "";
 		return e;
 	}
+	if ((n == 2 || (n == 3 && strcmp(plus, "+next") == 0)) &&
+	    (strcmp(word, "mirror") == 0 || strcmp(word, "claim") == 0 ||
+	     strcmp(word, "buffer") == 0)) {
+		e.to_next = n == 3;
+		snprintf(e.view, sizeof(e.view), "%s", arg);
+		if (word[0] == 'c' || word[0] == 'b') {
+			e.action = word[0] == 'c' ? RULE_CLAIM : RULE_BUFFER;
+			return e;
+		}
+		e.action = RULE_MIRROR;
+		for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+			if (strcmp(arg, fns[i]) == 0)
+				e.fn = i == 0   ? "pgshunt.put_next"
+				       : i == 1 ? "pgshunt.del_next"
+				       : i == 2 ? "pgshunt.put_old"
+						: "pgshunt.del_old";
+		if (e.fn)
+			return e;
+	}
 	file_die(path, line,
-	         "expected forward, mirror put_next|del_next, rename or refuse [text], got %s", s);
+	         "expected forward, mirror FN [+next], rename, claim|buffer VIEW [+next] or refuse "
+	         "[text], got %s",
+	         s);
 }
 
 static int name_cmp(const void *a, const void *b)
@@ -347,7 +371,13 @@ static void describe(char *out, size_t n, struct rule_decision d)
 		snprintf(out, n, "forward");
 		break;
 	case RULE_MIRROR:
-		snprintf(out, n, "mirror %s", d.mirror_fn ? d.mirror_fn : "(no function)");
+		snprintf(out, n, "mirror %s%s", d.mirror_fn ? d.mirror_fn : "(no function)",
+		         d.to_next ? " +next" : "");
+		break;
+	case RULE_CLAIM:
+	case RULE_BUFFER:
+		snprintf(out, n, "%s %s%s", d.action == RULE_CLAIM ? "claim" : "buffer",
+		         d.view ? d.view : "(no view)", d.to_next ? " +next" : "");
 		break;
 	case RULE_RENAME:
 		snprintf(out, n, "rename");
@@ -365,7 +395,9 @@ static bool decision_matches(struct rule_decision d, const struct expect *e)
 	if (d.action != e->action)
 		return false;
 	if (d.action == RULE_MIRROR)
-		return d.mirror_fn && strcmp(d.mirror_fn, e->fn) == 0;
+		return d.mirror_fn && strcmp(d.mirror_fn, e->fn) == 0 && d.to_next == e->to_next;
+	if (d.action == RULE_CLAIM || d.action == RULE_BUFFER)
+		return d.view && strcmp(d.view, e->view) == 0 && d.to_next == e->to_next;
 	if (d.action == RULE_REFUSE)
 		return d.reason && d.reason[0] && strstr(d.reason, e->text);
 	return true;
@@ -382,13 +414,37 @@ static const char *invariant_broken(enum phase phase, bool degraded, const struc
 		mentions_old |= st->refs[i].role == REL_OLD;
 	if (!st->touches && d.action != RULE_FORWARD)
 		return "a statement that touches no configured relation is forwarded";
+	enum stmt_kind kind = st->kind == STMT_PREPARE ? st->inner : st->kind;
+	bool insert = kind == STMT_INSERT || kind == STMT_INSERT_SELECT;
 	if (d.action == RULE_MIRROR && (!st->writes || !target || target->role != REL_OLD))
 		return "a mirror goes on a statement that writes the table";
+	if (d.action == RULE_MIRROR &&
+	    (phase == PHASE_CUTOVER) != (strstr(d.mirror_fn, "_old") != NULL))
+		return "cutover mirrors into old, dual_write and read_next into next";
+	if (d.action == RULE_MIRROR && d.to_next != (phase == PHASE_CUTOVER))
+		return "cutover's writes (and only they) are pointed at next";
+	if ((d.action == RULE_CLAIM || d.action == RULE_BUFFER) &&
+	    (!insert || !target || target->role != REL_OLD))
+		return "a claim or buffer view takes an INSERT into the table";
+	if ((d.action == RULE_CLAIM || d.action == RULE_BUFFER) &&
+	    (st->conflict == CONFLICT_UPDATE) != (strstr(d.view, "upsert") != NULL))
+		return "DO UPDATE, and only it, goes to an _upsert view";
+	if (d.action == RULE_CLAIM && (degraded || phase < PHASE_CUTOVER))
+		return "claims are for cutover and finalized, out of DEGRADED";
+	if (d.action == RULE_BUFFER && !degraded)
+		return "buffer views are for DEGRADED only";
+	if (degraded && insert && target && target->role == REL_OLD && d.action != RULE_BUFFER &&
+	    d.action != RULE_REFUSE)
+		return "in DEGRADED an INSERT into the table goes to the buffer or is refused";
 	if (d.action == RULE_RENAME && (st->writes || target || !mentions_old))
 		return "a rename goes on a statement that reads the table and writes none";
+	if (d.action == RULE_RENAME && phase != PHASE_READ_NEXT && phase != PHASE_CUTOVER)
+		return "only read_next and cutover read from next";
+	/* finalized: the table is the partitioned table; an UPDATE or DELETE needs no mirror. */
 	if ((d.action == RULE_FORWARD || d.action == RULE_RENAME) && st->writes &&
-	    (phase != PHASE_PASSTHROUGH || degraded))
-		return "a write of a configured relation is mirrored or refused";
+	    phase != PHASE_PASSTHROUGH &&
+	    !(phase == PHASE_FINALIZED && (kind == STMT_UPDATE || kind == STMT_DELETE)))
+		return "a write of a configured relation is mirrored, claimed, buffered or refused";
 	return NULL;
 }
 
@@ -562,19 +618,14 @@ static void test_write_target(void **state)
 static void test_unservable(void **state)
 {
 	(void)state;
-	for (int p = 0; p < PHASE__COUNT; p++) {
-		for (int deg = 0; deg <= 1; deg++) {
-			const char *why = rules_unservable((enum phase)p, deg);
-			bool servable = !deg && (p == PHASE_PASSTHROUGH || p == PHASE_DUAL_WRITE ||
-			                         p == PHASE_READ_NEXT);
-			if (servable && why)
+	/* Every phase is served, with and without DEGRADED; SET PHASE's move rules stay. */
+	for (int p = 0; p < PHASE__COUNT; p++)
+		for (int deg = 0; deg <= 1; deg++)
+			if (rules_unservable((enum phase)p, deg))
 				fail_msg("%s%s: unservable (%s), expected servable",
-				         phase_name((enum phase)p), deg ? " DEGRADED" : "", why);
-			if (!servable && (!why || !why[0]))
-				fail_msg("%s%s: servable, expected a reason why not",
-				         phase_name((enum phase)p), deg ? " DEGRADED" : "");
-		}
-	}
+				         phase_name((enum phase)p), deg ? " DEGRADED" : "",
+				         rules_unservable((enum phase)p, deg));
+	assert_non_null(rules_unservable(PHASE__COUNT, false));
 }
 
 /* ---- main ---- */

@@ -7,7 +7,8 @@
 // statement from its first execution); the PreparedStatement objects stay open through
 // the stages.  At the end of a stage the program prints "SYNC <stage>" and waits for a
 // line on stdin while the shell switches the phase on pgshunt's console:
-//   passthrough -> dual_write -> read_next (FORCE) -> dual_write_again -> passthrough_again
+//   passthrough -> dual_write -> read_next (FORCE) -> cutover -> (read_next) dual_write_again
+//   -> passthrough_again
 // The socket is tapped (a SocketFactory of our own), so every statement is also checked
 // on the wire: after the first stage the driver binds the same statement name and never
 // parses again, and gets back the exact command tag, DataRows as wide as its columns,
@@ -528,7 +529,25 @@ public class SwitchTest {
             touch("rn-1", true);
             read("rn-1", "completed");
         });
-        step("(the shell: SET PHASE dual_write)", () -> sync("read_next"));
+        step("(the shell: SET PHASE cutover)", () -> sync("read_next"));
+        step("cutover: writes go to next_table first (claims through the view), mirrored into the table", () -> {
+            samePid();
+            read("direct-only", null);
+            read("pre-1", null);
+            read("rn-1", "completed");
+            claim("co-1", 51, true);
+            claim("co-1", 51, false);
+            claim("rn-1", 21, false);
+            claim("co-2", 52, true);
+            read("co-1", "processing");
+            finish("co-1", "completed", 201, true);
+            finish("nobody", "completed", 201, false);
+            touch("co-1", true);
+            forget("co-2", true);
+            forget("co-2", false);
+            read("co-1", "completed");
+        });
+        step("(the shell: SET PHASE read_next, SET PHASE dual_write)", () -> sync("cutover"));
         step("dual_write again: reads from the table again", () -> {
             samePid();
             read("direct-only", "processing");

@@ -11,7 +11,8 @@
 // The program runs the application's statements in stages; at the end of a stage it
 // prints "SYNC <stage>" and waits for a line on stdin, while the shell switches the
 // phase on pgshunt's console (and checks the tables):
-//   passthrough -> dual_write -> read_next (FORCE) -> dual_write_again -> passthrough_again
+//   passthrough -> dual_write -> read_next (FORCE) -> cutover -> (read_next) dual_write_again
+//   -> passthrough_again
 // Every statement's results are checked through the driver's API and on the wire: the
 // socket is tapped, so the test sees what the driver really sent (after the first stage:
 // a Bind of the same statement name, never a new Parse -- postgres.js would otherwise
@@ -379,7 +380,25 @@ const steps = [
     await touch('rn-1');
     await read('rn-1', 'completed');
   }],
-  ['(the shell: SET PHASE dual_write)', () => sync('read_next')],
+  ['(the shell: SET PHASE cutover)', () => sync('read_next')],
+  ['cutover: writes go to next_table first (claims through the view), mirrored into the table', async () => {
+    await samePid();
+    await read('direct-only', null); // only in the table: reads come from next_table
+    await read('pre-1', null);
+    await read('rn-1', 'completed');
+    await claim('co-1', 51);
+    await claimAgain('co-1', 51);
+    await claimAgain('rn-1', 21); // from read_next: claimed already
+    await claim('co-2', 52);
+    await read('co-1', 'processing');
+    await finish('co-1', 'completed', 201);
+    await finish('nobody', 'completed', 201, false);
+    await touch('co-1');
+    await forget('co-2');
+    await forget('co-2', false);
+    await read('co-1', 'completed');
+  }],
+  ['(the shell: SET PHASE read_next, SET PHASE dual_write)', () => sync('cutover')],
   ['dual_write again: reads from the table again', async () => {
     await samePid();
     await read('direct-only', 'processing');
