@@ -24,6 +24,7 @@
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/iobuf.h"
+#include "proxy/jobs.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/migrate.h"
@@ -603,6 +604,7 @@ static int run(void)
 	control_start();
 	migrate_load_phase();
 	fleet_start();
+	jobs_start();
 	if (start_up())
 		event_base_dispatch(shunt.base);
 	else
@@ -611,6 +613,7 @@ static int run(void)
 	metrics_stop();
 	close_listeners();
 	close_all_sessions();
+	jobs_stop();
 	fleet_stop();
 	control_drain(1000);
 	migrate_stop();
