@@ -23,6 +23,7 @@
 #define IDLE_POLL_MS   1000 /* a drain with an empty buffer looks again after this */
 #define STALE_RETRY_MS 50   /* the phase moved under a batch: read it, go again */
 #define VERIFY_POLL_MS 200  /* VERIFY waiting for its result */
+#define THROTTLE_CATCH_UP_US 250000u
 #define MAX_VERIFY_WAITERS 8
 #define PARTITION_LOCK_TIMEOUT "500ms"
 
@@ -383,8 +384,8 @@ static uint64_t throttle_delay_ms(struct job *j, uint64_t rows, int rate)
 	j->rows_since_base += rows;
 	uint64_t due = j->base_us + j->rows_since_base * 1000000u / (uint64_t)rate;
 	if (due <= now) {
-		/* Behind (slow batches): do not burst to catch up on more than a second. */
-		if (now - due > 1000000u) {
+		/* Behind (a slow batch): catch up on a little, never burst. */
+		if (now - due > THROTTLE_CATCH_UP_US) {
 			j->base_us = now;
 			j->rows_since_base = 0;
 		}
@@ -459,7 +460,7 @@ static void on_batch(struct job *j, const PGresult *res)
 		/* The buffer is (nearly) empty: look again later, and start the rate afresh. */
 		j->base_us = now_us() + IDLE_POLL_MS * 1000u;
 		j->rows_since_base = 0;
-		job_schedule(j, rows ? throttle_delay_ms(j, 0, rate) + IDLE_POLL_MS : IDLE_POLL_MS);
+		job_schedule(j, IDLE_POLL_MS);
 		return;
 	}
 	job_schedule(j, throttle_delay_ms(j, rows, rate));
@@ -935,8 +936,7 @@ bool jobs_cmd_show_drain(struct session *s, struct admin_result *r, const char *
 	const char *params[] = {shunt.cfg.buffer_table};
 	return defer(r, control_query(
 				"WITH j AS (SELECT * FROM pgshunt.jobs WHERE name = 'drain'), b AS (SELECT "
-				"(xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %s', "
-				"$1::regclass), false, false, '')))[1]::text::bigint AS n) SELECT "
+				"pgshunt.job_count($1::regclass) AS n) SELECT "
 				"coalesce(j.state, 'idle'), b.n::text, coalesce(j.cursor ->> 'drained', '0'), "
 				"coalesce(j.cursor ->> 'inserted', '0'), coalesce(j.cursor ->> "
 				"'duplicates', '0'), coalesce(j.cursor ->> 'ledgered', '0'), "

@@ -399,6 +399,19 @@ BEGIN
 END
 $fn$;
 
+-- Rows in a table (the buffer, for SHOW DRAIN).
+CREATE OR REPLACE FUNCTION pgshunt.job_count(p_rel regclass) RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM %s', p_rel) INTO n;
+    RETURN n;
+END
+$fn$;
+
 -- p_name with '_old' appended to its last identifier: where finalized keeps old.
 CREATE OR REPLACE FUNCTION pgshunt.job_old_name(p_name text) RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -660,7 +673,7 @@ REVOKE ALL ON FUNCTION pgshunt.job_key(regclass, int), pgshunt.job_columns(regcl
     pgshunt.job_claim(text, text), pgshunt.job_failed(text, text), pgshunt.job_phase(bigint),
     pgshunt.backfill_control(regclass, text, text), pgshunt.backfill_batch(regclass, regclass, int, bigint),
     pgshunt.verify_start(regclass, text), pgshunt.verify_chunk(regclass, regclass, int),
-    pgshunt.drain_control(text, text), pgshunt.job_old_name(text),
+    pgshunt.drain_control(text, text), pgshunt.job_old_name(text), pgshunt.job_count(regclass),
     pgshunt.drain_batch(text, text, regclass, name[], int, bigint),
     pgshunt.partitions_list(regclass),
     pgshunt.partitions_maintain(regclass, text, int, interval, text) FROM PUBLIC;
