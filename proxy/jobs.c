@@ -94,9 +94,11 @@ static struct job jobs[] = {
 	{.name = "verify", .exclusive = true, .send_batch = verify_send},
 	{.name = "drain", .exclusive = true, .send_batch = drain_send},
 	{.name = "partitions"},
+	{.name = "partitions (console)"},
 };
 #define NJOBS (sizeof(jobs) / sizeof(jobs[0]))
-#define PARTITIONS (&jobs[3])
+#define PARTITIONS (&jobs[3])         /* the timer's upkeep */
+#define PARTITIONS_CONSOLE (&jobs[4]) /* PARTITIONS MAINTAIN, which waits its turn */
 
 static struct {
 	struct event *tick;
@@ -634,7 +636,8 @@ static void on_partitions_timer(evutil_socket_t fd, short what, void *arg)
 void jobs_start(void)
 {
 	struct timeval tick = {JOBS_TICK_MS / 1000, (JOBS_TICK_MS % 1000) * 1000};
-	struct timeval first = {5, 0};
+	/* MIGRATE PREPARE made the partitions due then; the first upkeep can wait. */
+	struct timeval first = {JOBS_PARTITIONS_FIRST_S, 0};
 	if (!control_available())
 		return;
 	js.tick = event_new(shunt.base, -1, EV_PERSIST, on_tick, NULL);
@@ -962,7 +965,7 @@ static void on_maintained(struct job *j, const PGresult *res)
 		for (int i = 0; i < PQntuples(res); i++) {
 			const char *v[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
 					   PQgetvalue(res, i, 2)};
-			if (strcmp(v[0], "premake") != 0 || !strstr(v[2], "0 partitions made"))
+			if (strcmp(v[0], "premake") != 0)
 				log_info("partitions: %s %s: %s", v[0], v[1], v[2]);
 			if (s)
 				admin_row(s, 3, v);
@@ -998,14 +1001,17 @@ static bool partitions_run(struct session *console)
 					? shunt.cfg.partition_retention
 					: NULL;
 	const char *params[] = {partition_parent(), interval_name(), premake, retention,
-				PARTITION_LOCK_TIMEOUT};
-	PARTITIONS->console = console;
-	if (jc_query(PARTITIONS, "SELECT action, partition, detail FROM "
-				 "pgshunt.partitions_maintain($1::regclass, $2, $3::int, "
-				 "$4::interval, $5)",
-		     5, params, on_maintained))
+				PARTITION_LOCK_TIMEOUT,
+				shunt.phase.phase == PHASE_FINALIZED ? "true" : "false",
+				console ? "true" : "false"};
+	struct job *j = console ? PARTITIONS_CONSOLE : PARTITIONS;
+	j->console = console;
+	if (jc_query(j, "SELECT action, partition, detail FROM "
+			"pgshunt.partitions_maintain($1::regclass, $2, $3::int, $4::interval, $5, "
+			"$6::boolean, $7::boolean)",
+		     7, params, on_maintained))
 		return true;
-	PARTITIONS->console = NULL;
+	j->console = NULL;
 	return false;
 }
 
@@ -1014,8 +1020,8 @@ bool jobs_cmd_partitions_maintain(struct session *s, struct admin_result *r, con
 	(void)args;
 	if (!need_control(r, "PARTITIONS MAINTAIN"))
 		return false;
-	if (PARTITIONS->cb) {
-		admin_res_error(r, OBJECT_IN_USE, "the partition upkeep is running already");
+	if (PARTITIONS_CONSOLE->cb) {
+		admin_res_error(r, OBJECT_IN_USE, "PARTITIONS MAINTAIN is running already");
 		return false;
 	}
 	return defer(r, partitions_run(s));

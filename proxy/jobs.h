@@ -23,6 +23,7 @@
 
 #define JOBS_TICK_MS           1000
 #define JOBS_PROGRESS_LOG_MS   5000
+#define JOBS_PARTITIONS_FIRST_S 60
 #define JOBS_PARTITIONS_EVERY_S 600
 #define JOBS_VERIFY_CHUNK      10000
 #define JOBS_BACKFILL_P99_MS   100 /* the backfill backs off while inserts are slower */

@@ -616,52 +616,126 @@ AS $fn$
      ORDER BY 2 NULLS LAST, 1;
 $fn$;
 
--- PARTITIONS MAINTAIN: premake p_premake intervals ahead, then drop the partitions
--- whose upper bound is older than now() - p_retention (NULL: keep all), never the
--- current interval's or a later one.  Each drop waits at most p_lock_timeout for its
--- locks and, when it cannot have them, is reported as 'retry' (the next run tries
--- again) instead of queueing the application's statements behind it.
+-- PARTITIONS MAINTAIN: make sure the current interval and p_premake more ahead have a
+-- partition, then drop the partitions whose upper bound is older than now() -
+-- p_retention (NULL: keep all), never the current interval's or a later one.
+-- Intervals already covered by a partition are left alone whatever its name (after
+-- finalized the partitioned table carries the table's name, its partitions next's);
+-- new ones are named as partitions_ensure names them.  Every DDL waits at most
+-- p_lock_timeout for its locks and, when it cannot have them, is reported as 'retry'
+-- (the next run tries again) instead of queueing the application's statements behind
+-- it.  One maintainer at a time: a second one waits (p_wait, the console) or gets a
+-- single 'busy' row (the timer: another proxy is doing it).
+-- Retention only applies to the authoritative table (p_authoritative: finalized):
+-- before, dropping a partition of next would take rows from next that the table
+-- still has, and the two would differ.
 CREATE OR REPLACE FUNCTION pgshunt.partitions_maintain(p_parent regclass, p_interval text,
                                                        p_premake int, p_retention interval,
-                                                       p_lock_timeout text)
+                                                       p_lock_timeout text, p_authoritative boolean,
+                                                       p_wait boolean)
 RETURNS TABLE(action text, partition text, detail text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgshunt
 SET timezone = 'UTC'
+SET datestyle = 'ISO, YMD'
 AS $fn$
 DECLARE
-    v_made    int;
-    v_current timestamptz := date_trunc(p_interval, now());
+    v_step    interval;
+    v_current timestamp;
+    v_lo      timestamp;
+    v_hi      timestamp;
     v_cutoff  timestamptz;
+    v_type    regtype;
+    v_fmt     text;
+    v_nsp     name;
+    v_rel     name;
+    v_owner   oid;
+    v_name    text;
     r         record;
 BEGIN
+    IF p_interval IS NULL OR p_interval NOT IN ('day', 'week', 'month') THEN
+        RAISE EXCEPTION 'partition interval must be day, week or month, not %',
+            coalesce(quote_literal(p_interval), 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('pgshunt:job:partitions', 0));
+    ELSIF NOT pg_try_advisory_xact_lock(hashtextextended('pgshunt:job:partitions', 0)) THEN
+        action := 'busy';
+        partition := p_parent::text;
+        detail := 'another pgshunt is maintaining the partitions';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('pgshunt:partitions:' || p_parent::oid, 0));
     PERFORM set_config('lock_timeout', p_lock_timeout, true);
-    BEGIN
-        v_made := partitions_ensure(p_parent, p_interval, now(), p_premake);
-        action := 'premake';
-        partition := p_parent::text;
-        detail := format('%s partition%s made, %s %s%s ahead', v_made, CASE WHEN v_made = 1 THEN '' ELSE 's' END,
-                         p_premake, p_interval, CASE WHEN p_premake = 1 THEN '' ELSE 's' END);
-        RETURN NEXT;
-    EXCEPTION WHEN lock_not_available THEN
-        action := 'retry';
-        partition := p_parent::text;
-        detail := 'premake: ' || SQLERRM;
-        RETURN NEXT;
-    END;
+    SELECT n.nspname, c.relname, c.relowner, a.atttypid
+      INTO v_nsp, v_rel, v_owner, v_type
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+      JOIN pg_partitioned_table AS pt ON pt.partrelid = c.oid
+      JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
+     WHERE c.oid = p_parent AND pt.partstrat = 'r' AND pt.partnatts = 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not partitioned by range on one column', p_parent
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    v_fmt := CASE v_type WHEN 'timestamptz'::regtype THEN 'YYYY-MM-DD HH24:MI:SS"+00"'
+                         WHEN 'timestamp'::regtype THEN 'YYYY-MM-DD HH24:MI:SS'
+                         ELSE 'YYYY-MM-DD' END;
+    v_step := ('1 ' || p_interval)::interval;
+    v_current := date_trunc(p_interval, now() AT TIME ZONE 'UTC');
+
+    -- Premake: the current interval and p_premake more.
+    v_lo := v_current;
+    WHILE v_lo < v_current + (p_premake + 1) * v_step LOOP
+        v_hi := v_lo + v_step;
+        IF NOT EXISTS (SELECT 1 FROM partitions_list(p_parent) AS l
+                        WHERE l.lo <= v_lo AT TIME ZONE 'UTC' AND l.hi > v_lo AT TIME ZONE 'UTC') THEN
+            v_name := v_rel || CASE WHEN p_interval = 'month' THEN to_char(v_lo, '"_y"YYYY"m"MM')
+                                    ELSE to_char(v_lo, '"_p"YYYYMMDD') END;
+            partition := quote_ident(v_nsp) || '.' || quote_ident(v_name);
+            BEGIN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                               v_nsp, v_name, p_parent, to_char(v_lo, v_fmt), to_char(v_hi, v_fmt));
+                IF (SELECT c.relowner FROM pg_class AS c WHERE c.oid = partition::regclass) <> v_owner THEN
+                    EXECUTE format('ALTER TABLE %s OWNER TO %I', partition, pg_get_userbyid(v_owner));
+                END IF;
+                action := 'create';
+                detail := format('[%s, %s)', to_char(v_lo, v_fmt), to_char(v_hi, v_fmt));
+            EXCEPTION WHEN lock_not_available THEN
+                action := 'retry';
+                detail := 'create: ' || SQLERRM;
+            END;
+            RETURN NEXT;
+        END IF;
+        v_lo := v_hi;
+    END LOOP;
+    action := 'premake';
+    partition := p_parent::text;
+    detail := format('partitions cover %s %s%s ahead of the current one, to %s', p_premake, p_interval,
+                     CASE WHEN p_premake = 1 THEN '' ELSE 's' END, to_char(v_lo, v_fmt));
+    RETURN NEXT;
+
+    -- Retention: whole partitions older than the cutoff, never the current interval.
     IF p_retention IS NULL THEN
         RETURN;
     END IF;
-    v_cutoff := least(now() - p_retention, v_current);
+    IF NOT p_authoritative THEN
+        action := 'skip';
+        partition := p_parent::text;
+        detail := 'partition_retention applies once finalized: before, dropping a partition of '
+                  'next would make it differ from the table';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    v_cutoff := least(now() - p_retention, v_current AT TIME ZONE 'UTC');
     FOR r IN SELECT * FROM partitions_list(p_parent) AS l WHERE l.hi IS NOT NULL AND l.hi <= v_cutoff LOOP
+        partition := r.part::text;
         BEGIN
             EXECUTE format('DROP TABLE %s', r.part);
             action := 'drop';
-            partition := r.part::text;
             detail := format('[%s, %s), about %s rows, %s', r.lo, r.hi, r.est_rows, pg_size_pretty(r.bytes));
         EXCEPTION WHEN lock_not_available THEN
             action := 'retry';
-            partition := r.part::text;
             detail := 'drop: ' || SQLERRM;
         END;
         RETURN NEXT;
@@ -676,4 +750,4 @@ REVOKE ALL ON FUNCTION pgshunt.job_key(regclass, int), pgshunt.job_columns(regcl
     pgshunt.drain_control(text, text), pgshunt.job_old_name(text), pgshunt.job_count(regclass),
     pgshunt.drain_batch(text, text, regclass, name[], int, bigint),
     pgshunt.partitions_list(regclass),
-    pgshunt.partitions_maintain(regclass, text, int, interval, text) FROM PUBLIC;
+    pgshunt.partitions_maintain(regclass, text, int, interval, text, boolean, boolean) FROM PUBLIC;
