@@ -29,6 +29,8 @@ grep -q 'runs in dual_write only; the phase is passthrough' <<<"$out" || fail "B
 ok "BACKFILL refused with a usage error, and outside dual_write"
 
 c 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
+[ "$(cols 'SHOW VERIFY')" = "state|keys_checked|rows_old|rows_next|differences|first_differences|cursor|runner|started_at|updated_at|error" ] ||
+	fail "SHOW VERIFY columns: $(cols 'SHOW VERIFY')"
 
 # A proxy that registered but never acknowledged dual_write blocks the start.
 q "INSERT INTO pgshunt.proxies (proxy_id, acked_epoch, lease_until) VALUES ('laggard:1:1', 1, now() + interval '1 hour')"
@@ -36,6 +38,19 @@ out=$(c 'BACKFILL START') && fail "BACKFILL START with a laggard accepted"
 grep -q 'laggard:1:1 (acked 1)' <<<"$out" || fail "laggard not named: $out"
 q "DELETE FROM pgshunt.proxies WHERE proxy_id = 'laggard:1:1'"
 ok "BACKFILL START names the proxies that did not acknowledge dual_write"
+
+# A batch under another epoch than its proxy pinned does nothing (the phase moved).
+# (In a transaction rolled back: no runner sees the job.)
+out=$(psql -X -qtA "$direct" <<'EOF'
+BEGIN;
+INSERT INTO pgshunt.jobs (name, state) VALUES ('backfill', 'running');
+SELECT rows_read || ' ' || state FROM pgshunt.backfill_batch('ingest_idempotency', 'ingest_idempotency_next', 10, (SELECT epoch - 1 FROM pgshunt.state));
+SELECT count(*) FROM ingest_idempotency_next;
+ROLLBACK;
+EOF
+)
+[ "$out" = $'0 stale_epoch\n0' ] || fail "a batch ran under a stale epoch: $out"
+ok "a batch pinned to an older epoch does not run"
 
 # The application's load through pgshunt, all along the backfill.
 cat >"$work/load.py" <<'EOF'
