@@ -80,3 +80,9 @@ done
 [ "$(q "SELECT count(*) FROM (SELECT * FROM ingest_idempotency EXCEPT ALL SELECT * FROM ingest_idempotency_next) a")" = 0 ] ||
 	fail "rows of old missing in next"
 ok "done: next holds exactly old's $rows rows"
+
+# The survivor stops cleanly, leaving the finished job as it is.
+pid=$survivor
+pid_a= pid_b=
+stop_pgshunt
+[ "$(job state)" = done ] || fail "state after the runner stopped: $(job state)"
