@@ -795,14 +795,15 @@ bool jobs_cmd_show_backfill(struct session *s, struct admin_result *r, const cha
 	if (!need_control(r, "SHOW BACKFILL"))
 		return false;
 	return defer(r, control_query(
-				"SELECT state, rows_done::text, rows_total::text, CASE WHEN state = "
+				"SELECT coalesce(state, 'idle'), rows_done::text, rows_total::text, CASE "
+				"WHEN state IS NULL THEN NULL WHEN state = "
 				"'done' THEN '100.0' WHEN rows_total > 0 THEN least(99.9, round(100.0 * "
 				"rows_done / rows_total, 1))::text ELSE '0.0' END, cursor ->> 'rate', "
 				"CASE WHEN state = 'running' AND (cursor ->> 'rate')::float8 > 0 THEN "
 				"make_interval(secs => round(greatest(rows_total - rows_done, 0) / "
 				"(cursor ->> 'rate')::float8))::text END, (cursor -> 'after')::text, "
 				"cursor ->> 'inserted', runner, started_at::text, updated_at::text, error "
-				"FROM pgshunt.jobs WHERE name = 'backfill'",
+				"FROM (SELECT 1) AS one LEFT JOIN pgshunt.jobs ON name = 'backfill'",
 				0, NULL, on_rows, s));
 }
 
@@ -816,11 +817,12 @@ bool jobs_cmd_show_verify(struct session *s, struct admin_result *r, const char 
 	(void)args;
 	if (!need_control(r, "SHOW VERIFY"))
 		return false;
-	return defer(r, control_query("SELECT state, rows_done::text, cursor ->> 'rows_old', "
+	return defer(r, control_query("SELECT coalesce(state, 'idle'), rows_done::text, cursor ->> "
+				      "'rows_old', "
 				      "cursor ->> 'rows_next', cursor ->> 'differences', (cursor -> "
 				      "'first')::text, (cursor -> 'after')::text, runner, "
-				      "started_at::text, updated_at::text, error FROM pgshunt.jobs "
-				      "WHERE name = 'verify'",
+				      "started_at::text, updated_at::text, error FROM (SELECT 1) AS "
+				      "one LEFT JOIN pgshunt.jobs ON name = 'verify'",
 				      0, NULL, on_rows, s));
 }
 

@@ -28,6 +28,8 @@ out=$(c 'BACKFILL START') && fail "BACKFILL START in passthrough accepted"
 grep -q 'runs in dual_write only; the phase is passthrough' <<<"$out" || fail "BACKFILL START in passthrough: $out"
 ok "BACKFILL refused with a usage error, and outside dual_write"
 
+[ "$(c 'SHOW BACKFILL')" = "idle|||||||||||" ] || fail "SHOW BACKFILL before any backfill: $(c 'SHOW BACKFILL')"
+[ "$(c 'SHOW VERIFY' | cut -d'|' -f1)" = idle ] || fail "SHOW VERIFY before any VERIFY: $(c 'SHOW VERIFY')"
 c 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
 [ "$(cols 'SHOW VERIFY')" = "state|keys_checked|rows_old|rows_next|differences|first_differences|cursor|runner|started_at|updated_at|error" ] ||
 	fail "SHOW VERIFY columns: $(cols 'SHOW VERIFY')"
