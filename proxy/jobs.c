@@ -265,6 +265,13 @@ static void jc_drive(struct job *j)
 	}
 }
 
+/* Notices (a RAISE NOTICE, a skipped IF EXISTS) are not worth a log line above debug. */
+static void jc_notice(void *arg, const char *message)
+{
+	const struct job *j = arg;
+	log_debug("job %s: %s", j->name, message);
+}
+
 static bool jc_connect(struct job *j)
 {
 	static const char *const keys[] = {"dbname", "application_name", NULL};
@@ -280,6 +287,7 @@ static bool jc_connect(struct job *j)
 		j->conn = NULL;
 		return false;
 	}
+	PQsetNoticeProcessor(j->conn, jc_notice, j);
 	j->cstate = JC_CONNECTING;
 	jc_drive(j);
 	return true;

@@ -498,7 +498,9 @@ BEGIN
                    THEN ' OVERRIDING SYSTEM VALUE' ELSE '' END;
 
     -- Claim.  pgshunt_first: the first row of its key in this batch.
-    DROP TABLE IF EXISTS pgshunt_drain;
+    IF to_regclass('pg_temp.pgshunt_drain') IS NOT NULL THEN
+        DROP TABLE pg_temp.pgshunt_drain;   -- left by a batch that failed inside this call's caller
+    END IF;
     EXECUTE format('CREATE TEMP TABLE pgshunt_drain ON COMMIT DROP AS '
                    'SELECT b.*, row_number() OVER (PARTITION BY %s ORDER BY b.pgshunt_seq) = 1 AS pgshunt_first, '
                    'false AS pgshunt_exists FROM (SELECT * FROM %s ORDER BY pgshunt_seq LIMIT $1 '
@@ -578,7 +580,7 @@ BEGIN
     END LOOP;
 
     EXECUTE format('DELETE FROM %s AS b USING pgshunt_drain AS d WHERE b.pgshunt_seq = d.pgshunt_seq', p_buffer);
-    DROP TABLE pgshunt_drain;
+    DROP TABLE pg_temp.pgshunt_drain;
     UPDATE pgshunt.jobs AS jb
        SET rows_done = jb.rows_done + claimed,
            cursor = jsonb_build_object(

@@ -120,6 +120,57 @@ ms=$((($(date +%s%N) - start) / 1000000))
 [ "$(q "SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'fast'")" = 60000 ] || fail "fast drain not mirrored"
 ok "unthrottled: 60000 rows drained and mirrored in $ms ms ($((60000 * 1000 / (ms + 1))) rows/s)"
 
+# Several drainers at once (the proxy's and two sessions calling the batch function):
+# SKIP LOCKED shares the rows out, the key locks keep each key once.
+read -r d0 i0 u0 l0 <<<"$(q "SELECT rows_done, cursor ->> 'inserted', cursor ->> 'duplicates', cursor ->> 'ledgered' FROM pgshunt.jobs WHERE name = 'drain'" | tr '|' ' ')"
+q "INSERT INTO $buf ($cols) SELECT 'cc', 'cc-' || (g % 12000), '\\x01', 'processing', NULL FROM generate_series(1, 20000) AS g"
+drainer() {
+	for _ in $(seq 400); do
+		[ "$(q "SELECT count(*) FROM $buf")" = 0 ] && return 0
+		q "SELECT claimed FROM pgshunt.drain_batch('public.ingest_idempotency', 'public.ingest_idempotency_next', '$buf', '{site_id,idempotency_key}', 700, (SELECT epoch FROM pgshunt.state))" >/dev/null || return 1
+	done
+}
+drainer & d1=$!
+drainer & d2=$!
+wait "$d1" || fail "drainer 1 failed"
+wait "$d2" || fail "drainer 2 failed"
+for _ in $(seq 50); do
+	[ "$(q "SELECT count(*) FROM $buf")" = 0 ] && break
+	sleep 0.1
+done
+read -r d1 i1 u1 l1 <<<"$(q "SELECT rows_done, cursor ->> 'inserted', cursor ->> 'duplicates', cursor ->> 'ledgered' FROM pgshunt.jobs WHERE name = 'drain'" | tr '|' ' ')"
+[ "$((d1 - d0))|$((i1 - i0))|$((u1 - u0))|$((l1 - l0))" = "20000|12000|8000|8000" ] ||
+	fail "concurrent drainers counted $((d1 - d0)) drained, $((i1 - i0)) inserted, $((u1 - u0)) duplicates, $((l1 - l0)) ledgered"
+[ "$(q "SELECT count(*) || '/' || count(DISTINCT idempotency_key) FROM ingest_idempotency_next WHERE site_id = 'cc'")" = 12000/12000 ] ||
+	fail "keys in next after concurrent drainers: $(q "SELECT count(*) || '/' || count(DISTINCT idempotency_key) FROM ingest_idempotency_next WHERE site_id = 'cc'")"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'cc'")" = 12000 ] || fail "keys in old after concurrent drainers"
+[ "$(q "SELECT count(*) FROM pgshunt.conflicts WHERE key ->> 0 = 'cc'")" = 8000 ] || fail "ledger after concurrent drainers"
+ok "three drainers at once: 20000 rows, 12000 keys once each, 8000 duplicates ledgered"
+
+# Finalized: the partitioned table under the table's name is the only target; a
+# DO UPDATE has no unpartitioned twin to be computed on any more, so it is ledgered.
+q "ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old; ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency"
+q "SELECT pgshunt.set_phase('finalized', NULL, true, 'test', NULL)" >/dev/null
+for _ in $(seq 50); do
+	[ "$(c 'SHOW PHASE' | cut -d'|' -f1)" = finalized ] && break
+	sleep 0.1
+done
+q "INSERT INTO $buf (pgshunt_conflict, pgshunt_conflict_clause, $cols) VALUES
+   ('none', NULL, 'fz', 'new', '\\x01', 'processing', NULL),
+   ('none', NULL, 'cc', 'cc-1', '\\x02', 'processing', NULL),
+   ('update', 'DO UPDATE SET status = excluded.status', 'cc', 'cc-2', '\\x02', 'failed', NULL)"
+for _ in $(seq 50); do
+	[ "$(q "SELECT count(*) FROM $buf")" = 0 ] && break
+	sleep 0.1
+done
+[ "$(q "SELECT count(*) FROM $buf")" = 0 ] || fail "finalized: buffer not drained: $(c 'SHOW DRAIN')"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'fz'")|$(q "SELECT count(*) FROM ingest_idempotency_old WHERE site_id = 'fz'")" = "1|0" ] ||
+	fail "finalized: the new row is not in the partitioned table only"
+[ "$(q "SELECT string_agg(key ->> 1 || ':' || conflict || ':' || resolution, ',' ORDER BY id) FROM pgshunt.conflicts WHERE at > now() - interval '1 minute' AND key ->> 0 = 'cc' AND buffered_row ->> 'request_hash' = '\\x02'")" = "cc-1:none:ledger,cc-2:update:ledger" ] ||
+	fail "finalized: ledger $(q "SELECT string_agg(key::text || resolution, ',') FROM pgshunt.conflicts WHERE buffered_row ->> 'request_hash' = '\\x02'")"
+[ "$(q "SELECT status FROM ingest_idempotency WHERE site_id = 'cc' AND idempotency_key = 'cc-2'")" = processing ] || fail "finalized: DO UPDATE applied"
+ok "finalized: new keys into the partitioned table only, duplicates ledgered"
+
 c 'DRAIN PAUSE' >/dev/null || fail "DRAIN PAUSE"
 [ "$(c 'SHOW DRAIN' | cut -d'|' -f1)" = paused ] || fail "SHOW DRAIN after PAUSE"
 stop_pgshunt
