@@ -20,6 +20,7 @@
 #define OBJECT_IN_USE  "55006"
 #define OUT_OF_MEMORY  "53200"
 #define RETRY_ERROR_MS 5000 /* after a batch failed (the job's lock is kept) */
+#define RETRY_TRANSIENT_MS 100 /* after a deadlock or a lock timeout */
 #define IDLE_POLL_MS   1000 /* a drain with an empty buffer looks again after this */
 #define STALE_RETRY_MS 50   /* the phase moved under a batch: read it, go again */
 #define VERIFY_POLL_MS 200  /* VERIFY waiting for its result */
@@ -424,15 +425,39 @@ static void on_failure_recorded(struct job *j, const PGresult *res)
 		job_schedule(j, RETRY_ERROR_MS);
 }
 
+/*
+ * Deadlocks with the application's transactions (a drain inserting a key a client is
+ * inserting too, a backfill share-locking a row a multi-row transaction updates) and
+ * lock timeouts are the price of running beside it: the batch is simply run again.
+ */
+static bool transient(const char *sqlstate)
+{
+	return strcmp(sqlstate, "40P01") == 0 || strcmp(sqlstate, "40001") == 0 ||
+	       strcmp(sqlstate, "55P03") == 0;
+}
+
+static void on_transient_recorded(struct job *j, const PGresult *res)
+{
+	(void)res;
+	if (j->held)
+		job_schedule(j, RETRY_TRANSIENT_MS);
+}
+
 /* A batch failed and rolled back: say so in its row, log it, try again later. */
 static void job_batch_failed(struct job *j, const PGresult *res)
 {
 	const char *msg = control_message(res);
 	const char *params[] = {j->name, msg};
-	log_error("job %s: batch failed (%s): %s; retrying in %d s", j->name, control_sqlstate(res),
-		  msg, RETRY_ERROR_MS / 1000);
-	if (!jc_query(j, "SELECT pgshunt.job_failed($1, $2)", 2, params, on_failure_recorded))
-		job_schedule(j, RETRY_ERROR_MS);
+	bool again = transient(control_sqlstate(res));
+	if (again)
+		log_warning("job %s: batch rolled back (%s): %s; running it again", j->name,
+			    control_sqlstate(res), msg);
+	else
+		log_error("job %s: batch failed (%s): %s; retrying in %d s", j->name,
+			  control_sqlstate(res), msg, RETRY_ERROR_MS / 1000);
+	if (!jc_query(j, "SELECT pgshunt.job_failed($1, $2)", 2, params,
+		      again ? on_transient_recorded : on_failure_recorded))
+		job_schedule(j, again ? RETRY_TRANSIENT_MS : RETRY_ERROR_MS);
 }
 
 /* Every batch function answers (rows, state, ...). */

@@ -44,6 +44,19 @@ grep -q 'job backfill: backing off, p99 insert latency here is [0-9]* ms (limit 
 ok "slow inserts: the backfill waits"
 wait "$load_pid" || fail "the slow load failed"
 load_pid=
+# And at the rate asked (4000 rows/s), measured between two points of its progress.
+t0= d0=
+for _ in $(seq 400); do
+	IFS='|' read -r d t st <<<"$(q "SELECT rows_done, extract(epoch FROM clock_timestamp()), state FROM pgshunt.jobs WHERE name = 'backfill'")"
+	if [ -z "$t0" ] && [ "$d" -ge 4000 ]; then t0=$t d0=$d; fi
+	if [ -n "$t0" ] && [ "$d" -ge 30000 ]; then break; fi
+	[ "$st" = done ] && break
+	sleep 0.05
+done
+[ -n "$t0" ] && [ "$d" -ge 30000 ] || fail "the backfill did not go on: $(job state) at $(job rows_done)"
+rate=$(python3 -c "print(round(($d - $d0) / ($t - $t0)))")
+[ "$rate" -ge 3600 ] && [ "$rate" -le 4400 ] || fail "backfill at $rate rows/s, asked 4000"
+ok "throttle: $rate rows/s measured for 4000 asked"
 for _ in $(seq 100); do
 	[ "$(job state)" = done ] && break
 	sleep 0.2
