@@ -13,7 +13,7 @@
 -- pgshunt.jobs rows, by name:
 --   backfill  state idle|running|paused|done|cancelled; cursor {"after": [key as text],
 --             "inserted": n, "rate": rows/s}; rows_done = rows of old read so far.
---   verify    state running|clean|dirty|cancelled; cursor {"after": [...], "rows_old",
+--   verify    state running|clean|dirty; cursor {"after": [...], "rows_old",
 --             "rows_next", "differences", "first": [{"key": [...], "kind": ...}]}.
 --   drain     state idle|running|paused; cursor {"drained", "duplicates", "ledgered",
 --             "skipped", "updated", "rate"}; rows_done = rows moved out of the buffer.
