@@ -90,9 +90,13 @@ AS $fn$
     UPDATE pgshunt.jobs SET error = p_error, updated_at = now() WHERE name = p_name;
 $fn$;
 
--- The phase row, share-locked to the end of the batch: SET PHASE (pgshunt.set_phase
--- updates it) waits for the batch, and the batch refuses to run under another epoch
--- than the one its proxy pinned for it.
+-- The phase in force, and whether its epoch is the one the proxy pinned for this batch
+-- (a batch under another epoch does nothing: its proxy reads the phase and sends it
+-- again).  Not locked: a SET PHASE that commits while the batch runs is like one that
+-- commits while a client's transaction runs (I8): the batch goes on under the epoch it
+-- started in, and its proxy does not acknowledge the new one until the batch has ended.
+-- (Locking the row would block pgshunt.set_phase, and the control connection that
+-- runs it, behind the batch.)
 CREATE OR REPLACE FUNCTION pgshunt.job_phase(p_epoch bigint, OUT phase text, OUT current boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgshunt
@@ -100,7 +104,7 @@ AS $fn$
 DECLARE
     v_epoch bigint;
 BEGIN
-    SELECT s.phase, s.epoch INTO phase, v_epoch FROM pgshunt.state AS s FOR SHARE;
+    SELECT s.phase, s.epoch INTO phase, v_epoch FROM pgshunt.state AS s;
     current := v_epoch = p_epoch;
 END
 $fn$;
@@ -185,6 +189,7 @@ CREATE OR REPLACE FUNCTION pgshunt.backfill_batch(p_old regclass, p_next regclas
                                                   OUT rows_read bigint, OUT state text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgshunt
+SET lock_timeout = '5s'    -- bounds how long a batch (and the epoch it pins) can wait
 AS $fn$
 DECLARE
     j       pgshunt.jobs;
@@ -445,6 +450,7 @@ CREATE OR REPLACE FUNCTION pgshunt.drain_batch(p_table text, p_next text, p_buff
                                                OUT state text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgshunt
+SET lock_timeout = '5s'    -- bounds how long a batch (and the epoch it pins) can wait
 AS $fn$
 DECLARE
     v_state   text;
