@@ -65,6 +65,9 @@ struct job {
 	const char *name;          /* the pgshunt.jobs row; also the lock's name */
 	bool exclusive;            /* runs under the job's advisory lock */
 	bool (*send_batch)(struct job *j); /* queue the next batch; false when it could not */
+	const int *rate;           /* rows/s from the config (0 or NULL: unthrottled) */
+	const int *batch_rows;     /* rows a batch asks for, from the config */
+	bool waits_for_rows;       /* a short batch means nothing to do yet (the drain) */
 	PGconn *conn;
 	enum jconn_state cstate;
 	struct event *io;
@@ -91,9 +94,18 @@ static bool verify_send(struct job *j);
 static bool drain_send(struct job *j);
 
 static struct job jobs[] = {
-	{.name = "backfill", .exclusive = true, .send_batch = backfill_send},
+	{.name = "backfill",
+	 .exclusive = true,
+	 .send_batch = backfill_send,
+	 .rate = &shunt.cfg.backfill_max_rows_per_sec,
+	 .batch_rows = &shunt.cfg.backfill_batch_rows},
 	{.name = "verify", .exclusive = true, .send_batch = verify_send},
-	{.name = "drain", .exclusive = true, .send_batch = drain_send},
+	{.name = "drain",
+	 .exclusive = true,
+	 .send_batch = drain_send,
+	 .rate = &shunt.cfg.drain_max_rows_per_sec,
+	 .batch_rows = &shunt.cfg.drain_batch_rows,
+	 .waits_for_rows = true},
 	{.name = "partitions"},
 	{.name = "partitions (console)"},
 };
@@ -482,23 +494,14 @@ static void on_batch(struct job *j, const PGresult *res)
 		job_release(j, state);
 		return;
 	}
-	int rate = 0;
-	uint64_t batch = 0;
-	if (strcmp(j->name, "backfill") == 0) {
-		rate = shunt.cfg.backfill_max_rows_per_sec;
-		batch = (uint64_t)shunt.cfg.backfill_batch_rows;
-	} else if (strcmp(j->name, "drain") == 0) {
-		rate = shunt.cfg.drain_max_rows_per_sec;
-		batch = (uint64_t)shunt.cfg.drain_batch_rows;
-	}
-	if (strcmp(j->name, "drain") == 0 && rows < batch) {
+	if (j->waits_for_rows && rows < (uint64_t)*j->batch_rows) {
 		/* The buffer is (nearly) empty: look again later, and start the rate afresh. */
 		j->base_us = now_us() + IDLE_POLL_MS * 1000u;
 		j->rows_since_base = 0;
 		job_schedule(j, IDLE_POLL_MS);
 		return;
 	}
-	job_schedule(j, throttle_delay_ms(j, rows, rate));
+	job_schedule(j, throttle_delay_ms(j, rows, j->rate ? *j->rate : 0));
 }
 
 static bool job_send_pinned(struct job *j, const char *sql, int n, const char *const *params)
