@@ -16,35 +16,31 @@
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 
-#define NOT_IN_STATE   "55000"
-#define OBJECT_IN_USE  "55006"
-#define OUT_OF_MEMORY  "53200"
-#define RETRY_ERROR_MS 5000 /* after a batch failed (the job's lock is kept) */
-#define RETRY_TRANSIENT_MS 100 /* after a deadlock or a lock timeout */
-#define IDLE_POLL_MS   1000 /* a drain with an empty buffer looks again after this */
-#define STALE_RETRY_MS 50   /* the phase moved under a batch: read it, go again */
-#define VERIFY_POLL_MS 200  /* VERIFY waiting for its result */
-#define THROTTLE_CATCH_UP_US 250000u
-#define MAX_VERIFY_WAITERS 8
+#define NOT_IN_STATE           "55000"
+#define OBJECT_IN_USE          "55006"
+#define OUT_OF_MEMORY          "53200"
+#define RETRY_ERROR_MS         5000 /* after a batch failed (the job's lock is kept) */
+#define RETRY_TRANSIENT_MS     100  /* after a deadlock or a lock timeout */
+#define IDLE_POLL_MS           1000 /* a drain with an empty buffer looks again after this */
+#define STALE_RETRY_MS         50   /* the phase moved under a batch: read it, go again */
+#define VERIFY_POLL_MS         200  /* VERIFY waiting for its result */
+#define THROTTLE_CATCH_UP_US   250000u
+#define MAX_VERIFY_WAITERS     8
 #define PARTITION_LOCK_TIMEOUT "500ms"
 
-const char *const jobs_backfill_columns[] = {"state",      "rows_done",  "rows_total", "percent",
-					     "rows_per_sec", "eta",      "cursor",     "inserted",
-					     "runner",     "started_at", "updated_at", "error",
-					     NULL};
-const char *const jobs_verify_columns[] = {"state",       "keys_checked", "rows_old",
-					   "rows_next",   "differences",  "first_differences",
-					   "cursor",      "runner",       "started_at",
-					   "updated_at",  "error",        NULL};
-const char *const jobs_verify_result_columns[] = {"state",       "keys_checked", "rows_old",
-						  "rows_next",   "differences",
-						  "first_differences", NULL};
-const char *const jobs_drain_columns[] = {"state",    "buffered",     "drained", "inserted",
-					  "duplicates", "ledgered",   "skipped", "updated",
-					  "rows_per_sec", "eta",      "runner",  "updated_at",
-					  "error",    NULL};
-const char *const jobs_partitions_columns[] = {"table", "partition", "from",   "to",
-					       "est_rows", "size",   "bytes", NULL};
+const char *const jobs_backfill_columns[] = {
+    "state",    "rows_done", "rows_total", "percent",    "rows_per_sec", "eta", "cursor",
+    "inserted", "runner",    "started_at", "updated_at", "error",        NULL};
+const char *const jobs_verify_columns[] = {
+    "state",  "keys_checked", "rows_old",   "rows_next",  "differences", "first_differences",
+    "cursor", "runner",       "started_at", "updated_at", "error",       NULL};
+const char *const jobs_verify_result_columns[] = {
+    "state", "keys_checked", "rows_old", "rows_next", "differences", "first_differences", NULL};
+const char *const jobs_drain_columns[] = {
+    "state",   "buffered",     "drained", "inserted", "duplicates", "ledgered", "skipped",
+    "updated", "rows_per_sec", "eta",     "runner",   "updated_at", "error",    NULL};
+const char *const jobs_partitions_columns[] = {"table",    "partition", "from",  "to",
+                                               "est_rows", "size",      "bytes", NULL};
 const char *const jobs_maintain_columns[] = {"action", "partition", "detail", NULL};
 
 /* ---- one job: its connection, its lock, its schedule ---- */
@@ -62,26 +58,26 @@ struct job;
 typedef void (*job_cb)(struct job *j, const PGresult *res);
 
 struct job {
-	const char *name;          /* the pgshunt.jobs row; also the lock's name */
-	bool exclusive;            /* runs under the job's advisory lock */
+	const char *name;                  /* the pgshunt.jobs row; also the lock's name */
+	bool exclusive;                    /* runs under the job's advisory lock */
 	bool (*send_batch)(struct job *j); /* queue the next batch; false when it could not */
-	const int *rate;           /* rows/s from the config (0 or NULL: unthrottled) */
-	const int *batch_rows;     /* rows a batch asks for, from the config */
-	bool waits_for_rows;       /* a short batch means nothing to do yet (the drain) */
+	const int *rate;                   /* rows/s from the config (0 or NULL: unthrottled) */
+	const int *batch_rows;             /* rows a batch asks for, from the config */
+	bool waits_for_rows;               /* a short batch means nothing to do yet (the drain) */
 	PGconn *conn;
 	enum jconn_state cstate;
 	struct event *io;
-	struct event *timer;       /* the next batch (or retry) */
-	struct event *kick;        /* sends a queued query from the loop, never from its caller */
-	char *sql;                 /* the query waiting for the connection, or in flight */
+	struct event *timer; /* the next batch (or retry) */
+	struct event *kick;  /* sends a queued query from the loop, never from its caller */
+	char *sql;           /* the query waiting for the connection, or in flight */
 	char *params[8];
 	int nparams;
-	job_cb cb;                 /* NULL: no query pending or in flight */
-	PGresult *result;          /* the answer being gathered: first error or last result */
-	bool held;                 /* the lock is held on conn: this proxy runs the job */
-	bool claiming;             /* job_claim() is in flight */
-	uint64_t pinned_epoch;     /* nonzero while a writing batch is in flight */
-	uint64_t base_us;          /* throttle: rows since base_us are due at the set rate */
+	job_cb cb;             /* NULL: no query pending or in flight */
+	PGresult *result;      /* the answer being gathered: first error or last result */
+	bool held;             /* the lock is held on conn: this proxy runs the job */
+	bool claiming;         /* job_claim() is in flight */
+	uint64_t pinned_epoch; /* nonzero while a writing batch is in flight */
+	uint64_t base_us;      /* throttle: rows since base_us are due at the set rate */
 	uint64_t rows_since_base;
 	uint64_t rows_here;        /* rows this proxy ran since it took the job */
 	uint64_t log_us, log_rows; /* the last progress line */
@@ -94,30 +90,30 @@ static bool verify_send(struct job *j);
 static bool drain_send(struct job *j);
 
 static struct job jobs[] = {
-	{.name = "backfill",
-	 .exclusive = true,
-	 .send_batch = backfill_send,
-	 .rate = &shunt.cfg.backfill_max_rows_per_sec,
-	 .batch_rows = &shunt.cfg.backfill_batch_rows},
-	{.name = "verify", .exclusive = true, .send_batch = verify_send},
-	{.name = "drain",
-	 .exclusive = true,
-	 .send_batch = drain_send,
-	 .rate = &shunt.cfg.drain_max_rows_per_sec,
-	 .batch_rows = &shunt.cfg.drain_batch_rows,
-	 .waits_for_rows = true},
-	{.name = "partitions"},
-	{.name = "partitions (console)"},
+    {.name = "backfill",
+     .exclusive = true,
+     .send_batch = backfill_send,
+     .rate = &shunt.cfg.backfill_max_rows_per_sec,
+     .batch_rows = &shunt.cfg.backfill_batch_rows},
+    {.name = "verify", .exclusive = true, .send_batch = verify_send},
+    {.name = "drain",
+     .exclusive = true,
+     .send_batch = drain_send,
+     .rate = &shunt.cfg.drain_max_rows_per_sec,
+     .batch_rows = &shunt.cfg.drain_batch_rows,
+     .waits_for_rows = true},
+    {.name = "partitions"},
+    {.name = "partitions (console)"},
 };
-#define NJOBS (sizeof(jobs) / sizeof(jobs[0]))
-#define PARTITIONS (&jobs[3])         /* the timer's upkeep */
+#define NJOBS              (sizeof(jobs) / sizeof(jobs[0]))
+#define PARTITIONS         (&jobs[3]) /* the timer's upkeep */
 #define PARTITIONS_CONSOLE (&jobs[4]) /* PARTITIONS MAINTAIN, which waits its turn */
 
 static struct {
 	struct event *tick;
 	struct event *partitions_timer;
-	bool polling;                /* the 'running' jobs query is in flight */
-	uint64_t insert_p99_us;      /* over the last tick, 0 when too few inserts */
+	bool polling;           /* the 'running' jobs query is in flight */
+	uint64_t insert_p99_us; /* over the last tick, 0 when too few inserts */
 	uint64_t insert_seen[STATS_DURATION_BUCKETS + 1];
 	struct session *verify_waiters[MAX_VERIFY_WAITERS];
 	struct event *verify_timer;
@@ -174,8 +170,8 @@ static void jc_lost(struct job *j, const char *why)
 {
 	job_cb cb = j->cb;
 	if (j->held)
-		log_error("job %s: connection lost (%s); the job is left to the next runner", j->name,
-			  why);
+		log_error("job %s: connection lost (%s); the job is left to the next runner",
+		          j->name, why);
 	jc_close(j);
 	jc_clear_query(j);
 	if (cb)
@@ -218,8 +214,8 @@ static void jc_results(struct job *j)
 
 static void jc_send(struct job *j)
 {
-	if (!PQsendQueryParams(j->conn, j->sql, j->nparams, NULL,
-			       (const char *const *)j->params, NULL, NULL, 0)) {
+	if (!PQsendQueryParams(j->conn, j->sql, j->nparams, NULL, (const char *const *)j->params,
+	                       NULL, NULL, 0)) {
 		jc_lost(j, PQerrorMessage(j->conn));
 		return;
 	}
@@ -294,7 +290,7 @@ static bool jc_connect(struct job *j)
 	j->conn = PQconnectStartParams(keys, values, 1);
 	if (!j->conn || PQstatus(j->conn) == CONNECTION_BAD) {
 		log_warning("job %s: cannot connect: %s", j->name,
-			    j->conn ? PQerrorMessage(j->conn) : "out of memory");
+		            j->conn ? PQerrorMessage(j->conn) : "out of memory");
 		if (j->conn)
 			PQfinish(j->conn);
 		j->conn = NULL;
@@ -328,7 +324,7 @@ static void jc_on_kick(evutil_socket_t fd, short what, void *arg)
  * could not be queued (cb is not called then).
  */
 static bool jc_query(struct job *j, const char *sql, int nparams, const char *const *params,
-		     job_cb cb)
+                     job_cb cb)
 {
 	if (j->cb || nparams > 8)
 		return false;
@@ -364,7 +360,7 @@ static void job_release(struct job *j, const char *state)
 {
 	if (j->held)
 		log_info("job %s: %s; %" PRIu64 " rows run by this proxy", j->name, state,
-			 j->rows_here);
+		         j->rows_here);
 	if (j->timer)
 		evtimer_del(j->timer);
 	jc_close(j);
@@ -424,8 +420,9 @@ static void job_progress(struct job *j, uint64_t rows)
 		return;
 	uint64_t ms = elapsed_ms(j->log_us);
 	log_info("job %s: %" PRIu64 " rows here so far, %.0f rows/s over the last %.1f s", j->name,
-		 j->rows_here, ms ? (double)(j->rows_here - j->log_rows) * 1000.0 / (double)ms : 0.0,
-		 (double)ms / 1000.0);
+	         j->rows_here,
+	         ms ? (double)(j->rows_here - j->log_rows) * 1000.0 / (double)ms : 0.0,
+	         (double)ms / 1000.0);
 	j->log_us = now_us();
 	j->log_rows = j->rows_here;
 }
@@ -463,12 +460,12 @@ static void job_batch_failed(struct job *j, const PGresult *res)
 	bool again = transient(control_sqlstate(res));
 	if (again)
 		log_warning("job %s: batch rolled back (%s): %s; running it again", j->name,
-			    control_sqlstate(res), msg);
+		            control_sqlstate(res), msg);
 	else
 		log_error("job %s: batch failed (%s): %s; retrying in %d s", j->name,
-			  control_sqlstate(res), msg, RETRY_ERROR_MS / 1000);
+		          control_sqlstate(res), msg, RETRY_ERROR_MS / 1000);
 	if (!jc_query(j, "SELECT pgshunt.job_failed($1, $2)", 2, params,
-		      again ? on_transient_recorded : on_failure_recorded))
+	              again ? on_transient_recorded : on_failure_recorded))
 		job_schedule(j, again ? RETRY_TRANSIENT_MS : RETRY_ERROR_MS);
 }
 
@@ -523,8 +520,8 @@ static bool backfill_send(struct job *j)
 	if (js.insert_p99_us > (uint64_t)JOBS_BACKFILL_P99_MS * 1000u) {
 		if (!j->backing_off)
 			log_warning("job backfill: backing off, p99 insert latency here is %" PRIu64
-				    " ms (limit %d ms)",
-				    js.insert_p99_us / 1000, JOBS_BACKFILL_P99_MS);
+			            " ms (limit %d ms)",
+			            js.insert_p99_us / 1000, JOBS_BACKFILL_P99_MS);
 		j->backing_off = true;
 		j->base_us = now_us();
 		j->rows_since_base = 0;
@@ -533,14 +530,15 @@ static bool backfill_send(struct job *j)
 	}
 	if (j->backing_off)
 		log_info("job backfill: insert latency back under %d ms, going on",
-			 JOBS_BACKFILL_P99_MS);
+		         JOBS_BACKFILL_P99_MS);
 	j->backing_off = false;
 	snprintf(rows, sizeof(rows), "%d", shunt.cfg.backfill_batch_rows);
 	snprintf(epoch, sizeof(epoch), "%" PRIu64, shunt.phase.epoch);
 	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table, rows, epoch};
-	return job_send_pinned(j, "SELECT rows_read, state FROM pgshunt.backfill_batch($1::regclass, "
-				  "$2::regclass, $3::int, $4::bigint)",
-			       4, params);
+	return job_send_pinned(j,
+	                       "SELECT rows_read, state FROM pgshunt.backfill_batch($1::regclass, "
+	                       "$2::regclass, $3::int, $4::bigint)",
+	                       4, params);
 }
 
 static bool verify_send(struct job *j)
@@ -548,9 +546,10 @@ static bool verify_send(struct job *j)
 	char rows[16];
 	snprintf(rows, sizeof(rows), "%d", JOBS_VERIFY_CHUNK);
 	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table, rows};
-	return jc_query(j, "SELECT keys, state FROM pgshunt.verify_chunk($1::regclass, $2::regclass, "
-			   "$3::int)",
-			3, params, on_batch);
+	return jc_query(j,
+	                "SELECT keys, state FROM pgshunt.verify_chunk($1::regclass, $2::regclass, "
+	                "$3::int)",
+	                3, params, on_batch);
 }
 
 static bool drain_send(struct job *j)
@@ -562,12 +561,17 @@ static bool drain_send(struct job *j)
 	}
 	snprintf(rows, sizeof(rows), "%d", shunt.cfg.drain_batch_rows);
 	snprintf(epoch, sizeof(epoch), "%" PRIu64, shunt.phase.epoch);
-	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table, shunt.cfg.buffer_table,
-				shunt.cfg.key_columns, rows, epoch};
-	return job_send_pinned(j, "SELECT claimed, state FROM pgshunt.drain_batch($1, $2, "
-				  "$3::regclass, string_to_array(replace($4, ' ', ''), ',')::name[], "
-				  "$5::int, $6::bigint)",
-			       6, params);
+	const char *params[] = {shunt.cfg.table,
+	                        shunt.cfg.next_table,
+	                        shunt.cfg.buffer_table,
+	                        shunt.cfg.key_columns,
+	                        rows,
+	                        epoch};
+	return job_send_pinned(j,
+	                       "SELECT claimed, state FROM pgshunt.drain_batch($1, $2, "
+	                       "$3::regclass, string_to_array(replace($4, ' ', ''), ',')::name[], "
+	                       "$5::int, $6::bigint)",
+	                       6, params);
 }
 
 static void on_claimed(struct job *j, const PGresult *res)
@@ -621,7 +625,7 @@ static void sample_insert_latency(void)
 		cum += delta[b];
 		if (cum >= want) {
 			js.insert_p99_us = b < STATS_DURATION_BUCKETS ? stats_duration_bounds_us[b]
-								      : UINT64_MAX / 2;
+			                                              : UINT64_MAX / 2;
 			return;
 		}
 	}
@@ -644,7 +648,7 @@ static void jobs_poll(void)
 	if (js.polling || !control_connected() || !shunt.phase.installed)
 		return;
 	js.polling = control_query("SELECT name FROM pgshunt.jobs WHERE state = 'running'", 0, NULL,
-				   on_running_jobs, &js);
+	                           on_running_jobs, &js);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -690,7 +694,7 @@ void jobs_stop(void)
 		struct job *j = &jobs[k];
 		if (j->held)
 			log_info("job %s: stopping here; another proxy resumes it from its cursor",
-				 j->name);
+			         j->name);
 		if (j->timer)
 			event_free(j->timer);
 		if (j->kick)
@@ -762,8 +766,8 @@ static bool need_control(struct admin_result *r, const char *what)
 {
 	if (control_available())
 		return true;
-	admin_res_error(r, NOT_IN_STATE, "control_dsn is not set: %s needs pgshunt's own connection",
-			what);
+	admin_res_error(r, NOT_IN_STATE,
+	                "control_dsn is not set: %s needs pgshunt's own connection", what);
 	return false;
 }
 
@@ -821,8 +825,8 @@ bool jobs_cmd_backfill(struct session *s, struct admin_result *r, const char *ar
 		return false;
 	const char *params[] = {shunt.cfg.table, actions[which], s->prefix};
 	return defer(r, control_query("SELECT pgshunt.backfill_control($1::regclass, $2, $3), "
-				      "'BACKFILL ' || $2",
-				      3, params, on_control_done, s));
+	                              "'BACKFILL ' || $2",
+	                              3, params, on_control_done, s));
 }
 
 bool jobs_cmd_show_backfill(struct session *s, struct admin_result *r, const char *args)
@@ -830,36 +834,38 @@ bool jobs_cmd_show_backfill(struct session *s, struct admin_result *r, const cha
 	(void)args;
 	if (!need_control(r, "SHOW BACKFILL"))
 		return false;
-	return defer(r, control_query(
-				"SELECT coalesce(state, 'idle'), rows_done::text, rows_total::text, CASE "
-				"WHEN state IS NULL THEN NULL WHEN state = "
-				"'done' THEN '100.0' WHEN rows_total > 0 THEN least(99.9, round(100.0 * "
-				"rows_done / rows_total, 1))::text ELSE '0.0' END, cursor ->> 'rate', "
-				"CASE WHEN state = 'running' AND (cursor ->> 'rate')::float8 > 0 THEN "
-				"make_interval(secs => round(greatest(rows_total - rows_done, 0) / "
-				"(cursor ->> 'rate')::float8))::text END, (cursor -> 'after')::text, "
-				"cursor ->> 'inserted', runner, started_at::text, updated_at::text, error "
-				"FROM (SELECT 1) AS one LEFT JOIN pgshunt.jobs ON name = 'backfill'",
-				0, NULL, on_rows, s));
+	return defer(r,
+	             control_query(
+	                 "SELECT coalesce(state, 'idle'), rows_done::text, rows_total::text, CASE "
+	                 "WHEN state IS NULL THEN NULL WHEN state = "
+	                 "'done' THEN '100.0' WHEN rows_total > 0 THEN least(99.9, round(100.0 * "
+	                 "rows_done / rows_total, 1))::text ELSE '0.0' END, cursor ->> 'rate', "
+	                 "CASE WHEN state = 'running' AND (cursor ->> 'rate')::float8 > 0 THEN "
+	                 "make_interval(secs => round(greatest(rows_total - rows_done, 0) / "
+	                 "(cursor ->> 'rate')::float8))::text END, (cursor -> 'after')::text, "
+	                 "cursor ->> 'inserted', runner, started_at::text, updated_at::text, error "
+	                 "FROM (SELECT 1) AS one LEFT JOIN pgshunt.jobs ON name = 'backfill'",
+	                 0, NULL, on_rows, s));
 }
 
 static const char verify_summary_sql[] =
-	"SELECT state, rows_done::text, cursor ->> 'rows_old', cursor ->> 'rows_next', "
-	"cursor ->> 'differences', (cursor -> 'first')::text FROM pgshunt.jobs WHERE name = "
-	"'verify'";
+    "SELECT state, rows_done::text, cursor ->> 'rows_old', cursor ->> 'rows_next', "
+    "cursor ->> 'differences', (cursor -> 'first')::text FROM pgshunt.jobs WHERE name = "
+    "'verify'";
 
 bool jobs_cmd_show_verify(struct session *s, struct admin_result *r, const char *args)
 {
 	(void)args;
 	if (!need_control(r, "SHOW VERIFY"))
 		return false;
-	return defer(r, control_query("SELECT coalesce(state, 'idle'), rows_done::text, cursor ->> "
-				      "'rows_old', "
-				      "cursor ->> 'rows_next', cursor ->> 'differences', (cursor -> "
-				      "'first')::text, (cursor -> 'after')::text, runner, "
-				      "started_at::text, updated_at::text, error FROM (SELECT 1) AS "
-				      "one LEFT JOIN pgshunt.jobs ON name = 'verify'",
-				      0, NULL, on_rows, s));
+	return defer(r,
+	             control_query("SELECT coalesce(state, 'idle'), rows_done::text, cursor ->> "
+	                           "'rows_old', "
+	                           "cursor ->> 'rows_next', cursor ->> 'differences', (cursor -> "
+	                           "'first')::text, (cursor -> 'after')::text, runner, "
+	                           "started_at::text, updated_at::text, error FROM (SELECT 1) AS "
+	                           "one LEFT JOIN pgshunt.jobs ON name = 'verify'",
+	                           0, NULL, on_rows, s));
 }
 
 static void verify_poll(void);
@@ -895,7 +901,7 @@ static void on_verify_state(const PGresult *res, void *arg)
 	(void)arg;
 	js.verify_polling = false;
 	bool ended = !control_ok(res) || PQntuples(res) != 1 ||
-		     strcmp(PQgetvalue(res, 0, 0), "running") != 0;
+	             strcmp(PQgetvalue(res, 0, 0), "running") != 0;
 	if (!ended) {
 		verify_rearm();
 		return;
@@ -951,7 +957,7 @@ bool jobs_cmd_verify(struct session *s, struct admin_result *r, const char *args
 		return false;
 	const char *params[] = {shunt.cfg.table, s->prefix};
 	return defer(r, control_query("SELECT pgshunt.verify_start($1::regclass, $2)", 2, params,
-				      on_verify_started, s));
+	                              on_verify_started, s));
 }
 
 bool jobs_cmd_drain(struct session *s, struct admin_result *r, const char *args)
@@ -966,7 +972,7 @@ bool jobs_cmd_drain(struct session *s, struct admin_result *r, const char *args)
 		return false;
 	const char *params[] = {actions[which], s->prefix};
 	return defer(r, control_query("SELECT pgshunt.drain_control($1, $2), 'DRAIN ' || $1", 2,
-				      params, on_control_done, s));
+	                              params, on_control_done, s));
 }
 
 bool jobs_cmd_show_drain(struct session *s, struct admin_result *r, const char *args)
@@ -975,18 +981,19 @@ bool jobs_cmd_show_drain(struct session *s, struct admin_result *r, const char *
 	if (!need_control(r, "SHOW DRAIN"))
 		return false;
 	const char *params[] = {shunt.cfg.buffer_table};
-	return defer(r, control_query(
-				"WITH j AS (SELECT * FROM pgshunt.jobs WHERE name = 'drain'), b AS (SELECT "
-				"pgshunt.job_count($1::regclass) AS n) SELECT "
-				"coalesce(j.state, 'idle'), b.n::text, coalesce(j.cursor ->> 'drained', '0'), "
-				"coalesce(j.cursor ->> 'inserted', '0'), coalesce(j.cursor ->> "
-				"'duplicates', '0'), coalesce(j.cursor ->> 'ledgered', '0'), "
-				"coalesce(j.cursor ->> 'skipped', '0'), coalesce(j.cursor ->> 'updated', "
-				"'0'), j.cursor ->> 'rate', CASE WHEN (j.cursor ->> 'rate')::float8 > 0 "
-				"THEN make_interval(secs => round(b.n / (j.cursor ->> "
-				"'rate')::float8))::text END, j.runner, j.updated_at::text, j.error FROM b "
-				"LEFT JOIN j ON true",
-				1, params, on_rows, s));
+	return defer(
+	    r, control_query(
+	           "WITH j AS (SELECT * FROM pgshunt.jobs WHERE name = 'drain'), b AS (SELECT "
+	           "pgshunt.job_count($1::regclass) AS n) SELECT "
+	           "coalesce(j.state, 'idle'), b.n::text, coalesce(j.cursor ->> 'drained', '0'), "
+	           "coalesce(j.cursor ->> 'inserted', '0'), coalesce(j.cursor ->> "
+	           "'duplicates', '0'), coalesce(j.cursor ->> 'ledgered', '0'), "
+	           "coalesce(j.cursor ->> 'skipped', '0'), coalesce(j.cursor ->> 'updated', "
+	           "'0'), j.cursor ->> 'rate', CASE WHEN (j.cursor ->> 'rate')::float8 > 0 "
+	           "THEN make_interval(secs => round(b.n / (j.cursor ->> "
+	           "'rate')::float8))::text END, j.runner, j.updated_at::text, j.error FROM b "
+	           "LEFT JOIN j ON true",
+	           1, params, on_rows, s));
 }
 
 /* PARTITIONS MAINTAIN (console) and the timer: on the partitions job's connection. */
@@ -1002,7 +1009,7 @@ static void on_maintained(struct job *j, const PGresult *res)
 	if (control_ok(res)) {
 		for (int i = 0; i < PQntuples(res); i++) {
 			const char *v[] = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
-					   PQgetvalue(res, i, 2)};
+			                   PQgetvalue(res, i, 2)};
 			if (strcmp(v[0], "premake") != 0)
 				log_info("partitions: %s %s: %s", v[0], v[1], v[2]);
 			if (s)
@@ -1016,7 +1023,7 @@ static void on_maintained(struct job *j, const PGresult *res)
 		jc_close(j);
 	if (s)
 		admin_deferred_done(s, control_ok(res) ? "PARTITIONS MAINTAIN" : NULL,
-				    control_sqlstate(res), control_message(res));
+		                    control_sqlstate(res), control_message(res));
 }
 
 static const char *interval_name(void)
@@ -1036,18 +1043,22 @@ static bool partitions_run(struct session *console)
 	char premake[16];
 	snprintf(premake, sizeof(premake), "%d", shunt.cfg.partition_premake);
 	const char *retention = shunt.cfg.partition_retention && shunt.cfg.partition_retention[0]
-					? shunt.cfg.partition_retention
-					: NULL;
-	const char *params[] = {partition_parent(), interval_name(), premake, retention,
-				PARTITION_LOCK_TIMEOUT,
-				shunt.phase.phase == PHASE_FINALIZED ? "true" : "false",
-				console ? "true" : "false"};
+	                            ? shunt.cfg.partition_retention
+	                            : NULL;
+	const char *params[] = {partition_parent(),
+	                        interval_name(),
+	                        premake,
+	                        retention,
+	                        PARTITION_LOCK_TIMEOUT,
+	                        shunt.phase.phase == PHASE_FINALIZED ? "true" : "false",
+	                        console ? "true" : "false"};
 	struct job *j = console ? PARTITIONS_CONSOLE : PARTITIONS;
 	j->console = console;
-	if (jc_query(j, "SELECT action, partition, detail FROM "
-			"pgshunt.partitions_maintain($1::regclass, $2, $3::int, $4::interval, $5, "
-			"$6::boolean, $7::boolean)",
-		     7, params, on_maintained))
+	if (jc_query(j,
+	             "SELECT action, partition, detail FROM "
+	             "pgshunt.partitions_maintain($1::regclass, $2, $3::int, $4::interval, $5, "
+	             "$6::boolean, $7::boolean)",
+	             7, params, on_maintained))
 		return true;
 	j->console = NULL;
 	return false;
@@ -1072,7 +1083,7 @@ bool jobs_cmd_show_partitions(struct session *s, struct admin_result *r, const c
 		return false;
 	const char *params[] = {partition_parent()};
 	return defer(r, control_query("SELECT $1, part::text, lo::text, hi::text, est_rows::text, "
-				      "pg_size_pretty(bytes), bytes::text FROM "
-				      "pgshunt.partitions_list($1::regclass)",
-				      1, params, on_rows, s));
+	                              "pg_size_pretty(bytes), bytes::text FROM "
+	                              "pgshunt.partitions_list($1::regclass)",
+	                              1, params, on_rows, s));
 }

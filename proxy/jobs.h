@@ -21,12 +21,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define JOBS_TICK_MS           1000
-#define JOBS_PROGRESS_LOG_MS   5000
+#define JOBS_TICK_MS            1000
+#define JOBS_PROGRESS_LOG_MS    5000
 #define JOBS_PARTITIONS_FIRST_S 60
 #define JOBS_PARTITIONS_EVERY_S 600
-#define JOBS_VERIFY_CHUNK      10000
-#define JOBS_BACKFILL_P99_MS   100 /* the backfill backs off while inserts are slower */
+#define JOBS_VERIFY_CHUNK       10000
+#define JOBS_BACKFILL_P99_MS    100 /* the backfill backs off while inserts are slower */
 
 struct session;
 struct admin_result;
@@ -45,7 +45,7 @@ void jobs_session_gone(struct session *s);
  * The index of the word in *which; false for anything else.
  */
 bool jobs_parse_action(const char *args, const char *const *words, int *which)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 extern const char *const jobs_backfill_columns[];
 extern const char *const jobs_verify_columns[];

@@ -130,12 +130,13 @@ static void test_console(void **state)
 {
 	(void)state;
 	columns_are("SHOW BACKFILL", "state,rows_done,rows_total,percent,rows_per_sec,eta,cursor,"
-				     "inserted,runner,started_at,updated_at,error");
+	                             "inserted,runner,started_at,updated_at,error");
 	columns_are("SHOW VERIFY", "state,keys_checked,rows_old,rows_next,differences,"
-				   "first_differences,cursor,runner,started_at,updated_at,error");
-	columns_are("VERIFY", "state,keys_checked,rows_old,rows_next,differences,first_differences");
+	                           "first_differences,cursor,runner,started_at,updated_at,error");
+	columns_are("VERIFY",
+	            "state,keys_checked,rows_old,rows_next,differences,first_differences");
 	columns_are("SHOW DRAIN", "state,buffered,drained,inserted,duplicates,ledgered,skipped,"
-				  "updated,rows_per_sec,eta,runner,updated_at,error");
+	                          "updated,rows_per_sec,eta,runner,updated_at,error");
 	columns_are("SHOW PARTITIONS", "table,partition,from,to,est_rows,size,bytes");
 	columns_are("PARTITIONS MAINTAIN", "action,partition,detail");
 	columns_are("BACKFILL START", "");
@@ -149,10 +150,10 @@ static void test_console(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_words),
-		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_drain_words),
-		cmocka_unit_test(test_console),
+	    cmocka_unit_test(test_words),
+	    cmocka_unit_test(test_malformed),
+	    cmocka_unit_test(test_drain_words),
+	    cmocka_unit_test(test_console),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
