@@ -29,7 +29,7 @@ MAIN_OBJ := $(BUILD)/proxy/main.o
 LIB      := $(BUILD)/libpgshunt.a
 
 # The SQL pgshunt installs, compiled in as C strings (proxy/sql.h).
-SQL_SRCS := proxy/sql/schema.sql proxy/sql/prepare.sql
+SQL_SRCS := proxy/sql/schema.sql proxy/sql/prepare.sql proxy/sql/jobs.sql
 LIB_OBJS += $(BUILD)/gen/sql.o
 
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)

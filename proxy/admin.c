@@ -13,6 +13,7 @@
 #include "proxy/brin.h"
 #include "proxy/control.h"
 #include "proxy/fleet.h"
+#include "proxy/jobs.h"
 #include "proxy/log.h"
 #include "proxy/migrate.h"
 #include "proxy/mbuf.h"
@@ -374,6 +375,22 @@ static const struct admin_cmd commands[] = {
 	{"INDEX BRIN", brin_columns, brin_cmd_index,
 	 "replace the B-tree on expires_at by a BRIN index, concurrently, on its own connection",
 	 false},
+	{"SHOW BACKFILL", jobs_backfill_columns, jobs_cmd_show_backfill,
+	 "the backfill: state, progress, rate, ETA, cursor, runner", false},
+	{"SHOW VERIFY", jobs_verify_columns, jobs_cmd_show_verify,
+	 "the last VERIFY: state, progress, first differing keys", false},
+	{"SHOW DRAIN", jobs_drain_columns, jobs_cmd_show_drain,
+	 "the drain: buffered rows, drained, duplicates, ledgered, rate, ETA", false},
+	{"SHOW PARTITIONS", jobs_partitions_columns, jobs_cmd_show_partitions,
+	 "the partitions of the partitioned table: bounds, estimated rows, size", false},
+	{"BACKFILL", NULL, jobs_cmd_backfill,
+	 "BACKFILL START|PAUSE|RESUME|CANCEL: copy old's rows into next_table (dual_write)", true},
+	{"VERIFY", jobs_verify_result_columns, jobs_cmd_verify,
+	 "compare the table and next_table key range by key range; answers when done", false},
+	{"DRAIN", NULL, jobs_cmd_drain, "DRAIN START|PAUSE: move buffer_table's rows into the table",
+	 true},
+	{"PARTITIONS MAINTAIN", jobs_maintain_columns, jobs_cmd_partitions_maintain,
+	 "premake partitions ahead and drop those past partition_retention", false},
 	{"MIGRATE PREPARE", migrate_prepare_columns, migrate_cmd_prepare,
 	 "build next_table, its partitions, buffer_table and the pgshunt schema (idempotent)", false},
 	{"SET PHASE", NULL, migrate_cmd_set_phase,
@@ -909,6 +926,7 @@ void admin_free(struct session *s)
 	control_forget(s);
 	migrate_session_gone(s);
 	brin_session_gone(s);
+	jobs_session_gone(s);
 	named_free(a->stmts, a->nstmts);
 	named_free(a->portals, a->nportals);
 	pktbuf_free(&a->out);

@@ -8,6 +8,7 @@
 #include "proxy/admin.h"
 #include "proxy/control.h"
 #include "proxy/latency.h"
+#include "proxy/jobs.h"
 #include "proxy/log.h"
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
@@ -54,6 +55,10 @@ uint64_t fleet_acked_epoch(uint32_t *inflight)
 		if (s->pin.known && s->pin.epoch < acked)
 			acked = s->pin.epoch;
 	}
+	/* A job's batch runs under the epoch it started in, like a transaction. */
+	uint64_t pinned = jobs_pinned_epoch();
+	if (pinned && pinned < acked)
+		acked = pinned;
 	if (inflight)
 		*inflight = busy;
 	return acked;

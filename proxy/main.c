@@ -25,6 +25,7 @@
 #include "proxy/control.h"
 #include "proxy/fleet.h"
 #include "proxy/iobuf.h"
+#include "proxy/jobs.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/migrate.h"
@@ -606,6 +607,7 @@ static int run(void)
 	migrate_load_phase();
 	fleet_start();
 	thresholds_start();
+	jobs_start();
 	if (start_up())
 		event_base_dispatch(shunt.base);
 	else
@@ -616,6 +618,7 @@ static int run(void)
 	close_all_sessions();
 	brin_stop();
 	thresholds_stop();
+	jobs_stop();
 	fleet_stop();
 	control_drain(1000);
 	migrate_stop();

@@ -529,14 +529,14 @@ bool migrate_cmd_prepare(struct session *s, struct admin_result *r, const char *
 		admin_res_error(r, OBJECT_IN_USE, "MIGRATE PREPARE is already running");
 		return false;
 	}
-	/* Both scripts are idempotent; one simple-protocol round trip installs them. */
-	size_t len = strlen(sql_schema) + strlen(sql_prepare) + 2;
+	/* The scripts are idempotent; one simple-protocol round trip installs them. */
+	size_t len = strlen(sql_schema) + strlen(sql_prepare) + strlen(sql_jobs) + 3;
 	char *sql = malloc(len);
 	if (!sql) {
 		admin_res_error(r, "53200", "out of memory");
 		return false;
 	}
-	snprintf(sql, len, "%s\n%s", sql_schema, sql_prepare);
+	snprintf(sql, len, "%s\n%s\n%s", sql_schema, sql_prepare, sql_jobs);
 	bool queued = control_query(sql, 0, NULL, on_installed, s);
 	free(sql);
 	if (!queued) {

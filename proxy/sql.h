@@ -8,5 +8,6 @@
 
 extern const char sql_schema[];
 extern const char sql_prepare[];
+extern const char sql_jobs[];
 
 #endif
