@@ -92,3 +92,42 @@ fleet_to_cutover() {
 		fail "SET PHASE cutover (a build that does not serve it yet must be the test build, make asan): $out"
 	wait_acked
 }
+
+# Insert workers: each its own connection per statement through the proxy given,
+# acknowledged keys in $work/acked.NAME, failures in $work/errors, until $work/stop.
+insert_worker() { # name conninfo
+	local n=0 out
+	while [ ! -e "$work/stop" ]; do
+		n=$((n + 1))
+		if out=$(psql -X -qtA "$2" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', '$1-$n', '\\x01') RETURNING idempotency_key" 2>&1) &&
+			[ "$out" = "$1-$n" ]; then
+			echo "$1-$n" >>"$work/acked.$1"
+		else
+			echo "$1-$n: $out" >>"$work/errors"
+		fi
+	done
+}
+load_start() { # name=conninfo...
+	rm -f "$work/stop"
+	: >>"$work/errors"
+	load_pids=()
+	local w
+	for w in "$@"; do
+		insert_worker "${w%%=*}" "${w#*=}" &
+		load_pids+=($!)
+		fleet_pids+=($!)
+	done
+}
+load_stop() {
+	touch "$work/stop"
+	local p
+	for p in "${load_pids[@]}"; do wait "$p" || true; done
+	[ ! -s "$work/errors" ] || fail "client statements failed: $(head -5 "$work/errors")"
+}
+# Every acknowledged insert is in TABLE exactly once.
+all_acked_in() { # table
+	cat "$work"/acked.* 2>/dev/null | sort >"$work/acked"
+	q "SELECT idempotency_key FROM $1 WHERE site_id = 'load' ORDER BY 1" | sort >"$work/present"
+	diff -q "$work/acked" "$work/present" >/dev/null ||
+		fail "acknowledged inserts vs rows of $1: $(diff "$work/acked" "$work/present" | head -5)"
+}
