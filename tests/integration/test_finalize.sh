@@ -108,7 +108,7 @@ fi
 read -r -t 5 line <&"$txb_out" || fail "B's open transaction was held"
 [ "$line" = "$want" ] || fail "B's open transaction: $line"
 exec {txb_in}>&-
-wait "${TXB_PID:-}" 2>/dev/null || true
+kill "${TXB_PID:-}" 2>/dev/null || true
 grep -q "held: the fleet is held for the finalize rename" "$work/pgshunt.log" || fail "the hold was not logged"
 ok "during the hold: new statements on the table wait, others and open transactions are served"
 

@@ -65,7 +65,7 @@ echo "SELECT 'ingest_idempotency still'; COMMIT;" >&"$txb_in"
 read -r -t 5 line <&"$txb_out" || fail "B's transaction after the failure"
 [ "$line" = "ingest_idempotency still" ] || fail "B's transaction: $line"
 exec {txb_in}>&-
-wait "${TXB_PID:-}" 2>/dev/null || true
+kill "${TXB_PID:-}" 2>/dev/null || true
 ok "an open transaction past the limit: 55000 naming $proxy_b after $elapsed_ms ms, hold released"
 wait_acked
 
@@ -93,7 +93,7 @@ after_failure "lock"
 	fail "names changed although the rename failed"
 echo "COMMIT;" >&"$lk_in"
 exec {lk_in}>&-
-wait "${LOCKER_PID:-}" 2>/dev/null || true
+kill "${LOCKER_PID:-}" 2>/dev/null || true
 ok "a lock through every attempt: 55000 after $elapsed_ms ms, five attempts logged, names unchanged"
 wait_acked
 
