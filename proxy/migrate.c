@@ -406,6 +406,19 @@ static void on_released(const PGresult *res, void *arg)
 {
 	(void)arg;
 	op.holding = false;
+	/* A rename whose answer was lost with the connection may have committed. */
+	if (control_ok(res) && PQntuples(res) == 1 && PQnfields(res) == 2 &&
+	    strcmp(PQgetvalue(res, 0, 1), phase_name(PHASE_FINALIZED)) == 0) {
+		op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+		finalize_apply(PHASE_FINALIZED, op.epoch, false);
+		log_warning("SET PHASE finalized: the rename committed although its answer was "
+			    "lost (%s); phase finalized, epoch %" PRIu64,
+			    give_up_msg, op.epoch);
+		op.waited_ms = 0;
+		fleet_beat_now();
+		op_wait_acks();
+		return;
+	}
 	if (control_ok(res) && PQntuples(res) == 1) {
 		finalize_apply(shunt.phase.phase, strtoull(PQgetvalue(res, 0, 0), NULL, 10), false);
 		fleet_beat_now();
@@ -432,7 +445,8 @@ static void finalize_give_up(const char *sqlstate, const char *fmt, ...)
 	snprintf(give_up_state, sizeof(give_up_state), "%s", sqlstate);
 	op_by(by, sizeof(by));
 	const char *params[] = {"0", by};
-	if (!control_query("SELECT pgshunt.set_hold($1::int, $2)", 2, params, on_released, &op))
+	if (!control_query("SELECT pgshunt.set_hold($1::int, $2), (SELECT phase FROM pgshunt.state)",
+			   2, params, on_released, &op))
 		on_released(NULL, NULL);
 }
 
