@@ -89,6 +89,16 @@ for _ in $(seq 50); do
 	sleep 0.1
 done
 [ -n "$(q "SELECT hold_until FROM pgshunt.state")" ] || fail "no hold in pgshunt.state"
+# A transaction begun during the hold is served until it names the table; then it
+# waits, and is re-pinned to finalized when the hold ends (it must not hold back the
+# fleet's acknowledgement of finalized: it stays open past SET PHASE's return).
+coproc TXA { psql -X -qtA "$app_a" 2>&1; }
+exec {txa_in}>&"${TXA[1]}" {txa_out}<&"${TXA[0]}"
+echo "BEGIN; SELECT 'began';" >&"$txa_in"
+read -r -t 5 line <&"$txa_out" || fail "a transaction begun during the hold was held before naming the table"
+[ "$line" = began ] || fail "transaction begun during the hold: $line"
+echo "SELECT 'ingest_idempotency in a transaction begun during the hold';" >&"$txa_in"
+if read -r -t 1 line <&"$txa_out"; then fail "a statement on the table in a transaction begun during the hold was served: $line"; fi
 # A new transaction's statement on the table waits; one without it is served.
 psql -X -qtA "$app_a" -c "SELECT 'ingest_idempotency held'" >"$work/held.out" 2>&1 &
 held=$!
@@ -117,6 +127,12 @@ elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 wait "$held" || fail "the held statement failed: $(cat "$work/held.out")"
 [ "$(cat "$work/held.out")" = "ingest_idempotency held" ] || fail "the held statement's answer: $(cat "$work/held.out")"
 ok "SET PHASE finalized in $elapsed_ms ms, the held statement answered"
+read -r -t 5 line <&"$txa_out" || fail "the transaction begun during the hold was not released"
+[ "$line" = "ingest_idempotency in a transaction begun during the hold" ] || fail "transaction begun during the hold: $line"
+echo "COMMIT;" >&"$txa_in"
+exec {txa_in}>&-
+kill "${TXA_PID:-}" 2>/dev/null || true
+ok "a transaction begun during the hold waited at its statement on the table, went on after, open past SET PHASE's return"
 sleep 1
 touch "$work/stop"
 for w in "${workers[@]}"; do wait "$w" || true; done
