@@ -39,12 +39,27 @@ after_failure() { # what
 		fail "$1: a statement on the table after the failure"
 }
 
+# --- B has not acknowledged cutover: refused before any hold, FORCE or not ---
+proxy_b=$(q "SELECT proxy_id FROM pgshunt.proxies WHERE proxy_id LIKE '%:$port_b:%'")
+coproc TXB0 { psql -X -qtA "$app_b" 2>&1; }
+exec {tx0_in}>&"${TXB0[1]}" {tx0_out}<&"${TXB0[0]}"
+echo "BEGIN; SELECT 'open';" >&"$tx0_in"
+read -r -t 10 line <&"$tx0_out" || fail "no answer in B's transaction"
+q "SELECT pgshunt.set_phase('cutover', NULL, false, 'test', 'a later epoch of cutover')" >/dev/null
+sleep 0.5
+expect_fail "$console_a" 'SET PHASE finalized FORCE' 55000 "have not acknowledged cutover yet: $proxy_b.*FORCE does not skip this"
+[ "$(q "SELECT hold_until IS NULL FROM pgshunt.state")" = t ] || fail "held although the fleet had not acknowledged cutover"
+echo "COMMIT;" >&"$tx0_in"
+exec {tx0_in}>&-
+kill "${TXB0_PID:-}" 2>/dev/null || true
+wait_acked
+ok "a proxy that has not acknowledged cutover: refused, FORCE too, nothing held"
+
 # --- a transaction on B that outlasts the hold ---
 coproc TXB { psql -X -qtA "$app_b" 2>&1; }
 exec {txb_in}>&"${TXB[1]}" {txb_out}<&"${TXB[0]}"
 echo "BEGIN; SELECT 'open';" >&"$txb_in"
 read -r -t 10 line <&"$txb_out" || fail "no answer in B's transaction"
-proxy_b=$(q "SELECT proxy_id FROM pgshunt.proxies WHERE proxy_id LIKE '%:$port_b:%'")
 start=$(date +%s%N)
 psql -X -qtA -v VERBOSITY=verbose "$console_a" -c 'SET PHASE finalized' >"$work/set.out" 2>&1 &
 setter=$!
