@@ -266,6 +266,11 @@ BEGIN
     SELECT n.nspname, c.relname INTO v_nsp, v_name
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = v_old;
     SELECT c.relname INTO v_nname FROM pg_class c WHERE c.oid = v_next;
+    -- PostgreSQL would truncate a longer name, maybe onto another table's.
+    IF octet_length(v_name || '_old') > 63 THEN
+        RAISE EXCEPTION 'the name %_old is longer than 63 bytes', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     IF pg_catalog.to_regclass(format('%I.%I', v_nsp, v_name || '_old')) IS NOT NULL THEN
         RAISE EXCEPTION '%.% already exists: the old table cannot take that name',
                         quote_ident(v_nsp), quote_ident(v_name || '_old')
