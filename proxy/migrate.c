@@ -539,7 +539,8 @@ static const char finalize_check_sql[] =
 	"$2 || ' does not exist' WHEN (SELECT to_regclass(format('%I.%I', n.nspname, c.relname "
 	"|| '_old')) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = "
 	"to_regclass($1)) IS NOT NULL THEN $1 || '_old already exists: the old table cannot take "
-	"that name' END)";
+	"that name' WHEN (SELECT octet_length(relname) FROM pg_class WHERE oid = to_regclass($1)) "
+	"> 59 THEN 'the name ' || $1 || '_old would be longer than 63 bytes' END)";
 
 static void finalize_begin(void);
 
