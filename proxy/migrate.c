@@ -16,9 +16,9 @@
 #include "proxy/sql.h"
 #include "rules/rules.h"
 
-/* hold_until through to_jsonb: a version 1 schema (before MIGRATE PREPARE upgrades it) has none. */
-#define STATE_SQL                                                                          \
-	"SELECT phase, epoch, degraded, coalesce((to_jsonb(s) ->> 'hold_until')::timestamptz " \
+/* hold_until through to_jsonb: a version 1 schema (not upgraded yet) has no such column. */
+#define STATE_SQL                                                                                  \
+	"SELECT phase, epoch, degraded, coalesce((to_jsonb(s) ->> 'hold_until')::timestamptz "     \
 	"> now(), false) FROM pgshunt.state s"
 #define RELOAD_RETRY_S   1
 #define UNDEFINED_TABLE  "42P01"
@@ -27,7 +27,7 @@
 #define OBJECT_IN_USE    "55006"
 #define ACK_POLL_MS      100
 #define ACK_TIMEOUT_MS   30000
-#define LOCK_NOT_AVAILABLE "55P03"
+#define LOCK_UNAVAILABLE "55P03"
 
 /*
  * SET PHASE finalized: the fleet is held at most FINALIZE_HOLD_MS; the acknowledgements
@@ -36,12 +36,12 @@
  * releases itself while this proxy still renames, yet frees itself if this proxy dies;
  * a rename needs FINALIZE_MARGIN_MS of that limit left to start.
  */
-#define FINALIZE_HOLD_MS        10000
-#define FINALIZE_HOLD_SLACK_MS  5000
-#define FINALIZE_MARGIN_MS      2000
+#define FINALIZE_HOLD_MS         10000
+#define FINALIZE_HOLD_SLACK_MS   5000
+#define FINALIZE_MARGIN_MS       2000
 #define FINALIZE_LOCK_TIMEOUT_MS 200
-#define FINALIZE_ATTEMPTS       5
-#define FINALIZE_RETRY_PAUSE_MS 300
+#define FINALIZE_ATTEMPTS        5
+#define FINALIZE_RETRY_PAUSE_MS  300
 #define FINALIZE_ACK_MS                                                                        \
 	(FINALIZE_HOLD_MS - FINALIZE_ATTEMPTS * (FINALIZE_LOCK_TIMEOUT_MS + FINALIZE_RETRY_PAUSE_MS))
 
@@ -241,9 +241,9 @@ static struct {
 	uint64_t epoch;  /* the epoch written, which the fleet must acknowledge */
 	int waited_ms;   /* waiting for acknowledgements so far */
 	const char *tag; /* "SET PHASE" or "DEGRADED" */
-	bool holding;    /* finalize: the fleet-wide hold is on, its acks awaited or renaming */
-	int attempt;     /* finalize: rename attempts made */
-	uint64_t hold_us;/* finalize: when the hold began (now_us()) */
+	bool holding;     /* finalize: the fleet is held (acks awaited, or renaming) */
+	int attempt;      /* finalize: rename attempts made */
+	uint64_t hold_us; /* finalize: when the hold began (now_us()) */
 	void (*on_timer)(void); /* what ack_timer runs next */
 } op;
 
@@ -471,7 +471,7 @@ static void on_renamed(const PGresult *res, void *arg)
 	log_warning("SET PHASE finalized: rename attempt %d/%d failed after %" PRIu64
 		    " ms of hold: %s (%s)",
 		    op.attempt, FINALIZE_ATTEMPTS, held_ms, control_message(res), code);
-	if (strcmp(code, LOCK_NOT_AVAILABLE) != 0) {
+	if (strcmp(code, LOCK_UNAVAILABLE) != 0) {
 		finalize_give_up(strcmp(code, "08006") == 0 ? NOT_IN_STATE : code,
 				 "the rename failed: %s", control_message(res));
 		return;
