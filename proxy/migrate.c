@@ -241,10 +241,6 @@ static struct {
 	uint64_t epoch;  /* the epoch written, which the fleet must acknowledge */
 	int waited_ms;   /* waiting for acknowledgements so far */
 	const char *tag; /* "SET PHASE" or "DEGRADED" */
-	bool holding;     /* finalize: the fleet is held (acks awaited, or renaming) */
-	int attempt;      /* finalize: rename attempts made */
-	uint64_t hold_us; /* finalize: when the hold began (now_us()) */
-	void (*on_timer)(void); /* what ack_timer runs next */
 } op;
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
@@ -254,6 +250,21 @@ static void on_ack_timer(evutil_socket_t fd, short what, void *arg);
 static void finalize_rename(void);
 static void finalize_give_up(const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* SET PHASE finalized's progress, beside op (which it is part of). */
+static struct {
+	bool holding;     /* the fleet is held: its acks awaited, or renaming */
+	int attempt;      /* rename attempts made */
+	uint64_t hold_us; /* when the hold began (now_us()) */
+} fin;
+
+static void (*op_next)(void); /* what ack_timer runs next */
+
+/* The acknowledgements awaited are the hold's (not a phase's or DEGRADED's). */
+static bool awaiting_hold(void)
+{
+	return fin.holding && op.set_phase && op.to == PHASE_FINALIZED;
+}
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
 {
@@ -312,7 +323,7 @@ static bool op_after(int ms, void (*next)(void))
 	if (!ack_timer)
 		return false;
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-	op.on_timer = next;
+	op_next = next;
 	evtimer_add(ack_timer, &tv);
 	return true;
 }
@@ -322,7 +333,7 @@ static void on_acks(const PGresult *res, void *arg)
 {
 	(void)arg;
 	if (!control_ok(res)) {
-		if (op.holding)
+		if (awaiting_hold())
 			finalize_give_up(NOT_IN_STATE, "checking the fleet's acknowledgements failed: %s",
 					 control_message(res));
 		else
@@ -332,13 +343,13 @@ static void on_acks(const PGresult *res, void *arg)
 		return;
 	}
 	if (PQgetisnull(res, 0, 0)) {
-		if (op.holding)
+		if (awaiting_hold())
 			finalize_rename();
 		else
 			op_finish(NULL, NULL);
 		return;
 	}
-	if (op.holding && now_us() - op.hold_us >= (uint64_t)FINALIZE_ACK_MS * 1000) {
+	if (awaiting_hold() && now_us() - fin.hold_us >= (uint64_t)FINALIZE_ACK_MS * 1000) {
 		finalize_give_up(NOT_IN_STATE, "these proxies did not acknowledge the hold within "
 					       "%d ms (a transaction open on the table?): %s",
 				 FINALIZE_ACK_MS, PQgetvalue(res, 0, 0));
@@ -352,7 +363,7 @@ static void on_acks(const PGresult *res, void *arg)
 	}
 	op.waited_ms += ACK_POLL_MS;
 	if (!op_after(ACK_POLL_MS, op_wait_acks)) {
-		if (op.holding)
+		if (awaiting_hold())
 			finalize_give_up("53200", "out of memory");
 		else
 			op_finish("53200", "out of memory");
@@ -378,8 +389,8 @@ static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (op.busy && op.on_timer)
-		op.on_timer();
+	if (op.busy && op_next)
+		op_next();
 }
 
 /* ---- SET PHASE finalized: hold the fleet, rename, release (SPEC §2) ---- */
@@ -405,7 +416,7 @@ static char give_up_msg[512];
 static void on_released(const PGresult *res, void *arg)
 {
 	(void)arg;
-	op.holding = false;
+	fin.holding = false;
 	/* A rename whose answer was lost with the connection may have committed. */
 	if (control_ok(res) && PQntuples(res) == 1 && PQnfields(res) == 2 &&
 	    strcmp(PQgetvalue(res, 0, 1), phase_name(PHASE_FINALIZED)) == 0) {
@@ -423,7 +434,7 @@ static void on_released(const PGresult *res, void *arg)
 		finalize_apply(shunt.phase.phase, strtoull(PQgetvalue(res, 0, 0), NULL, 10), false);
 		fleet_beat_now();
 		log_warning("SET PHASE finalized given up, hold released after %" PRIu64 " ms: %s",
-			    (now_us() - op.hold_us) / 1000, give_up_msg);
+			    (now_us() - fin.hold_us) / 1000, give_up_msg);
 	} else {
 		/* The database's time limit on the hold frees the fleet anyway. */
 		log_error("SET PHASE finalized given up but releasing the hold failed (%s); it "
@@ -453,15 +464,15 @@ static void finalize_give_up(const char *sqlstate, const char *fmt, ...)
 static void on_renamed(const PGresult *res, void *arg)
 {
 	(void)arg;
-	uint64_t held_ms = (now_us() - op.hold_us) / 1000;
+	uint64_t held_ms = (now_us() - fin.hold_us) / 1000;
 	if (control_ok(res) && PQntuples(res) == 1) {
-		op.holding = false;
+		fin.holding = false;
 		op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
 		finalize_apply(PHASE_FINALIZED, op.epoch, false);
 		log_info("SET PHASE finalized: %s renamed to %s_old, %s to %s (attempt %d); phase "
 			 "finalized, epoch %" PRIu64 ", fleet held %" PRIu64 " ms",
 			 shunt.cfg.table, shunt.cfg.table, shunt.cfg.next_table, shunt.cfg.table,
-			 op.attempt, op.epoch, held_ms);
+			 fin.attempt, op.epoch, held_ms);
 		op.waited_ms = 0;
 		fleet_beat_now();
 		op_wait_acks();
@@ -470,19 +481,19 @@ static void on_renamed(const PGresult *res, void *arg)
 	const char *code = control_sqlstate(res);
 	log_warning("SET PHASE finalized: rename attempt %d/%d failed after %" PRIu64
 		    " ms of hold: %s (%s)",
-		    op.attempt, FINALIZE_ATTEMPTS, held_ms, control_message(res), code);
+		    fin.attempt, FINALIZE_ATTEMPTS, held_ms, control_message(res), code);
 	if (strcmp(code, LOCK_UNAVAILABLE) != 0) {
 		finalize_give_up(strcmp(code, "08006") == 0 ? NOT_IN_STATE : code,
 				 "the rename failed: %s", control_message(res));
 		return;
 	}
-	if (op.attempt >= FINALIZE_ATTEMPTS ||
+	if (fin.attempt >= FINALIZE_ATTEMPTS ||
 	    held_ms + FINALIZE_RETRY_PAUSE_MS + FINALIZE_LOCK_TIMEOUT_MS > FINALIZE_HOLD_MS) {
 		finalize_give_up(NOT_IN_STATE, "the rename could not lock %s or %s within %d ms in "
 					       "%d attempts: another session holds a lock on one of "
 					       "them (SHOW PREFLIGHT lists such sessions)",
 				 shunt.cfg.table, shunt.cfg.next_table, FINALIZE_LOCK_TIMEOUT_MS,
-				 op.attempt);
+				 fin.attempt);
 		return;
 	}
 	if (!op_after(FINALIZE_RETRY_PAUSE_MS, finalize_rename))
@@ -496,10 +507,10 @@ static void finalize_rename(void)
 	snprintf(timeout, sizeof(timeout), "%d", FINALIZE_LOCK_TIMEOUT_MS);
 	snprintf(margin, sizeof(margin), "%d", FINALIZE_MARGIN_MS);
 	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table, timeout, margin, by};
-	op.attempt++;
+	fin.attempt++;
 	log_info("SET PHASE finalized: every live proxy holds; rename attempt %d/%d "
 		 "(lock_timeout %d ms)",
-		 op.attempt, FINALIZE_ATTEMPTS, FINALIZE_LOCK_TIMEOUT_MS);
+		 fin.attempt, FINALIZE_ATTEMPTS, FINALIZE_LOCK_TIMEOUT_MS);
 	if (!control_query("SELECT pgshunt.finalize($1, $2, $3::int, $4::int, $5)", 5, params,
 			   on_renamed, &op))
 		finalize_give_up("53200", "out of memory");
@@ -513,10 +524,10 @@ static void on_hold_set(const PGresult *res, void *arg)
 			  control_message(res));
 		return;
 	}
-	op.holding = true;
-	op.attempt = 0;
+	fin.holding = true;
+	fin.attempt = 0;
 	op.waited_ms = 0;
-	op.hold_us = now_us();
+	fin.hold_us = now_us();
 	op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
 	finalize_apply(shunt.phase.phase, op.epoch, true);
 	log_info("SET PHASE finalized: fleet held (epoch %" PRIu64 "): new transactions' "
@@ -707,7 +718,7 @@ static bool op_begin(struct session *s, struct admin_result *r, const char *tag,
 	op.to = to;
 	op.degraded = degraded;
 	op.force = force;
-	op.holding = false;
+	fin.holding = false;
 	if (!control_query(STATE_SQL, 0, NULL, on_current_state, &op)) {
 		op.busy = false;
 		admin_res_error(r, "53200", "out of memory");
