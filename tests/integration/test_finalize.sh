@@ -105,6 +105,8 @@ held=$!
 [ "$(timeout 5 psql -X -qtA "$app_a" -c "SELECT 6 * 7")" = 42 ] || fail "a statement not naming the table waited"
 sleep 1
 kill -0 "$held" 2>/dev/null || fail "a new statement on the table was served during the hold: $(cat "$work/held.out")"
+[ "$(on "$console_a" 'SHOW CLIENTS' | cut -d'|' -f7 | grep -c '^paused$')" -ge 2 ] ||
+	fail "SHOW CLIENTS does not show the held sessions paused: $(on "$console_a" 'SHOW CLIENTS')"
 kill -0 "$setter" 2>/dev/null || fail "SET PHASE finalized returned while B had a transaction open: $(cat "$work/set.out")"
 [ "$(q "SELECT phase FROM pgshunt.state")" = cutover ] || fail "renamed before B's transaction ended"
 # The open transaction is served to its end under cutover.
