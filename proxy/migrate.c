@@ -72,7 +72,7 @@ static bool apply_state(const PGresult *res)
 	shunt.phase.epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
 	shunt.phase.degraded = PQgetvalue(res, 0, 2)[0] == 't';
 	shunt.phase.hold = PQnfields(res) > 3 && PQgetvalue(res, 0, 3)[0] == 't';
-	shunt.phase.known = true;
+	shunt.phase.known = fleet_lease_ok();
 	shunt.phase.installed = true;
 	return true;
 }
@@ -142,7 +142,7 @@ static void phase_moved(const struct phase_state *before)
 		load_relmap();
 	if (before->hold && !shunt.phase.hold)
 		release_hold();
-	else if (!before->known)
+	else if (!before->known && shunt.phase.known)
 		session_resume_all(); /* statements held while the phase was unknown */
 }
 
@@ -155,7 +155,7 @@ static void on_state_loaded(const PGresult *res, void *arg)
 		shunt.phase_read_us = now_us();
 		phase_moved(&before);
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
-		if (!before.known || before.epoch != shunt.phase.epoch) {
+		if (shunt.phase.known && (!before.known || before.epoch != shunt.phase.epoch)) {
 			log_info("phase %s, epoch %" PRIu64 ", degraded %s%s (from pgshunt.state)",
 				 phase_name(shunt.phase.phase), shunt.phase.epoch,
 				 shunt.phase.degraded ? "on" : "off",
