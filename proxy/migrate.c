@@ -121,29 +121,29 @@ static void load_relmap(void)
 }
 
 /*
- * The hold ended (the rename done, given up, or lapsed): transactions begun during it
- * have not touched the table (their statements on it were held), so they take the
- * phase now in force, and the held statements go on under it.
+ * No hold in force: transactions begun during one (the rename done, given up, or
+ * lapsed) have not touched the table, since their statements on it were held, so they
+ * take the phase now in force.  True when there were any.
  */
-static void release_hold(void)
+static bool repin_held(void)
 {
-	for (struct session *t = shunt.sessions; t; t = t->next)
-		if (t->pin.hold)
+	bool any = false;
+	for (struct session *t = shunt.sessions; t; t = t->next) {
+		if (t->pin.hold) {
 			t->pin = shunt.phase;
-	session_resume_all();
+			any = true;
+		}
+	}
+	return any;
 }
 
-/* What changes with the phase here, whoever changed it. */
+/* What changes with the phase here, whoever changed it (the phase is known). */
 static void phase_moved(const struct phase_state *before)
 {
 	if (shunt.phase.phase == PHASE_FINALIZED)
 		shunt.relmap.loaded = false;
-	else if (!shunt.relmap.loaded)
-		load_relmap();
-	if (before->hold && !shunt.phase.hold)
-		release_hold();
-	else if (!before->known && shunt.phase.known)
-		session_resume_all(); /* statements held while the phase was unknown */
+	if (!shunt.phase.hold && (repin_held() || before->hold))
+		session_resume_all(); /* the held statements go on under the phase in force */
 }
 
 static void on_state_loaded(const PGresult *res, void *arg)
@@ -153,9 +153,15 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	loading = false;
 	if (apply_state(res)) {
 		shunt.phase_read_us = now_us();
+		if (!shunt.phase.known)
+			return; /* read, but the lease may be lapsing (fleet_lease_ok()): still held */
 		phase_moved(&before);
+		if (!shunt.relmap.loaded)
+			load_relmap();
+		if (!before.known)
+			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
-		if (shunt.phase.known && (!before.known || before.epoch != shunt.phase.epoch)) {
+		if (!before.known || before.epoch != shunt.phase.epoch) {
 			log_info("phase %s, epoch %" PRIu64 ", degraded %s%s (from pgshunt.state)",
 				 phase_name(shunt.phase.phase), shunt.phase.epoch,
 				 shunt.phase.degraded ? "on" : "off",
@@ -169,7 +175,8 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	if (is_missing_schema(res)) {
 		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
 		shunt.phase_read_us = now_us();
-		phase_moved(&before);
+		if (!before.known)
+			session_resume_all();
 		if (!before.known || before.installed)
 			log_info("no pgshunt control schema in the database yet: phase passthrough");
 		return;
