@@ -1278,10 +1278,14 @@ static bool on_sync(struct session *s, const uint8_t *msg, uint32_t total)
 
 bool engine_must_hold(const struct session *s, char type, const uint8_t *msg, uint32_t total)
 {
-	if (shunt.phase.known || !control_available())
+	if (!control_available())
 		return false;
-	/* Inside a transaction its pinned phase serves it; a new one must wait. */
-	if (!session_idle(s))
+	/*
+	 * Inside a transaction its pinned phase serves it; a new one waits while the phase
+	 * is unknown or the fleet is held for the rename, and so does one begun during the
+	 * hold (it has not touched the table: it is re-pinned when the hold ends).
+	 */
+	if (session_idle(s) ? shunt.phase.known && !shunt.phase.hold : !s->pin.hold)
 		return false;
 	const char *text = NULL;
 	size_t len = 0;

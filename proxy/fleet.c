@@ -28,6 +28,9 @@ static struct {
 	bool registered;    /* the row exists (the schema was there at the last beat) */
 	uint64_t last_acked;/* what the last heartbeat said, to beat early when it moves */
 	int since_beat_ms;
+	uint64_t beat_queued_us; /* when the heartbeat in flight was queued */
+	uint64_t renewed_us;     /* when the last heartbeat that renewed the lease was queued:
+				    the lease runs FLEET_LEASE_S from a moment after that */
 	char id[300];
 	char host[256];
 } fleet;
@@ -76,17 +79,21 @@ static void on_beat(const PGresult *res, void *arg)
 	if (ok && !fleet.registered)
 		log_info("registered in pgshunt.proxies as %s", fleet_proxy_id());
 	fleet.registered = ok;
+	if (ok)
+		fleet.renewed_us = fleet.beat_queued_us;
 }
 
 static void beat(void)
 {
 	char pid[16], epoch[24], busy[16], lease[16], p99[32];
 	uint32_t inflight;
-	if (fleet.beating || !shunt.phase.known || !control_connected())
+	/* A lease about to lapse makes the phase unknown: the beat that renews it goes on. */
+	if (fleet.beating || !(shunt.phase.known || shunt.phase.installed) || !control_connected())
 		return;
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	fleet.last_acked = fleet_acked_epoch(&inflight);
 	fleet.since_beat_ms = 0;
+	fleet.beat_queued_us = now_us();
 	snprintf(epoch, sizeof(epoch), "%" PRIu64, fleet.last_acked);
 	snprintf(busy, sizeof(busy), "%u", inflight);
 	snprintf(lease, sizeof(lease), "%d", FLEET_LEASE_S);
@@ -124,10 +131,26 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 			  "until it is",
 			  FLEET_LEASE_S, shunt.cfg.table);
 	}
+	if (shunt.phase.known && !fleet_lease_ok()) {
+		shunt.phase.known = false;
+		log_error("the lease in pgshunt.proxies was not renewed for %d ms: holding "
+			  "statements on %s until it is (the fleet stops waiting for this proxy "
+			  "when it lapses)",
+			  FLEET_LEASE_S * 1000 - FLEET_LEASE_MARGIN_MS, shunt.cfg.table);
+	}
 	migrate_load_phase();
 	fleet.since_beat_ms += FLEET_TICK_MS;
 	if (fleet.since_beat_ms >= FLEET_HEARTBEAT_MS || fleet_acked_epoch(NULL) != fleet.last_acked)
 		beat();
+}
+
+bool fleet_lease_ok(void)
+{
+	/* Never renewed (no schema yet, or the first beat pending): nobody counts on it. */
+	if (!fleet.renewed_us)
+		return true;
+	return now_us() - fleet.renewed_us <
+	       (uint64_t)(FLEET_LEASE_S * 1000 - FLEET_LEASE_MARGIN_MS) * 1000u;
 }
 
 void fleet_beat_now(void)

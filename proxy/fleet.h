@@ -19,6 +19,8 @@
 #define FLEET_TICK_MS      250 /* how often the phase is re-read from pgshunt.state */
 #define FLEET_HEARTBEAT_MS 2000
 #define FLEET_LEASE_S      10
+/* A proxy stops serving the table this long before its lease can have lapsed. */
+#define FLEET_LEASE_MARGIN_MS 1500
 
 struct session;
 struct admin_result;
@@ -27,6 +29,13 @@ void fleet_start(void);
 /* Renew the row now (the phase just changed here). */
 void fleet_beat_now(void);
 void fleet_stop(void);
+
+/*
+ * False once the lease may be about to lapse (not renewed for FLEET_LEASE_S less the
+ * margin): the fleet is about to stop waiting for this proxy, so it must not serve the
+ * table under a phase it reads (I7); the phase counts as unknown until a beat renews it.
+ */
+bool fleet_lease_ok(void);
 
 /* This process's id in pgshunt.proxies: host:port:pid. */
 const char *fleet_proxy_id(void);

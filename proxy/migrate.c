@@ -17,7 +17,10 @@
 #include "proxy/sql.h"
 #include "rules/rules.h"
 
-#define STATE_SQL        "SELECT phase, epoch, degraded FROM pgshunt.state"
+/* hold_until through to_jsonb: a version 1 schema (not upgraded yet) has no such column. */
+#define STATE_SQL                                                                                  \
+	"SELECT phase, epoch, degraded, coalesce((to_jsonb(s) ->> 'hold_until')::timestamptz "     \
+	"> now(), false) FROM pgshunt.state s"
 #define RELOAD_RETRY_S   1
 #define UNDEFINED_TABLE  "42P01"
 #define INVALID_SCHEMA   "3F000"
@@ -25,6 +28,23 @@
 #define OBJECT_IN_USE    "55006"
 #define ACK_POLL_MS      100
 #define ACK_TIMEOUT_MS   30000
+#define LOCK_UNAVAILABLE "55P03"
+
+/*
+ * SET PHASE finalized: the fleet is held at most FINALIZE_HOLD_MS; the acknowledgements
+ * of the hold may take what the rename attempts leave of it.  The database's own limit
+ * on the hold (hold_until) is longer by FINALIZE_HOLD_SLACK_MS, so the fleet never
+ * releases itself while this proxy still renames, yet frees itself if this proxy dies;
+ * a rename needs FINALIZE_MARGIN_MS of that limit left to start.
+ */
+#define FINALIZE_HOLD_MS         10000
+#define FINALIZE_HOLD_SLACK_MS   5000
+#define FINALIZE_MARGIN_MS       2000
+#define FINALIZE_LOCK_TIMEOUT_MS 200
+#define FINALIZE_ATTEMPTS        5
+#define FINALIZE_RETRY_PAUSE_MS  300
+#define FINALIZE_ACK_MS                                                                        \
+	(FINALIZE_HOLD_MS - FINALIZE_ATTEMPTS * (FINALIZE_LOCK_TIMEOUT_MS + FINALIZE_RETRY_PAUSE_MS))
 
 const char *const migrate_phase_columns[] = {"phase",      "degraded",     "epoch",
 					     "known",      "table",        "next_table",
@@ -52,7 +72,8 @@ static bool apply_state(const PGresult *res)
 	shunt.phase.phase = p;
 	shunt.phase.epoch = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
 	shunt.phase.degraded = PQgetvalue(res, 0, 2)[0] == 't';
-	shunt.phase.known = true;
+	shunt.phase.hold = PQnfields(res) > 3 && PQgetvalue(res, 0, 3)[0] == 't';
+	shunt.phase.known = fleet_lease_ok();
 	shunt.phase.installed = true;
 	return true;
 }
@@ -89,7 +110,8 @@ static void on_relmap(const PGresult *res, void *arg)
 static void load_relmap(void)
 {
 	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table};
-	if (relmap_loading || !shunt.phase.installed)
+	/* After the rename next_table's name is gone and its OID is the table's own. */
+	if (relmap_loading || !shunt.phase.installed || shunt.phase.phase == PHASE_FINALIZED)
 		return;
 	relmap_loading = control_query(
 		"SELECT o.attrelid::oid, n.attrelid::oid, o.attnum, n.attnum FROM pg_attribute o "
@@ -99,6 +121,32 @@ static void load_relmap(void)
 		2, params, on_relmap, NULL);
 }
 
+/*
+ * No hold in force: transactions begun during one (the rename done, given up, or
+ * lapsed) have not touched the table, since their statements on it were held, so they
+ * take the phase now in force.  True when there were any.
+ */
+static bool repin_held(void)
+{
+	bool any = false;
+	for (struct session *t = shunt.sessions; t; t = t->next) {
+		if (t->pin.hold) {
+			t->pin = shunt.phase;
+			any = true;
+		}
+	}
+	return any;
+}
+
+/* What changes with the phase here, whoever changed it (the phase is known). */
+static void phase_moved(const struct phase_state *before)
+{
+	if (shunt.phase.phase == PHASE_FINALIZED)
+		shunt.relmap.loaded = false;
+	if (!shunt.phase.hold && (repin_held() || before->hold))
+		session_resume_all(); /* the held statements go on under the phase in force */
+}
+
 static void on_state_loaded(const PGresult *res, void *arg)
 {
 	struct phase_state before = shunt.phase;
@@ -106,6 +154,9 @@ static void on_state_loaded(const PGresult *res, void *arg)
 	loading = false;
 	if (apply_state(res)) {
 		shunt.phase_read_us = now_us();
+		if (!shunt.phase.known)
+			return; /* read, but the lease may be lapsing (fleet_lease_ok()): still held */
+		phase_moved(&before);
 		if (!shunt.relmap.loaded)
 			load_relmap();
 		if (!shunt.relmap.loaded || !before.known || before.epoch != shunt.phase.epoch)
@@ -114,9 +165,10 @@ static void on_state_loaded(const PGresult *res, void *arg)
 			session_resume_all(); /* statements held while the phase was unknown */
 		/* Polled often: say it only when another proxy (or a restart) changed it. */
 		if (!before.known || before.epoch != shunt.phase.epoch) {
-			log_info("phase %s, epoch %" PRIu64 ", degraded %s (from pgshunt.state)",
+			log_info("phase %s, epoch %" PRIu64 ", degraded %s%s (from pgshunt.state)",
 				 phase_name(shunt.phase.phase), shunt.phase.epoch,
-				 shunt.phase.degraded ? "on" : "off");
+				 shunt.phase.degraded ? "on" : "off",
+				 shunt.phase.hold ? ", held for the finalize rename" : "");
 			/* Acknowledge at once: a SET PHASE elsewhere is waiting for it. */
 			if (before.known)
 				fleet_beat_now();
@@ -207,6 +259,24 @@ static void op_finish(const char *sqlstate, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 static void op_wait_acks(void);
 static void on_ack_timer(evutil_socket_t fd, short what, void *arg);
+static void finalize_rename(void);
+static void finalize_give_up(const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* SET PHASE finalized's progress, beside op (which it is part of). */
+static struct {
+	bool holding;     /* the fleet is held: its acks awaited, or renaming */
+	int attempt;      /* rename attempts made */
+	uint64_t hold_us; /* when the hold began (now_us()) */
+} fin;
+
+static void (*op_next)(void); /* what ack_timer runs next */
+
+/* The acknowledgements awaited are the hold's (not a phase's or DEGRADED's). */
+static bool awaiting_hold(void)
+{
+	return fin.holding && op.set_phase && op.to == PHASE_FINALIZED;
+}
 
 static void op_finish(const char *sqlstate, const char *fmt, ...)
 {
@@ -262,17 +332,43 @@ static void on_set_done(const PGresult *res, void *arg)
 	op_wait_acks();
 }
 
+static bool op_after(int ms, void (*next)(void))
+{
+	if (!ack_timer)
+		ack_timer = evtimer_new(shunt.base, on_ack_timer, NULL);
+	if (!ack_timer)
+		return false;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	op_next = next;
+	evtimer_add(ack_timer, &tv);
+	return true;
+}
+
 /* SET PHASE returns once every live proxy acknowledged the new epoch (SPEC §6). */
 static void on_acks(const PGresult *res, void *arg)
 {
 	(void)arg;
 	if (!control_ok(res)) {
-		op_finish(control_sqlstate(res), "checking the fleet's acknowledgements failed: %s",
-			  control_message(res));
+		if (awaiting_hold())
+			finalize_give_up(NOT_IN_STATE, "checking the fleet's acknowledgements failed: %s",
+					 control_message(res));
+		else
+			op_finish(control_sqlstate(res),
+				  "checking the fleet's acknowledgements failed: %s",
+				  control_message(res));
 		return;
 	}
 	if (PQgetisnull(res, 0, 0)) {
-		op_finish(NULL, NULL);
+		if (awaiting_hold())
+			finalize_rename();
+		else
+			op_finish(NULL, NULL);
+		return;
+	}
+	if (awaiting_hold() && now_us() - fin.hold_us >= (uint64_t)FINALIZE_ACK_MS * 1000) {
+		finalize_give_up(NOT_IN_STATE, "these proxies did not acknowledge the hold within "
+					       "%d ms (a transaction open on the table?): %s",
+				 FINALIZE_ACK_MS, PQgetvalue(res, 0, 0));
 		return;
 	}
 	if (op.waited_ms >= ACK_TIMEOUT_MS) {
@@ -281,14 +377,13 @@ static void on_acks(const PGresult *res, void *arg)
 			  phase_name(op.to), op.epoch, ACK_TIMEOUT_MS / 1000, PQgetvalue(res, 0, 0));
 		return;
 	}
-	if (!ack_timer)
-		ack_timer = evtimer_new(shunt.base, on_ack_timer, NULL);
-	struct timeval tv = {0, ACK_POLL_MS * 1000};
 	op.waited_ms += ACK_POLL_MS;
-	if (ack_timer)
-		evtimer_add(ack_timer, &tv);
-	else
-		op_finish("53200", "out of memory");
+	if (!op_after(ACK_POLL_MS, op_wait_acks)) {
+		if (awaiting_hold())
+			finalize_give_up("53200", "out of memory");
+		else
+			op_finish("53200", "out of memory");
+	}
 }
 
 static void op_wait_acks(void)
@@ -296,6 +391,7 @@ static void op_wait_acks(void)
 	char epoch[24];
 	snprintf(epoch, sizeof(epoch), "%" PRIu64, op.epoch);
 	const char *params[] = {epoch};
+	/* A proxy whose lease lapsed (dead, or cut off and holding by itself) is not waited for. */
 	if (!control_query("SELECT string_agg(proxy_id || ' (acked ' || coalesce(acked_epoch::text, "
 			   "'nothing') || ', ' || coalesce(inflight, 0) || ' in flight)', ', ' "
 			   "ORDER BY proxy_id) FROM pgshunt.proxies WHERE lease_until > now() AND "
@@ -309,7 +405,206 @@ static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
+	if (op.busy && op_next)
+		op_next();
+}
+
+/* ---- SET PHASE finalized: hold the fleet, rename, release (SPEC §2) ---- */
+
+static void op_by(char *by, size_t len)
+{
+	snprintf(by, len, "pgshunt console (%s)", op.s ? op.s->prefix : "gone");
+}
+
+/* The phase as pgshunt.state now has it, applied here at once (the poll would, later). */
+static void finalize_apply(enum phase p, uint64_t epoch, bool hold)
+{
+	struct phase_state before = shunt.phase;
+	shunt.phase.phase = p;
+	shunt.phase.epoch = epoch;
+	shunt.phase.hold = hold;
+	phase_moved(&before);
+}
+
+static char give_up_state[6];
+static char give_up_msg[512];
+
+static void on_released(const PGresult *res, void *arg)
+{
+	(void)arg;
+	fin.holding = false;
+	/* A rename whose answer was lost with the connection may have committed. */
+	if (control_ok(res) && PQntuples(res) == 1 && PQnfields(res) == 2 &&
+	    strcmp(PQgetvalue(res, 0, 1), phase_name(PHASE_FINALIZED)) == 0) {
+		op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+		finalize_apply(PHASE_FINALIZED, op.epoch, false);
+		log_warning("SET PHASE finalized: the rename committed although its answer was "
+			    "lost (%s); phase finalized, epoch %" PRIu64,
+			    give_up_msg, op.epoch);
+		op.waited_ms = 0;
+		fleet_beat_now();
+		op_wait_acks();
+		return;
+	}
+	if (control_ok(res) && PQntuples(res) == 1) {
+		finalize_apply(shunt.phase.phase, strtoull(PQgetvalue(res, 0, 0), NULL, 10), false);
+		fleet_beat_now();
+		log_warning("SET PHASE finalized given up, hold released after %" PRIu64 " ms: %s",
+			    (now_us() - fin.hold_us) / 1000, give_up_msg);
+	} else {
+		/* The database's time limit on the hold frees the fleet anyway. */
+		log_error("SET PHASE finalized given up but releasing the hold failed (%s); it "
+			  "lapses by itself: %s",
+			  control_message(res), give_up_msg);
+	}
+	op_finish(give_up_state, "SET PHASE finalized failed, the phase stays %s and the hold "
+				 "is released: %s",
+		  phase_name(shunt.phase.phase), give_up_msg);
+}
+
+static void finalize_give_up(const char *sqlstate, const char *fmt, ...)
+{
+	char by[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(give_up_msg, sizeof(give_up_msg), fmt, ap);
+	va_end(ap);
+	snprintf(give_up_state, sizeof(give_up_state), "%s", sqlstate);
+	op_by(by, sizeof(by));
+	const char *params[] = {"0", by};
+	if (!control_query("SELECT pgshunt.set_hold($1::int, $2), (SELECT phase FROM pgshunt.state)",
+			   2, params, on_released, &op))
+		on_released(NULL, NULL);
+}
+
+static void on_renamed(const PGresult *res, void *arg)
+{
+	(void)arg;
+	uint64_t held_ms = (now_us() - fin.hold_us) / 1000;
+	if (control_ok(res) && PQntuples(res) == 1) {
+		fin.holding = false;
+		op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+		finalize_apply(PHASE_FINALIZED, op.epoch, false);
+		log_info("SET PHASE finalized: %s renamed to %s_old, %s to %s (attempt %d); phase "
+			 "finalized, epoch %" PRIu64 ", fleet held %" PRIu64 " ms",
+			 shunt.cfg.table, shunt.cfg.table, shunt.cfg.next_table, shunt.cfg.table,
+			 fin.attempt, op.epoch, held_ms);
+		op.waited_ms = 0;
+		fleet_beat_now();
+		op_wait_acks();
+		return;
+	}
+	const char *code = control_sqlstate(res);
+	log_warning("SET PHASE finalized: rename attempt %d/%d failed after %" PRIu64
+		    " ms of hold: %s (%s)",
+		    fin.attempt, FINALIZE_ATTEMPTS, held_ms, control_message(res), code);
+	if (strcmp(code, LOCK_UNAVAILABLE) != 0) {
+		finalize_give_up(strcmp(code, "08006") == 0 ? NOT_IN_STATE : code,
+				 "the rename failed: %s", control_message(res));
+		return;
+	}
+	if (fin.attempt >= FINALIZE_ATTEMPTS ||
+	    held_ms + FINALIZE_RETRY_PAUSE_MS + FINALIZE_LOCK_TIMEOUT_MS > FINALIZE_HOLD_MS) {
+		finalize_give_up(NOT_IN_STATE, "the rename could not lock %s or %s within %d ms in "
+					       "%d attempts: another session holds a lock on one of "
+					       "them (SHOW PREFLIGHT lists such sessions)",
+				 shunt.cfg.table, shunt.cfg.next_table, FINALIZE_LOCK_TIMEOUT_MS,
+				 fin.attempt);
+		return;
+	}
+	if (!op_after(FINALIZE_RETRY_PAUSE_MS, finalize_rename))
+		finalize_give_up("53200", "out of memory");
+}
+
+static void finalize_rename(void)
+{
+	char by[160], timeout[16], margin[16];
+	op_by(by, sizeof(by));
+	snprintf(timeout, sizeof(timeout), "%d", FINALIZE_LOCK_TIMEOUT_MS);
+	snprintf(margin, sizeof(margin), "%d", FINALIZE_MARGIN_MS);
+	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table, timeout, margin, by};
+	fin.attempt++;
+	log_info("SET PHASE finalized: every live proxy holds; rename attempt %d/%d "
+		 "(lock_timeout %d ms)",
+		 fin.attempt, FINALIZE_ATTEMPTS, FINALIZE_LOCK_TIMEOUT_MS);
+	if (!control_query("SELECT pgshunt.finalize($1, $2, $3::int, $4::int, $5)", 5, params,
+			   on_renamed, &op))
+		finalize_give_up("53200", "out of memory");
+}
+
+static void on_hold_set(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!control_ok(res) || PQntuples(res) != 1) {
+		op_finish(control_sqlstate(res), "SET PHASE finalized: holding the fleet failed: %s",
+			  control_message(res));
+		return;
+	}
+	fin.holding = true;
+	fin.attempt = 0;
+	op.waited_ms = 0;
+	fin.hold_us = now_us();
+	op.epoch = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	finalize_apply(shunt.phase.phase, op.epoch, true);
+	log_info("SET PHASE finalized: fleet held (epoch %" PRIu64 "): new transactions' "
+		 "statements on %s wait for the rename",
+		 op.epoch, shunt.cfg.table);
+	fleet_beat_now();
 	op_wait_acks();
+}
+
+/*
+ * Before holding anyone: every live proxy acknowledged cutover (FORCE cannot skip it)
+ * and the names are as the rename needs them.
+ */
+static const char finalize_check_sql[] =
+	"SELECT coalesce((SELECT 'these proxies have not acknowledged cutover yet: ' || "
+	"string_agg(p.proxy_id || ' (acked ' || coalesce(p.acked_epoch::text, 'nothing') || ')', "
+	"', ' ORDER BY p.proxy_id) FROM pgshunt.proxies p, pgshunt.state s WHERE p.lease_until > "
+	"now() AND coalesce(p.acked_epoch, 0) < s.epoch), CASE WHEN to_regclass($1) IS NULL THEN "
+	"'table ' || $1 || ' does not exist' WHEN to_regclass($2) IS NULL THEN 'next_table ' || "
+	"$2 || ' does not exist' WHEN (SELECT to_regclass(format('%I.%I', n.nspname, c.relname "
+	"|| '_old')) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = "
+	"to_regclass($1)) IS NOT NULL THEN $1 || '_old already exists: the old table cannot take "
+	"that name' WHEN (SELECT octet_length(relname) FROM pg_class WHERE oid = to_regclass($1)) "
+	"> 59 THEN 'the name ' || $1 || '_old would be longer than 63 bytes' END)";
+
+static void finalize_begin(void);
+
+static void on_finalize_checked(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!control_ok(res) || PQntuples(res) != 1) {
+		op_finish(control_sqlstate(res), "checking the preconditions of finalized failed: %s",
+			  control_message(res));
+		return;
+	}
+	if (!PQgetisnull(res, 0, 0)) {
+		op_finish(NOT_IN_STATE, "cannot enter finalized: %s%s", PQgetvalue(res, 0, 0),
+			  op.force ? " (FORCE does not skip this)" : "");
+		return;
+	}
+	finalize_begin();
+}
+
+static void finalize_check(void)
+{
+	const char *params[] = {shunt.cfg.table, shunt.cfg.next_table};
+	if (op.force)
+		log_warning("SET PHASE finalized FORCE: nothing to skip, the fleet and the names "
+			    "are checked all the same");
+	if (!control_query(finalize_check_sql, 2, params, on_finalize_checked, &op))
+		op_finish("53200", "out of memory");
+}
+
+static void finalize_begin(void)
+{
+	char by[160], secs[16];
+	op_by(by, sizeof(by));
+	snprintf(secs, sizeof(secs), "%d", (FINALIZE_HOLD_MS + FINALIZE_HOLD_SLACK_MS) / 1000);
+	const char *params[] = {secs, by};
+	if (!control_query("SELECT pgshunt.set_hold($1::int, $2)", 2, params, on_hold_set, &op))
+		op_finish("53200", "out of memory");
 }
 
 static void op_write(void)
@@ -385,6 +680,19 @@ static void on_current_state(const PGresult *res, void *arg)
 		op.degraded = shunt.phase.degraded;
 	else
 		op.to = shunt.phase.phase;
+	/*
+	 * Finalized again: the rename committed with the phase, but the proxy that did it
+	 * may have died before the fleet acknowledged; wait for that, never rename twice.
+	 */
+	if (op.set_phase && op.to == PHASE_FINALIZED && shunt.phase.phase == PHASE_FINALIZED) {
+		log_info("SET PHASE finalized: already finalized (epoch %" PRIu64 "), waiting for "
+			 "the fleet's acknowledgements only",
+			 shunt.phase.epoch);
+		op.epoch = shunt.phase.epoch;
+		op.waited_ms = 0;
+		op_wait_acks();
+		return;
+	}
 	/* DEGRADED keeps the phase; SET PHASE must move it by one step. */
 	const char *why = op.set_phase ? phase_move_refusal(shunt.phase.phase, op.to) : NULL;
 	if (why) {
@@ -393,9 +701,18 @@ static void on_current_state(const PGresult *res, void *arg)
 		return;
 	}
 	why = rules_unservable(op.to, op.degraded);
+#ifdef PGSHUNT_TEST_HOOKS
+	/* Test builds only: drive the fleet machinery into phases the engine refuses. */
+	if (why && getenv("PGSHUNT_TEST_SERVE_UNBUILT"))
+		why = NULL;
+#endif
 	if (why) {
 		op_finish("0A000", "this pgshunt cannot serve %s%s yet: %s", phase_name(op.to),
 			  op.degraded ? " with DEGRADED on" : "", why);
+		return;
+	}
+	if (op.set_phase && op.to == PHASE_FINALIZED) {
+		finalize_check();
 		return;
 	}
 	op_check_preconditions();
@@ -422,6 +739,7 @@ static bool op_begin(struct session *s, struct admin_result *r, const char *tag,
 	op.to = to;
 	op.degraded = degraded;
 	op.force = force;
+	fin.holding = false;
 	if (!control_query(STATE_SQL, 0, NULL, on_current_state, &op)) {
 		op.busy = false;
 		admin_res_error(r, "53200", "out of memory");

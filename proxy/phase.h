@@ -27,6 +27,8 @@ struct phase_state {
 	bool degraded;   /* orthogonal to the phase */
 	bool known;      /* read from the database since start (or no control schema yet) */
 	bool installed;  /* the control schema exists (MIGRATE PREPARE ran) */
+	bool hold;       /* SET PHASE finalized holds the fleet: new transactions' table
+			    statements wait (pgshunt.state.hold_until in the future) */
 };
 
 const char *phase_name(enum phase p);

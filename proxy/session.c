@@ -971,7 +971,9 @@ static bool client_process_messages(struct session *s)
 		    engine_must_hold(s, type, iobuf_head(in), total)) {
 			s->parked = true;
 			conn_want_read(&s->client, false);
-			slog(LOG_LEVEL_INFO, s->prefix, "held: the phase in force is not known");
+			slog(LOG_LEVEL_INFO, s->prefix, "%s",
+			     shunt.phase.known ? "held: the fleet is held for the finalize rename"
+					       : "held: the phase in force is not known");
 			break;
 		}
 		if (total > iobuf_len(in)) {

@@ -1,4 +1,4 @@
--- pgshunt control schema, version 1.
+-- pgshunt control schema, version 2.
 --
 -- Installed by pgshunt over its control connection (embedded in the binary by
 -- proxy/sql/embed.sh, sent together with prepare.sql as one simple Query, hence one
@@ -26,8 +26,8 @@ BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgshunt:install', 0));
     IF pg_catalog.to_regclass('pgshunt.schema_version') IS NOT NULL THEN
         EXECUTE 'SELECT max(version) FROM pgshunt.schema_version' INTO v;
-        IF v > 1 THEN
-            RAISE EXCEPTION 'pgshunt control schema is at version %, newer than this pgshunt''s (1)', v
+        IF v > 2 THEN
+            RAISE EXCEPTION 'pgshunt control schema is at version %, newer than this pgshunt''s (2)', v
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Upgrade this pgshunt: an older binary must not downgrade the schema.';
         END IF;
@@ -191,14 +191,120 @@ END
 $$;
 REVOKE ALL ON FUNCTION pgshunt.set_phase(text, boolean, boolean, text, text) FROM PUBLIC;
 
+-- The fleet-wide hold of SET PHASE finalized (version 2 adds pgshunt.state.hold_until).
+-- While hold_until is in the future every proxy holds new transactions' statements on the
+-- table, so the rename can take its lock; the time limit frees the fleet by itself if the
+-- proxy that set it dies.  p_seconds > 0 sets it, anything else ends it.  Like set_phase()
+-- it bumps the epoch (the fleet acknowledges the hold like a phase), logs and notifies.
+CREATE OR REPLACE FUNCTION pgshunt.set_hold(p_seconds integer, p_by text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $$
+DECLARE
+    v_phase text;
+    v_deg   boolean;
+    v_epoch bigint;
+BEGIN
+    UPDATE pgshunt.state AS s
+       SET hold_until = CASE WHEN p_seconds > 0
+                             THEN clock_timestamp() + make_interval(secs => p_seconds) END,
+           epoch      = s.epoch + 1,
+           changed_at = now(),
+           changed_by = p_by
+    RETURNING s.phase, s.degraded, s.epoch INTO v_phase, v_deg, v_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgshunt.state has no row' USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO pgshunt.phase_log (from_phase, to_phase, epoch, degraded, forced, by, note)
+    VALUES (v_phase, v_phase, v_epoch, v_deg, false, p_by,
+            CASE WHEN p_seconds > 0 THEN format('hold on (at most %s s)', p_seconds)
+                 ELSE 'hold released' END);
+    PERFORM pg_notify('pgshunt_phase',
+                      json_build_object('phase', v_phase, 'epoch', v_epoch,
+                                        'degraded', v_deg, 'hold', p_seconds > 0)::text);
+    RETURN v_epoch;
+END
+$$;
+REVOKE ALL ON FUNCTION pgshunt.set_hold(integer, text) FROM PUBLIC;
+
+-- The rename of SET PHASE finalized, and the phase change with it, in the caller's one
+-- transaction so the names and the phase can never disagree: <table> becomes
+-- <table>_old (kept, same schema), <next> takes <table>'s name, phase finalized, hold
+-- ended.  Index, constraint and sequence names stay as they are.  lock_timeout (ms)
+-- bounds the wait for each table's lock: a 55P03 aborts the whole transaction and the
+-- caller retries.  Refuses (55000) unless the phase is cutover under a hold that still
+-- has p_margin_ms to run (once it lapses, proxies serve cutover again, naming next).
+CREATE OR REPLACE FUNCTION pgshunt.finalize(p_table text, p_next text, p_lock_timeout_ms integer,
+                                            p_margin_ms integer, p_by text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $$
+DECLARE
+    v_phase text;
+    v_hold  timestamptz;
+    v_old   oid := pg_catalog.to_regclass(p_table);
+    v_next  oid := pg_catalog.to_regclass(p_next);
+    v_nsp   name;
+    v_name  name;
+    v_nname name;
+BEGIN
+    SELECT s.phase, s.hold_until INTO v_phase, v_hold FROM pgshunt.state AS s FOR UPDATE;
+    IF v_phase IS DISTINCT FROM 'cutover' THEN
+        RAISE EXCEPTION 'the phase is %, not cutover', v_phase
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF v_hold IS NULL OR v_hold < clock_timestamp() + make_interval(secs => p_margin_ms / 1000.0) THEN
+        RAISE EXCEPTION 'the fleet-wide hold is not in force (or about to lapse)'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF v_old IS NULL OR v_next IS NULL THEN
+        RAISE EXCEPTION 'table % or next_table % does not exist', p_table, p_next
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT n.nspname, c.relname INTO v_nsp, v_name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = v_old;
+    SELECT c.relname INTO v_nname FROM pg_class c WHERE c.oid = v_next;
+    -- PostgreSQL would truncate a longer name, maybe onto another table's.
+    IF octet_length(v_name || '_old') > 63 THEN
+        RAISE EXCEPTION 'the name %_old is longer than 63 bytes', v_name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF pg_catalog.to_regclass(format('%I.%I', v_nsp, v_name || '_old')) IS NOT NULL THEN
+        RAISE EXCEPTION '%.% already exists: the old table cannot take that name',
+                        quote_ident(v_nsp), quote_ident(v_name || '_old')
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', v_old::regclass, v_name || '_old');
+    -- A next_table in another schema moves into the table's first.
+    IF (SELECT relnamespace FROM pg_class WHERE oid = v_next)
+       <> (SELECT relnamespace FROM pg_class WHERE oid = v_old) THEN
+        EXECUTE format('ALTER TABLE %s SET SCHEMA %I', v_next::regclass, v_nsp);
+    END IF;
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', v_next::regclass, v_name);
+    PERFORM set_config('lock_timeout', '0', true);
+    UPDATE pgshunt.state SET hold_until = NULL;
+    RETURN pgshunt.set_phase('finalized', NULL, false, p_by,
+                             format('%s renamed to %s, %s to %s', p_table, v_name || '_old',
+                                    v_nname, v_name));
+END
+$$;
+REVOKE ALL ON FUNCTION pgshunt.finalize(text, text, integer, integer, text) FROM PUBLIC;
+
 -- Migrations between schema versions go here, each guarded by the version it needs.
 DO $$
 DECLARE
     v integer;
 BEGIN
     SELECT version INTO v FROM pgshunt.schema_version FOR UPDATE;
-    -- Version 1 is what the statements above create.  Later versions add, e.g.:
-    -- IF v < 2 THEN ALTER TABLE pgshunt.jobs ADD COLUMN IF NOT EXISTS ...; v := 2; END IF;
+    -- Version 1 is what the statements above create.
+    IF v < 2 THEN
+        -- The fleet-wide hold of SET PHASE finalized (pgshunt.set_hold()).
+        ALTER TABLE pgshunt.state ADD COLUMN IF NOT EXISTS hold_until timestamptz;
+        v := 2;
+    END IF;
     UPDATE pgshunt.schema_version SET version = v, updated_at = now() WHERE version <> v;
 END
 $$;
