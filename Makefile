@@ -93,11 +93,9 @@ PGSHUNT_BIN ?= ./pgshunt
 integration: pgshunt $(INTEG_BINS)
 	@PGSHUNT_BIN=$(PGSHUNT_BIN) bash tests/integration/run.sh
 
-# The test build honours PGSHUNT_TEST_SERVE_UNBUILT (proxy/migrate.c), so the fleet
-# tests can drive SET PHASE into phases the engine does not serve yet.
 asan:
 	$(MAKE) BUILD=build/asan CC=clang \
-		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DPGSHUNT_TEST_HOOKS" \
+		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 		LDFLAGS="-fsanitize=address,undefined" build/asan/pgshunt-asan unit-asan
 
 $(BUILD)/pgshunt-asan: $(MAIN_OBJ) $(LIB)

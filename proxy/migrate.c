@@ -701,11 +701,6 @@ static void on_current_state(const PGresult *res, void *arg)
 		return;
 	}
 	why = rules_unservable(op.to, op.degraded);
-#ifdef PGSHUNT_TEST_HOOKS
-	/* Test builds only: drive the fleet machinery into phases the engine refuses. */
-	if (why && getenv("PGSHUNT_TEST_SERVE_UNBUILT"))
-		why = NULL;
-#endif
 	if (why) {
 		op_finish("0A000", "this pgshunt cannot serve %s%s yet: %s", phase_name(op.to),
 			  op.degraded ? " with DEGRADED on" : "", why);

@@ -8,12 +8,7 @@
 #   on CONNINFO SQL      a query through a pgshunt, tuples only, errors on stdout
 #   wait_acked           until every live proxy acknowledged pgshunt.state's epoch
 #   expect_fail CONN SQL SQLSTATE PATTERN   the statement fails that way
-#
-# Both proxies get PGSHUNT_TEST_SERVE_UNBUILT=1: a test build (make asan) then lets
-# SET PHASE enter cutover and finalized before the engine serves them, so the fleet
-# machinery can be driven; a build that serves them ignores it.
 
-export PGSHUNT_TEST_SERVE_UNBUILT=1
 fleet_pids=()
 fleet_cleanup() {
 	for p in "${fleet_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

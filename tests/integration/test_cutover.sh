@@ -204,9 +204,8 @@ refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash)
 c 'DEGRADED OFF' >/dev/null
 ok "DEGRADED: tags and RETURNING as the table's, every insert in the buffer with its conflict mode and DO UPDATE's clause; aliased or key-changing DO UPDATE refused"
 
-# --- finalized: the rename (the fleet's hold is not under test here), then the claim alone ---
-q "BEGIN; ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old; ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency; COMMIT" >/dev/null
-c 'SET PHASE finalized FORCE' >/dev/null
+# --- finalized: SET PHASE renames (held fleet-wide), then the claim alone ---
+out=$(c 'SET PHASE finalized' 2>&1) || fail "SET PHASE finalized: $out"
 [ "$(q "SELECT relkind FROM pg_class WHERE oid = 'ingest_idempotency'::regclass")" = p ] || fail "the rename"
 # The same statements, from scratch: another site, the reference reset to match.
 q "DELETE FROM ingest_idempotency WHERE site_id LIKE 'cmp-%'" >/dev/null

@@ -6,11 +6,8 @@
 # on; no client statement fails, the hold lasts less than its 10 s limit.  Then: a
 # second SET PHASE finalized renames nothing, and there is no way back.
 #
-# The load: when this build serves cutover and finalized, inserts and reads of the
-# table through both proxies, each acknowledged insert checked present exactly once
-# afterwards.  Before it does (a test build entering them with
-# PGSHUNT_TEST_SERVE_UNBUILT), statements that name the table only in a string: the
-# byte scan holds them like any statement on the table, the engine forwards them.
+# The load: inserts and reads of the table through both proxies, each acknowledged
+# insert checked present exactly once afterwards.
 set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
@@ -26,39 +23,29 @@ wait_registered 2
 on "$console_a" 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
 q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency ON CONFLICT DO NOTHING" >/dev/null
 on "$console_a" 'SET PHASE read_next FORCE' >/dev/null || fail "SET PHASE read_next"
-out=$(on "$console_b" 'SET PHASE cutover') || fail "SET PHASE cutover (a build that refuses it without serving it must be the test build, make asan): $out"
+out=$(on "$console_b" 'SET PHASE cutover') || fail "SET PHASE cutover: $out"
 wait_acked
 before_next=$(keyset ingest_idempotency_next)
 before_old=$(keyset ingest_idempotency)
 ok "cutover, next_table complete ($before_next)"
 
-mode=string
-if on "$app_a" "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', 'probe', '\\x00')" >/dev/null; then
-	mode=table
-fi
-echo "load: $mode statements"
+out=$(on "$app_a" "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', 'probe', '\\x00')") ||
+	fail "an insert in cutover: $out"
 
 # Workers, each its own client connection per statement, until told to stop.
 load_worker() { # name conninfo
 	local n=0 sql out want
 	while [ ! -e "$work/stop" ]; do
 		n=$((n + 1))
-		if [ "$mode" = table ]; then
-			sql="INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', '$1-$n', '\\x01') RETURNING idempotency_key"
-			want="$1-$n"
-		else
-			sql="SELECT 'ingest_idempotency $1-$n'"
-			want="ingest_idempotency $1-$n"
-		fi
+		sql="INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', '$1-$n', '\\x01') RETURNING idempotency_key"
+		want="$1-$n"
 		if out=$(psql -X -qtA "$2" -c "$sql" 2>&1) && [ "$out" = "$want" ]; then
 			echo "$1-$n" >>"$work/acked.$1"
 		else
 			echo "$1-$n: $out" >>"$work/errors"
 		fi
-		if [ "$mode" = table ]; then
-			out=$(psql -X -qtA "$2" -c "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'load' AND idempotency_key = '$1-$n'" 2>&1)
-			[ "$out" = 1 ] || echo "$1-$n read back: $out" >>"$work/errors"
-		fi
+		out=$(psql -X -qtA "$2" -c "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'load' AND idempotency_key = '$1-$n'" 2>&1)
+		[ "$out" = 1 ] || echo "$1-$n read back: $out" >>"$work/errors"
 	done
 }
 : >"$work/errors"
@@ -72,11 +59,7 @@ sleep 1
 # only then.
 coproc TXB { psql -X -qtA "$app_b" 2>&1; }
 exec {txb_in}>&"${TXB[1]}" {txb_out}<&"${TXB[0]}"
-if [ "$mode" = table ]; then
-	echo "BEGIN; INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', 'inflight', '\\x02') RETURNING idempotency_key;" >&"$txb_in"
-else
-	echo "BEGIN; SELECT 'inflight';" >&"$txb_in"
-fi
+echo "BEGIN; INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('load', 'inflight', '\\x02') RETURNING idempotency_key;" >&"$txb_in"
 read -r -t 10 line <&"$txb_out" || fail "no answer in B's transaction"
 [ "$line" = inflight ] || fail "B's transaction: $line"
 
@@ -110,13 +93,8 @@ kill -0 "$held" 2>/dev/null || fail "a new statement on the table was served dur
 kill -0 "$setter" 2>/dev/null || fail "SET PHASE finalized returned while B had a transaction open: $(cat "$work/set.out")"
 [ "$(q "SELECT phase FROM pgshunt.state")" = cutover ] || fail "renamed before B's transaction ended"
 # The open transaction is served to its end under cutover.
-if [ "$mode" = table ]; then
-	echo "SELECT count(*) FROM ingest_idempotency WHERE idempotency_key = 'inflight'; COMMIT;" >&"$txb_in"
-	want=1
-else
-	echo "SELECT 'ingest_idempotency in flight'; COMMIT;" >&"$txb_in"
-	want="ingest_idempotency in flight"
-fi
+echo "SELECT count(*) FROM ingest_idempotency WHERE idempotency_key = 'inflight'; COMMIT;" >&"$txb_in"
+want=1
 read -r -t 5 line <&"$txb_out" || fail "B's open transaction was held"
 [ "$line" = "$want" ] || fail "B's open transaction: $line"
 exec {txb_in}>&-
@@ -158,18 +136,12 @@ errors=$(wc -l <"$work/errors")
 acked=$(cat "$work"/acked.* | wc -l)
 [ "$errors" = 0 ] || fail "$errors client statements failed: $(head -5 "$work/errors")"
 [ "$acked" -gt 20 ] || fail "too little load: $acked statements"
-if [ "$mode" = table ]; then
-	cat "$work"/acked.* | sort >"$work/acked"
-	q "SELECT idempotency_key FROM ingest_idempotency WHERE site_id = 'load' AND idempotency_key <> 'probe' AND idempotency_key <> 'inflight' ORDER BY 1" >"$work/present"
-	sort -o "$work/present" "$work/present"
-	diff "$work/acked" "$work/present" >/dev/null || fail "acknowledged inserts and rows differ: $(diff "$work/acked" "$work/present" | head -5)"
-	[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE idempotency_key = 'inflight'")" = 1 ] || fail "the in-flight insert"
-	ok "$acked acknowledged inserts, each present once, zero errors"
-else
-	# Rows were only in next: the table under its name now holds exactly those.
-	[ "$(keyset ingest_idempotency)" = "$before_next" ] || fail "the renamed table's rows differ from next's"
-	ok "$acked statements through both proxies, zero errors; the partitioned table holds next's rows"
-fi
+cat "$work"/acked.* | sort >"$work/acked"
+q "SELECT idempotency_key FROM ingest_idempotency WHERE site_id = 'load' AND idempotency_key <> 'probe' AND idempotency_key <> 'inflight' ORDER BY 1" >"$work/present"
+sort -o "$work/present" "$work/present"
+diff "$work/acked" "$work/present" >/dev/null || fail "acknowledged inserts and rows differ: $(diff "$work/acked" "$work/present" | head -5)"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE idempotency_key = 'inflight'")" = 1 ] || fail "the in-flight insert"
+ok "$acked acknowledged inserts, each present once, zero errors"
 
 # Again: nothing renamed twice, the fleet's acknowledgements awaited, success.
 epoch=$(q "SELECT epoch FROM pgshunt.state")

@@ -24,12 +24,7 @@ storm mixed
 c 'DEGRADED ON'
 storm degraded
 c 'DEGRADED OFF'
-# The rename finalized stands for (the fleet's hold and retries are not under test here).
-psql -X -q -v ON_ERROR_STOP=1 "$direct" -c "BEGIN" \
-	-c "ALTER TABLE ingest_idempotency RENAME TO ingest_idempotency_old" \
-	-c "ALTER TABLE ingest_idempotency_next RENAME TO ingest_idempotency" -c "COMMIT" ||
-	fail "the rename"
-c 'SET PHASE finalized FORCE'
+c 'SET PHASE finalized'
 storm finalized
 stop_pgshunt
 echo "storms: ok"
