@@ -116,7 +116,8 @@ field proxy_insert_p99_ms 6 | grep -q '^9 INSERT statement(s) in the last 60 s$'
 ok "the slow inserts stay in the 60 s window"
 
 # --- the jobs' progress and the buffer's depth, read every 2 s ---
-db "INSERT INTO pgshunt.jobs (name, state, rows_done, rows_total) VALUES ('backfill', 'running', 40, 100),
+# (a state no runner acts on: 'running' would start a real backfill)
+db "INSERT INTO pgshunt.jobs (name, state, rows_done, rows_total) VALUES ('backfill', 'paused', 40, 100),
     ('drain', 'paused \"x\"', 7, NULL)" >/dev/null
 db "INSERT INTO ingest_fallback_buffer SELECT * FROM ingest_fallback_buffer LIMIT 0" >/dev/null
 cols=$(db "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'ingest_idempotency'::regclass AND attnum > 0 AND NOT attisdropped")
@@ -127,11 +128,11 @@ for _ in $(seq 30); do [ "$(gauge pgshunt_buffer_rows)" = "$buffered" ] && break
 [ "$(gauge pgshunt_buffer_rows)" = "$buffered" ] || fail "pgshunt_buffer_rows $(gauge pgshunt_buffer_rows), buffer has $buffered"
 [ "$(gauge 'pgshunt_job_rows_done{job="backfill"}')" = 40 ] || fail "backfill rows_done"
 [ "$(gauge 'pgshunt_job_rows_total{job="backfill"}')" = 100 ] || fail "backfill rows_total"
-[ "$(gauge 'pgshunt_job_state{job="backfill",state="running"}')" = 1 ] || fail "backfill state"
+[ "$(gauge 'pgshunt_job_state{job="backfill",state="paused"}')" = 1 ] || fail "backfill state"
 [ "$(gauge 'pgshunt_job_rows_total{job="drain"}')" = 0 ] || fail "drain rows_total unknown is not 0"
 [ "$(scrape | grep -c '^pgshunt_job_state{job="drain",state="paused \\"x\\""} 1$')" = 1 ] ||
 	fail "drain state label not escaped: $(scrape | grep pgshunt_job_state)"
-ok "/metrics: buffer rows $buffered, backfill 40/100 running, drain state escaped"
+ok "/metrics: buffer rows $buffered, backfill 40/100 paused, drain state escaped"
 
 # --- malformed: SHOW THRESHOLDS takes no argument ---
 if out=$(psql -X -qtA "$console" -c "SHOW THRESHOLDS now" 2>&1); then fail "SHOW THRESHOLDS now: $out"; fi
