@@ -68,7 +68,7 @@ static const struct conf_key keys[] = {
 	KEY(partition_premake, CONF_INT, "3", 1, 120, true,
 	    "partitions kept created ahead of the current one"),
 	KEY(partition_retention, CONF_STRING, "", 0, 0, true,
-	    "PostgreSQL interval after which old partitions are dropped, empty to keep all"),
+	    "PostgreSQL interval after which old partitions are dropped once finalized, empty to keep all"),
 	KEY(key_columns, CONF_STRING, "site_id,idempotency_key", 1, 0, false,
 	    "comma-separated columns of the idempotency key"),
 
