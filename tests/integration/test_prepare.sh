@@ -74,7 +74,7 @@ install
 q -1 -f "$root/proxy/sql/schema.sql" >/dev/null
 q -1 -f "$root/proxy/sql/prepare.sql" >/dev/null
 expect_eq "state rows" "$(q -c "SELECT count(*) FROM pgshunt.state")" 1
-expect_eq "schema version" "$(q -c "SELECT version FROM pgshunt.schema_version")" 1
+expect_eq "schema version" "$(q -c "SELECT version FROM pgshunt.schema_version")" 2
 expect_eq "control tables" "$(q -c "SELECT count(*) FROM pg_class WHERE relnamespace = 'pgshunt'::regnamespace
 	AND relkind = 'r' AND relname IN ('state', 'phase_log', 'proxies', 'jobs', 'conflicts', 'schema_version')")" 6
 for f in "set_phase(text,boolean,boolean,text,text)" "partitions_ensure(regclass,text,timestamptz,integer)" \
