@@ -14,10 +14,12 @@ usage: compare.py PROXY_CONNINFO PROXY_DIRECT_CONNINFO REFERENCE_CONNINFO SET [S
        as on the table) or "degraded" (new keys only: the buffer checks nothing; and
        no constraint failures: they name the buffer, docs/ENGINE.md)
 """
+import os
 import sys
 
-import psycopg
-from psycopg import pq
+sys.dont_write_bytecode = True  # no __pycache__ in the tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pganswer  # noqa: E402  the reduction of answers, shared with corpus_compare.py
 
 proxy_dsn, proxy_direct_dsn, ref_dsn, which = sys.argv[1:5]
 S = "cmp-" + (sys.argv[5] if len(sys.argv) > 5 else which)  # the rows' site_id
@@ -76,38 +78,7 @@ degraded = [
 ]
 stmts = {"claim": claim, "cutover": claim + cutover_only, "degraded": degraded}[which]
 
-ERR_FIELDS = [pq.DiagnosticField.SQLSTATE, pq.DiagnosticField.SEVERITY_NONLOCALIZED,
-              pq.DiagnosticField.MESSAGE_PRIMARY, pq.DiagnosticField.MESSAGE_DETAIL,
-              pq.DiagnosticField.MESSAGE_HINT, pq.DiagnosticField.CONTEXT,
-              pq.DiagnosticField.SCHEMA_NAME, pq.DiagnosticField.TABLE_NAME,
-              pq.DiagnosticField.COLUMN_NAME, pq.DiagnosticField.CONSTRAINT_NAME]
-
-
-class Side:
-    def __init__(self, dsn, catalog_dsn):
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        self.cat = psycopg.connect(catalog_dsn, autocommit=True)
-        self.n = 0
-
-    def column(self, table, col):
-        if table == 0:
-            return None
-        row = self.cat.execute(
-            "SELECT c.relname, a.attname FROM pg_class c LEFT JOIN pg_attribute a ON"
-            " a.attrelid = c.oid AND a.attnum = %s WHERE c.oid = %s", (col, table)).fetchone()
-        return row if row else ("oid %d?" % table, None)
-
-    def reduce(self, res):
-        out = {"status": pq.ExecStatus(res.status).name, "tag": res.command_status}
-        if res.status == pq.ExecStatus.FATAL_ERROR:
-            out["error"] = [res.error_field(f) for f in ERR_FIELDS]
-            return out
-        out["fields"] = [(res.fname(i), self.column(res.ftable(i), res.ftablecol(i)),
-                          res.ftype(i), res.fmod(i), res.fformat(i)) for i in range(res.nfields)]
-        out["rows"] = sorted([res.get_value(r, c) for c in range(res.nfields)]
-                             for r in range(res.ntuples))
-        return out
-
+class Side(pganswer.Side):
     def run(self, sql, params):
         pg = self.conn.pgconn
         if params is None:
