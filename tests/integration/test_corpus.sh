@@ -4,7 +4,8 @@
 # (tests/integration/corpus_compare.py: simple, unnamed extended and named prepared,
 # each statement in BEGIN ... ROLLBACK on both sides).  Refusals of the phase's
 # decision files must be 0A000; every other answer must be the original table's.
-# After dual_write and cutover the table and next_table are compared row for row.
+# DEGRADED in dual_write, cutover and finalized.  After dual_write and cutover the
+# table and next_table are compared row for row.
 set -euo pipefail
 
 . tests/integration/lib.sh
@@ -101,5 +102,9 @@ c 'DEGRADED OFF' >/dev/null
 out=$(c 'SET PHASE finalized' 2>&1) || fail "SET PHASE finalized: $out"
 [ "$(q "SELECT relkind FROM pg_class WHERE oid = 'ingest_idempotency'::regclass")" = p ] || fail "finalized: no rename"
 corpus finalized 0
+c 'DEGRADED ON' >/dev/null
+corpus finalized 1
+c 'DEGRADED OFF' >/dev/null
+[ "$(q "SELECT count(*) FROM ingest_fallback_buffer")" = 0 ] || fail "DEGRADED statements left rows in the buffer (finalized)"
 
 stop_pgshunt
