@@ -270,17 +270,19 @@ bug(RENAMED, "EXPLAIN SELECT * FROM ingest_idempotency WHERE site_id = 'a'",
 bug(RENAMED, "EXPLAIN ANALYZE SELECT count(*) FROM ingest_idempotency",
     "the plan names next_table's partitions (undocumented)")
 
-# pgshunt bug (reported; not fixed here): after a COPY ... FROM STDIN that pgshunt
-# forwards and the client ends with CopyFail, over the extended protocol (libpq sends
-# CopyFail + Sync), the session's queue of expected answers is off: a later statement
-# that pgshunt refuses itself (0A000 to a Parse) is followed by one ReadyForQuery too
-# many, so the next Query gets no result (libpq: PQgetResult NULL at once), every later
-# answer belongs to the request before, and the client eventually hangs waiting.  Seen
-# in dual_write with COPY orders FROM STDIN (unnamed, then named) followed by the
-# refused TRUNCATE ingest_idempotency (unnamed or named): the next BEGIN/TRUNCATE orders
-# hung.  The answers of the COPY itself are right; the session after it is not.  So the
-# proxy's connection is opened again after it (both sides, the same way), and the bug
-# stays listed here: remove the entry (and the reconnect) once it is fixed.
+# pgshunt bug (reported; not fixed here): after COPY ... FROM STDIN statements that
+# pgshunt forwards and the client ends with CopyFail over the extended protocol (libpq
+# sends CopyFail + Sync), the session's queue of expected answers is off.  Minimal, in
+# dual_write, one connection: COPY orders FROM STDIN twice (unnamed both times, or named
+# both times; each: COPY_IN, CopyFail, 57014), then TRUNCATE ingest_idempotency over
+# the extended protocol (pgshunt answers the Parse with 0A000, as it should), then
+# "SELECT 1" as a simple Query gets no result at all (PQgetResult is NULL at once: one
+# ReadyForQuery too many), and every later answer belongs to the request before; the
+# corpus run then hung in BEGIN/TRUNCATE orders.  One COPY, COPYs over the simple
+# protocol, or a refusal over the simple protocol: no desync.  The answers of the COPY
+# itself are right; the session after it is not.  So the proxy's connection is opened
+# again after it (both sides, the same way), and the bug stays listed here: remove the
+# entry (and the reconnect) once it is fixed.
 SESSION_BREAKERS = {
     "COPY orders FROM STDIN": "extended-protocol COPY FROM STDIN ended by CopyFail desyncs "
                               "the session's answer queue (extra ReadyForQuery after a later refusal)",
