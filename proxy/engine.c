@@ -1370,6 +1370,10 @@ bool engine_client_message(struct session *s, char type, const uint8_t *msg, uin
 		return on_close(s, msg, total);
 	case 'S':
 		return on_sync(s, msg, total);
+	case 'c': /* CopyDone, CopyFail: the Sync that follows is answered again */
+	case 'f':
+		respq_copy_end(&s->respq);
+		return send_request(s, type, msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	default:
 		return send_request(s, type, msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	}

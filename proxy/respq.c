@@ -40,6 +40,8 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, ui
 	q->last_pushed = false;
 	if (q->ignore_till_sync && kind != REQ_SYNC)
 		return true;
+	if (q->copy_in && kind == REQ_SYNC)
+		return true; /* ignored by the server in COPY FROM STDIN */
 	q->ignore_till_sync = false;
 	if (q->count == q->cap && !respq_grow(q))
 		return false;
@@ -117,6 +119,28 @@ static void respq_pop(struct respq *q)
 	q->count--;
 }
 
+/* The server entered COPY FROM STDIN for the head entry: the Syncs queued right behind
+ * it were sent before the client knew, and the server will ignore them. */
+static void respq_enter_copy_in(struct respq *q)
+{
+	q->copy_in = true;
+	while (q->count > 1) {
+		uint32_t next = (q->head + 1) & (q->cap - 1);
+		if (q->items[next].kind != REQ_SYNC)
+			break;
+		free(q->items[next].fake);
+		free(q->items[next].ctx);
+		/* Close the gap: move the entries behind it one place forward. */
+		for (uint32_t i = 1; i + 1 < q->count; i++) {
+			uint32_t to = (q->head + i) & (q->cap - 1);
+			uint32_t from = (q->head + i + 1) & (q->cap - 1);
+			q->items[to] = q->items[from];
+		}
+		q->count--;
+		q->last_pushed = false;
+	}
+}
+
 /* The server now skips to Sync: drop the entries it will not answer. */
 static void respq_skip_till_sync(struct respq *q)
 {
@@ -165,6 +189,15 @@ struct respq_verdict respq_on_message(struct respq *q, char type)
 	struct respq_entry *head = respq_head(q);
 	v.entry = *head;
 	v.action = (enum resp_action)head->action;
+	if (type == 'G') {
+		if (head->kind == REQ_EXECUTE)
+			respq_enter_copy_in(q);
+		else
+			q->copy_in = true;
+		return v;
+	}
+	if (type == 'E' || type == 'Z')
+		q->copy_in = false; /* the server left COPY (an error ends it) */
 	if (type == 'E' && is_extended((enum req_kind)head->kind)) {
 		respq_pop(q);
 		respq_skip_till_sync(q);

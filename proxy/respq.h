@@ -13,6 +13,12 @@
  *
  * After an ErrorResponse to an extended-protocol request, the server discards every
  * message until the next Sync; the FIFO does the same with its entries.
+ *
+ * During COPY FROM STDIN the server ignores Sync (and Flush): libpq sends one with the
+ * Execute of an extended-protocol COPY, before it knows the statement is a COPY, and
+ * another after CopyDone or CopyFail.  So a CopyInResponse drops the Sync entries
+ * queued right behind the Execute, and no entry is queued for a Sync the client sends
+ * until it ends the copy (respq_copy_end()), or the server does (ErrorResponse).
  */
 #ifndef PGSHUNT_RESPQ_H
 #define PGSHUNT_RESPQ_H
@@ -58,6 +64,7 @@ struct respq {
 	uint32_t count;            /* entries in use */
 	uint32_t cap;              /* power of two, 0 before the first push */
 	bool ignore_till_sync;     /* an extended request failed and no Sync is queued yet */
+	bool copy_in;              /* the server is in COPY FROM STDIN: it ignores Sync */
 	bool last_pushed;          /* the newest entry is the last push's (respq_last) */
 };
 
@@ -92,6 +99,12 @@ bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer,
  */
 bool respq_take_fakes(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
 		      void *arg) WARN_UNUSED;
+
+/* The client ended a COPY FROM STDIN (CopyDone or CopyFail): its Syncs count again. */
+static inline void respq_copy_end(struct respq *q)
+{
+	q->copy_in = false;
+}
 
 /* Attribute one server message (by its type byte) and pop what it completes. */
 struct respq_verdict respq_on_message(struct respq *q, char type);

@@ -270,23 +270,6 @@ bug(RENAMED, "EXPLAIN SELECT * FROM ingest_idempotency WHERE site_id = 'a'",
 bug(RENAMED, "EXPLAIN ANALYZE SELECT count(*) FROM ingest_idempotency",
     "the plan names next_table's partitions (undocumented)")
 
-# pgshunt bug (reported; not fixed here): after COPY ... FROM STDIN statements that
-# pgshunt forwards and the client ends with CopyFail over the extended protocol (libpq
-# sends CopyFail + Sync), the session's queue of expected answers is off.  Minimal, in
-# dual_write, one connection: COPY orders FROM STDIN twice (unnamed both times, or named
-# both times; each: COPY_IN, CopyFail, 57014), then TRUNCATE ingest_idempotency over
-# the extended protocol (pgshunt answers the Parse with 0A000, as it should), then
-# "SELECT 1" as a simple Query gets no result at all (PQgetResult is NULL at once: one
-# ReadyForQuery too many), and every later answer belongs to the request before; the
-# corpus run then hung in BEGIN/TRUNCATE orders.  One COPY, COPYs over the simple
-# protocol, or a refusal over the simple protocol: no desync.  The answers of the COPY
-# itself are right; the session after it is not.  So the proxy's connection is opened
-# again after it (both sides, the same way), and the bug stays listed here: remove the
-# entry (and the reconnect) once it is fixed.
-SESSION_BREAKERS = {
-    "COPY orders FROM STDIN": "extended-protocol COPY FROM STDIN ended by CopyFail desyncs "
-                              "the session's answer queue (extra ReadyForQuery after a later refusal)",
-}
 
 PSQL_ONLY = re.compile(r"^\\|:'?[A-Za-z_]\w*'?", re.M)  # meta-commands, :variables
 TXCTL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|END|START\s+TRANSACTION|SAVEPOINT|RELEASE|ABORT)\b",
@@ -366,7 +349,7 @@ ONLY = re.compile(os.environ["CORPUS_ONLY"]) if os.environ.get("CORPUS_ONLY") el
 # Every statement named in the lists above must be in the corpus (a stale entry would
 # silently stop applying).
 _all = {sql for _, sql in corpus}
-for _d in (EXPECTED_DIFFERENCES, VOLATILE, SESSION_BREAKERS, {k[1]: 1 for k in KNOWN_BUGS}):
+for _d in (EXPECTED_DIFFERENCES, VOLATILE, {k[1]: 1 for k in KNOWN_BUGS}):
     for _k in _d:
         assert _k in _all, "not in the corpus: %r" % _k
 
@@ -441,12 +424,6 @@ for heads, sql in corpus:
         bad += 1
         print(f"DIFFERS [{label}] ({how}) {msg}: {sql}\n  pgshunt:  {brief(x, y)}\n"
               f"  original: {brief(y, x)}\n", file=sys.stderr)
-
-    if sql in SESSION_BREAKERS and phase != "passthrough":
-        print(f"known bug ({label}): {sql!r}: {SESSION_BREAKERS[sql]}; reconnecting", file=sys.stderr)
-        proxy.conn.close(), ref.conn.close()
-        proxy.conn = psycopg.connect(proxy_dsn, autocommit=True)
-        ref.conn = psycopg.connect(ref_dsn, autocommit=True)
 
 print(f"corpus {label}: {run} statements x 3 protocols (simple, unnamed extended, named prepared):"
       f" {3 * run - bad - known} answers as expected ({refused} of them refusals, 0A000;"

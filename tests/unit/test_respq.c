@@ -684,6 +684,98 @@ static void test_fake_emit_failure_stops(void **state)
 	respq_free(&q);
 }
 
+/* CopyInResponse: part of the head's answer; the server is now in COPY FROM STDIN. */
+static void expect_copy_in(struct respq *q, enum req_kind kind)
+{
+	struct respq_verdict v = respq_on_message(q, 'G');
+	assert_false(v.unsolicited);
+	assert_false(v.completes);
+	assert_int_equal(v.entry.kind, kind);
+	assert_true(q->copy_in);
+}
+
+/*
+ * libpq's extended-protocol COPY FROM STDIN: Parse, Bind, Execute and Sync are sent
+ * together; the server answers CopyInResponse and ignores that Sync (and any Sync the
+ * client sends during the copy); after CopyFail it reports the error, and the Sync sent
+ * after the CopyFail gets the only ReadyForQuery.  Twice in a row: no entry is left
+ * over to take the answer of the next request.
+ */
+static void test_extended_copy_in_fail(void **state)
+{
+	(void)state;
+	struct respq q;
+	respq_init(&q);
+	for (int round = 0; round < 2; round++) {
+		push_type(&q, 'P');
+		push_type(&q, 'B');
+		push_type(&q, 'E');
+		push_type(&q, 'S');
+		expect_done(&q, '1', REQ_PARSE);
+		expect_done(&q, '2', REQ_BIND);
+		expect_copy_in(&q, REQ_EXECUTE);
+		assert_int_equal(q.count, 1); /* the Sync the server ignores is gone */
+		push_type(&q, 'S');           /* a Sync during the copy: ignored too */
+		assert_int_equal(q.count, 1);
+		respq_copy_end(&q); /* CopyFail */
+		push_type(&q, 'S');
+		expect_done(&q, 'E', REQ_EXECUTE);
+		expect_done(&q, 'Z', REQ_SYNC);
+		assert_true(respq_empty(&q));
+	}
+	push_type(&q, 'Q');
+	expect_part(&q, 'T', REQ_QUERY);
+	expect_done(&q, 'Z', REQ_QUERY);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
+/* The same COPY ending with CopyDone: CommandComplete, then the one ReadyForQuery. */
+static void test_extended_copy_in_done(void **state)
+{
+	(void)state;
+	struct respq q;
+	respq_init(&q);
+	push_type(&q, 'P');
+	push_type(&q, 'B');
+	push_type(&q, 'E');
+	push_type(&q, 'S');
+	expect_done(&q, '1', REQ_PARSE);
+	expect_done(&q, '2', REQ_BIND);
+	expect_copy_in(&q, REQ_EXECUTE);
+	assert_int_equal(q.count, 1);
+	respq_copy_end(&q); /* CopyDone */
+	push_type(&q, 'S');
+	expect_done(&q, 'C', REQ_EXECUTE);
+	expect_done(&q, 'Z', REQ_SYNC);
+	assert_true(respq_empty(&q));
+	/* A simple-protocol COPY: the Query's ReadyForQuery ends it as before. */
+	push_type(&q, 'Q');
+	expect_copy_in(&q, REQ_QUERY);
+	respq_copy_end(&q);
+	expect_part(&q, 'C', REQ_QUERY);
+	expect_done(&q, 'Z', REQ_QUERY);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
+/* A server error during the copy ends it: the client's next Sync is answered. */
+static void test_extended_copy_in_server_error(void **state)
+{
+	(void)state;
+	struct respq q;
+	respq_init(&q);
+	push_type(&q, 'E');
+	push_type(&q, 'S');
+	expect_copy_in(&q, REQ_EXECUTE);
+	expect_done(&q, 'E', REQ_EXECUTE); /* bad CopyData */
+	assert_false(q.copy_in);
+	push_type(&q, 'S'); /* sent after the client's CopyDone, which the server discards */
+	expect_done(&q, 'Z', REQ_SYNC);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -710,6 +802,9 @@ int main(void)
 	    cmocka_unit_test(test_skip_till_sync_across_wrap),
 	    cmocka_unit_test(test_free_and_reuse),
 	    cmocka_unit_test(test_kind_for),
+	    cmocka_unit_test(test_extended_copy_in_fail),
+	    cmocka_unit_test(test_extended_copy_in_done),
+	    cmocka_unit_test(test_extended_copy_in_server_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
