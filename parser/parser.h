@@ -82,6 +82,13 @@ struct rel_ref {
 	bool is_target; /* the relation the statement writes (INSERT INTO, UPDATE, DELETE FROM,
 			   MERGE INTO, COPY ... FROM, TRUNCATE, DDL target) */
 	bool in_cte;    /* inside a WITH clause */
+	bool has_catalog; /* written catalog.schema.name: the server resolves (or refuses)
+			     the catalog part, so a rename could not keep its meaning */
+	bool only;      /* written "ONLY name" or "ONLY (name)" (a RangeVar without inh): on a
+			   partitioned table ONLY reads the empty parent, so a rename to
+			   next_table must drop it */
+	uint32_t only_start; /* only: offset of the ONLY keyword */
+	uint32_t only_close; /* "ONLY (name)": offset of the ")" after the name, else 0 */
 };
 
 #define PARSER_MAX_REFS 32
@@ -107,6 +114,16 @@ struct stmt_info {
 				    the partition column (see parser_parse's key_columns) */
 	bool has_params;         /* $n parameters appear */
 	char prepared_name[64];  /* PREPARE/EXECUTE/DEALLOCATE: the name ("" = DEALLOCATE ALL) */
+	bool uses_ctid;          /* a column reference named ctid (qualified or not): ctid is not
+				    unique across the partitions of next_table */
+	bool copy_relation;      /* COPY name [(columns)] TO (not COPY (query) TO): a partitioned
+				    table cannot be copied that way, the rename makes it a query */
+	bool copy_legacy;        /* copy_relation written with pre-9.0 options (BINARY before the
+				    name, [USING] DELIMITERS) that COPY (query) does not take */
+	uint32_t copy_cols_start;/* copy_relation: the text inside the column list's brackets,
+				    0/0 when there is no list */
+	uint32_t copy_cols_len;
+	uint32_t copy_rel_end;   /* copy_relation: one past the name, or past the list's ")" */
 	enum stmt_kind inner;    /* PREPARE/EXPLAIN (and DECLARE CURSOR, kind OTHER): the kind
 				    of the wrapped statement */
 	uint32_t nrefs;

@@ -189,6 +189,47 @@ static bool ref_add(struct walk *w, int role, size_t start, size_t len, bool ali
 	return true;
 }
 
+static struct rel_ref *ref_at(struct walk *w, size_t start)
+{
+	for (uint32_t i = 0; i < w->si->nrefs; i++)
+		if (w->si->refs[i].start == start)
+			return &w->si->refs[i];
+	return NULL; /* not reached: called right after ref_add() */
+}
+
+/*
+ * A RangeVar without inh: the grammar wrote it "ONLY name" or "ONLY ( name )"
+ * (relation_expr), the keyword being the token before the name or before its "(".  The
+ * tree has no location for ONLY, so the tokens of the statement up to the name are read
+ * (comments and blanks skipped as the server's scanner does).  Other RangeVars without
+ * inh (DDL that takes no ONLY) find no keyword there and stay as they are.
+ */
+static void ref_only(struct walk *w, struct rel_ref *r)
+{
+	const char *text = w->in->text;
+	struct scan_tok tok, prev = {0}, before = {0};
+	size_t pos = w->stmt_start;
+
+	for (scan_next(text, r->start, &pos, &tok); tok.kind != TOK_END;
+	     scan_next(text, r->start, &pos, &tok)) {
+		before = prev;
+		prev = tok;
+	}
+	bool paren = prev.kind == TOK_CHAR && text[prev.start] == '(';
+	const struct scan_tok *kw = paren ? &before : &prev;
+	if (!scan_tok_is(text, kw, "only"))
+		return;
+	if (paren) {
+		pos = r->start + r->len;
+		scan_next(text, w->stmt_end, &pos, &tok);
+		if (tok.kind != TOK_CHAR || text[tok.start] != ')')
+			return;
+		r->only_close = (uint32_t)tok.start;
+	}
+	r->only = true;
+	r->only_start = (uint32_t)kw->start;
+}
+
 /* The span of the name a RangeVar's location points at, checked against the tree. */
 static bool ref_locate(struct walk *w, int loc, const char *schema, const char *relname,
                        size_t *len)
@@ -236,7 +277,15 @@ static bool walk_rangevar(struct walk *w, const cJSON *rv, struct ctx ctx, bool 
 	int loc = get_int(rv, "location");
 	if (!ref_locate(w, loc, schema, relname, &len))
 		return false;
-	return ref_add(w, role, (size_t)loc, len, get(rv, "alias") != NULL, target, ctx);
+	if (!ref_add(w, role, (size_t)loc, len, get(rv, "alias") != NULL, target, ctx))
+		return false;
+	struct rel_ref *r = ref_at(w, (size_t)loc);
+	if (!r)
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "reference to %s lost", relname);
+	r->has_catalog |= get_str(rv, "catalogname") != NULL;
+	if (!cJSON_IsTrue(get(rv, "inh")))
+		ref_only(w, r);
+	return true;
 }
 
 /* ---- names given as string lists (DROP, COMMENT ON, SECURITY LABEL) ---- */
@@ -394,14 +443,74 @@ static bool h_select(struct walk *w, const cJSON *body, struct ctx ctx)
 	return walk_object(w, body, ctx, into);
 }
 
+/*
+ * COPY name [(columns)] TO: where the name and its column list end, and whether pre-9.0
+ * options are written (BINARY before the name, [USING] DELIMITERS after it), which the
+ * COPY (query) form the rename turns it into does not accept.
+ */
+static bool copy_relation(struct walk *w, const struct rel_ref *r, bool cols)
+{
+	const char *text = w->in->text;
+	struct stmt_info *si = w->si;
+	struct scan_tok tok, prev = {0};
+	size_t pos = w->stmt_start;
+
+	if (!r)
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "COPY relation not found");
+	for (scan_next(text, r->start, &pos, &tok); tok.kind != TOK_END;
+	     scan_next(text, r->start, &pos, &tok))
+		prev = tok;
+	si->copy_legacy = scan_tok_is(text, &prev, "binary");
+	si->copy_relation = true;
+	si->copy_rel_end = r->start + r->len;
+	pos = si->copy_rel_end;
+	if (cols) {
+		/* A column list holds names only: the first ")" closes it. */
+		scan_next(text, w->stmt_end, &pos, &tok);
+		if (tok.kind != TOK_CHAR || text[tok.start] != '(')
+			return walk_fail(w, PARSE_SYNTAX_ERROR, "COPY column list not found");
+		si->copy_cols_start = (uint32_t)tok.end;
+		do
+			scan_next(text, w->stmt_end, &pos, &tok);
+		while (tok.kind != TOK_END && !(tok.kind == TOK_CHAR && text[tok.start] == ')'));
+		if (tok.kind == TOK_END)
+			return walk_fail(w, PARSE_SYNTAX_ERROR, "COPY column list not closed");
+		si->copy_cols_len = (uint32_t)(tok.start - si->copy_cols_start);
+		si->copy_rel_end = (uint32_t)tok.end;
+	}
+	for (scan_next(text, w->stmt_end, &pos, &tok); tok.kind != TOK_END;
+	     scan_next(text, w->stmt_end, &pos, &tok))
+		if (scan_tok_is(text, &tok, "delimiters"))
+			si->copy_legacy = true;
+	return true;
+}
+
 static bool h_copy(struct walk *w, const cJSON *body, struct ctx ctx)
 {
 	const cJSON *rel = get(body, "relation");
+	bool from = cJSON_IsTrue(get(body, "is_from"));
+	int role = -1;
 
 	ctx.ddl_target = false;
-	if (rel && !walk_rangevar(w, rel, ctx, cJSON_IsTrue(get(body, "is_from")), false, NULL))
+	if (rel && !walk_rangevar(w, rel, ctx, from, false, &role))
+		return false;
+	if (rel && role >= 0 && !from &&
+	    !copy_relation(w, ref_at(w, (size_t)get_int(rel, "location")),
+	                   cJSON_GetArraySize(get(body, "attlist")) > 0))
 		return false;
 	return walk_object(w, body, ctx, rel);
+}
+
+/* ctid names a row's place in its heap; in a partitioned table each partition has its own. */
+static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
+{
+	const cJSON *fields = get(body, "fields");
+	const cJSON *last = cJSON_GetArrayItem(fields, cJSON_GetArraySize(fields) - 1);
+	const char *name = get_str(node_body(last, "String"), "sval");
+
+	if (name && strcmp(name, "ctid") == 0)
+		w->si->uses_ctid = true;
+	return walk_object(w, body, ctx, NULL);
 }
 
 static bool is_write_node(const cJSON *node)
@@ -569,6 +678,7 @@ static const struct node_entry nodes[] = {
     {"AlterPublicationStmt", STMT_DDL, h_ddl},
     {"AlterTableStmt", STMT_DDL, h_ddl},
     {"ClusterStmt", STMT_DDL, h_ddl},
+    {"ColumnRef", STMT_OTHER, h_columnref},
     {"CommentStmt", STMT_DDL, h_names},
     {"CommonTableExpr", STMT_OTHER, h_cte},
     {"Constraint", STMT_OTHER, h_refonly},

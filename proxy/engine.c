@@ -342,28 +342,53 @@ static bool in_lock_clause(const char *text, const struct stmt_info *st, const s
 }
 
 /*
- * `TABLE name` and `ONLY (name)` take no alias after the name: there the mention is
- * renamed without one (such statements cannot qualify columns with it anyway).
+ * `TABLE name` takes no alias after the name: there the mention is renamed without one
+ * (such a statement cannot qualify columns with it anyway).  The ONLY of `TABLE ONLY
+ * name`, dropped by the rename, sits between the two.
  */
 static bool alias_not_allowed(const char *text, const struct stmt_info *st,
 			      const struct rel_ref *ref)
 {
-	struct scan_tok tok, prev = {0}, before = {0};
-	size_t pos = st->start;
-	while (pos < ref->start) {
-		scan_next(text, ref->start, &pos, &tok);
+	struct scan_tok tok, prev = {0};
+	size_t pos = st->start, at = ref->only ? ref->only_start : ref->start;
+	while (pos < at) {
+		scan_next(text, at, &pos, &tok);
 		if (tok.kind == TOK_END)
 			break;
-		before = prev;
 		prev = tok;
 	}
-	return scan_tok_is(text, &prev, "table") ||
-	       (prev.kind == TOK_CHAR && text[prev.start] == '(' && scan_tok_is(text, &before, "only"));
+	return scan_tok_is(text, &prev, "table");
+}
+
+/*
+ * COPY name [(columns)] TO: PostgreSQL copies no partitioned table that way (42809), so
+ * the name and its column list become the query (SELECT columns FROM next_table AS
+ * name); the options after TO are the same for both forms.
+ */
+static bool copy_edit(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
+		      const struct rel_ref *ref)
+{
+	char row[160];
+	if (!target_row_name(text, len, ref, row, sizeof(row)) || st->copy_rel_end < ref->start)
+		return false;
+	int cols = st->copy_cols_len ? (int)st->copy_cols_len : 1;
+	const char *list = st->copy_cols_len ? text + st->copy_cols_start : "*";
+	size_t n = strlen(shunt.cfg.next_table) + strlen(row) + (size_t)cols + 32;
+	char *buf = malloc(n);
+	if (buf)
+		snprintf(buf, n, "(SELECT %.*s FROM %s AS %s)", cols, list, shunt.cfg.next_table,
+			 row);
+	return edit_add(ed, ref->start, st->copy_rel_end - ref->start, buf);
 }
 
 /*
  * A read in read_next: each mention of the table names next_table instead, keeping
  * the name it was written with as the alias, so qualified column references resolve.
+ * ONLY is dropped: the table has no children, so it changed nothing there, but on the
+ * partitioned next_table it would read (or write) the empty parent alone.  A name
+ * qualified with a database stays as written: PostgreSQL refuses it (cross-database
+ * reference) or, naming the current database, reads the table, kept in step in these
+ * phases; writes through such a name are refused by rules_decide().
  */
 static bool rename_edits(struct edits *ed, const char *text, size_t len,
 			 const struct stmt_info *st, const struct rel_ref *skip)
@@ -371,13 +396,24 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 	char row[160], buf[400];
 	for (uint32_t i = 0; i < st->nrefs; i++) {
 		const struct rel_ref *ref = &st->refs[i];
-		if (ref->role != REL_OLD || ref == skip || in_lock_clause(text, st, ref))
+		if (ref->role != REL_OLD || ref == skip || ref->has_catalog ||
+		    in_lock_clause(text, st, ref))
 			continue;
-		if (ref->has_alias || st->kind == STMT_COPY_TO || alias_not_allowed(text, st, ref))
+		if (st->kind == STMT_COPY_TO && st->copy_relation) {
+			if (!copy_edit(ed, text, len, st, ref))
+				return false;
+			continue;
+		}
+		if (ref->has_alias || alias_not_allowed(text, st, ref))
 			snprintf(buf, sizeof(buf), "%s", shunt.cfg.next_table);
 		else if (target_row_name(text, len, ref, row, sizeof(row)))
 			snprintf(buf, sizeof(buf), "%s AS %s", shunt.cfg.next_table, row);
 		else
+			return false;
+		if (ref->only && !edit_add(ed, ref->only_start, ref->start - ref->only_start,
+					   strdup("")))
+			return false;
+		if (ref->only && ref->only_close && !edit_add(ed, ref->only_close, 1, strdup("")))
 			return false;
 		if (!edit_add(ed, ref->start, ref->len, strdup(buf)))
 			return false;

@@ -267,11 +267,36 @@ static struct rule_decision decide_degraded(enum phase phase, const struct stmt_
 		.to_next = phase == PHASE_READ_NEXT || phase == PHASE_CUTOVER};
 }
 
+/*
+ * What the rename to next_table cannot carry (it would change the answer, or the rows
+ * written): NULL when nothing.
+ */
+static const char *rename_refusal(const struct stmt_info *st)
+{
+	const struct rel_ref *target = rules_write_target(st);
+	/* ctid = '(0,1)' matches a row in every partition: a DELETE ... WHERE ctid IN
+	 * (SELECT ctid ...) would remove rows it did not select. */
+	if (st->uses_ctid)
+		return "ctid is not unique across the partitions of next_table";
+	/* Mentions written db.schema.table are left as written (PostgreSQL answers for
+	 * them); a write there would change the table alone. */
+	if (target && target->has_catalog)
+		return "a write to a catalog-qualified name (db.schema.table) is not rewritten "
+		       "for next_table";
+	if (st->kind == STMT_COPY_TO && st->copy_relation && st->copy_legacy)
+		return "COPY of the table with pre-9.0 options (BINARY before the name, USING "
+		       "DELIMITERS) cannot be rewritten as COPY (SELECT ...) for next_table; "
+		       "write them in WITH (FORMAT binary, DELIMITER ...)";
+	return NULL;
+}
+
 struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
 {
 	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
 		return forward();
-	return degraded ? decide_degraded(phase, st) : decide_phase(phase, st);
+	struct rule_decision d = degraded ? decide_degraded(phase, st) : decide_phase(phase, st);
+	const char *why = d.action == RULE_RENAME || d.to_next ? rename_refusal(st) : NULL;
+	return why ? refuse(why) : d;
 }
 
 const char *rules_unservable(enum phase phase, bool degraded)

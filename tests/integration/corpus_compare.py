@@ -204,43 +204,6 @@ def bug(labels, sql, reason):
         KNOWN_BUGS[(lab, sql, "*")] = reason
 
 
-RENAMED = ("read_next", "cutover", "degraded_read_next", "degraded_cutover")  # reads go to next
-# I3: in read_next/cutover "SELECT * FROM ONLY t" is sent as "FROM ONLY next": ONLY on
-# the partitioned parent reads no partition, so the client gets SELECT 0 and no rows
-# (PostgreSQL on the table: SELECT 611 and every row).  ENGINE.md ("Renaming reads")
-# keeps ONLY when it renames; ONLY must be dropped (or the partitions read).
-bug(RENAMED, "SELECT * FROM ONLY ingest_idempotency",
-    "FROM ONLY next_table: SELECT 0 instead of every row")
-bug(RENAMED, "SELECT * FROM ONLY (ingest_idempotency)",
-    "FROM ONLY (next_table): SELECT 0 instead of every row")
-# I3: "COPY t TO STDOUT" is renamed to "COPY next TO STDOUT", which PostgreSQL refuses
-# for a partitioned table: 42809 'cannot copy from partitioned table
-# "ingest_idempotency_next"' (HINT: Try the COPY (SELECT ...) TO variant) instead of
-# the rows; the message even names next.  ENGINE.md's table says COPY TO is renamed
-# like a SELECT; it must become COPY (SELECT * FROM next) TO.
-bug(RENAMED, "COPY ingest_idempotency TO STDOUT",
-    "42809 cannot copy from partitioned table ingest_idempotency_next instead of the rows")
-# I3: EXPLAIN of a renamed read shows next_table's plan (an Append over
-# ingest_idempotency_next_yYYYYmMM partitions) instead of the table's.  Not listed in
-# docs/ENGINE.md as an exception to I3 (it may be unavoidable; then it belongs there).
-# I3: a three-part name "mydb.public.t" where mydb is not the current database:
-# PostgreSQL answers 0A000 'cross-database references are not implemented:
-# "mydb.public.ingest_idempotency"'; renamed, the catalog part is dropped and the
-# client gets every row of next_table (SELECT 611).
-bug(RENAMED, "SELECT * FROM mydb.public.ingest_idempotency",
-    "rows instead of PostgreSQL's 0A000 cross-database reference error")
-CUT = ("cutover", "degraded_cutover")
-# I3 (and a write lost): in cutover "UPDATE ONLY t" is pointed at "UPDATE ONLY next":
-# ONLY on the partitioned parent touches no partition: UPDATE 0 and no RETURNING rows,
-# where the table says UPDATE 5 with the 5 rows.  The client is told nothing changed.
-bug(CUT, "UPDATE ONLY ingest_idempotency SET status = 'failed' WHERE status = 'processing' RETURNING *",
-    "UPDATE ONLY next_table: UPDATE 0 instead of UPDATE 5")
-# I3 and data: in cutover "DELETE ... WHERE ctid IN (SELECT ctid FROM t ... LIMIT 1000)"
-# runs on next, whose partitions each number their ctids from (0,1): a ctid picked in
-# one partition matches rows of the others, so DELETE 591 where the table says
-# DELETE 585 -- 6 rows deleted that the statement did not select (rolled back here).
-bug(CUT, "DELETE FROM ingest_idempotency WHERE ctid IN (SELECT ctid FROM ingest_idempotency WHERE expires_at < now() LIMIT 1000)",
-    "ctid is not unique across next_table's partitions: DELETE 591 instead of 585 (extra rows deleted)")
 # I3: DO UPDATE through the claim view with RETURNING (xmax = 0) -- the usual
 # "inserted or updated?" idiom -- fails with 42703 'column "xmax" does not exist' (a
 # view has no system columns); the table answers INSERT 0 1 and (created_at, f).
@@ -262,9 +225,24 @@ for _sql, _why in [
         ("DELETE FROM ingest_idempotency WHERE ctid IN (SELECT ctid FROM ingest_idempotency WHERE expires_at < now() LIMIT 1000)",
          "DELETE 591 instead of 585 (ctid repeats across partitions)"),
         ("COPY ingest_idempotency TO STDOUT", "42809 cannot copy from partitioned table"),
+        ("DELETE FROM ONLY ingest_idempotency WHERE status = 'processing' RETURNING site_id, idempotency_key",
+         "DELETE 0 (ONLY on the partitioned table)"),
+        ("TABLE ONLY ingest_idempotency", "SELECT 0 (ONLY on the partitioned table)"),
+        ("SELECT count(*) FROM ONLY /* ( */ ( ingest_idempotency ) AS t WHERE t.status = 'processing'",
+         "count 0 (ONLY on the partitioned table)"),
+        ("COPY ingest_idempotency (site_id, \"idempotency_key\", status) TO STDOUT WITH (FORMAT csv, HEADER true)",
+         "42809 cannot copy from partitioned table"),
+        ("COPY public.ingest_idempotency TO STDOUT WITH CSV", "42809 cannot copy from partitioned table"),
+        ("COPY BINARY ingest_idempotency TO STDOUT", "42809 cannot copy from partitioned table"),
+        ("SELECT count(*) FROM ingest_idempotency AS t WHERE t.ctid = '(0,1)'",
+         "one row per partition (ctid repeats across partitions)"),
         ("EXPLAIN SELECT * FROM ingest_idempotency WHERE site_id = 'a'", "the plan shows the partitions"),
         ("EXPLAIN ANALYZE SELECT count(*) FROM ingest_idempotency", "the plan shows the partitions")]:
     bug(FIN, _sql, "finalized, forwarded to the partitioned table: " + _why)
+RENAMED = ("read_next", "cutover", "degraded_read_next", "degraded_cutover")  # reads go to next
+# I3: EXPLAIN of a renamed read shows next_table's plan (an Append over
+# ingest_idempotency_next_yYYYYmMM partitions) instead of the table's.  Not listed in
+# docs/ENGINE.md as an exception to I3 (it may be unavoidable; then it belongs there).
 bug(RENAMED, "EXPLAIN SELECT * FROM ingest_idempotency WHERE site_id = 'a'",
     "the plan names next_table's partitions (undocumented)")
 bug(RENAMED, "EXPLAIN ANALYZE SELECT count(*) FROM ingest_idempotency",

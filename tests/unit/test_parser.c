@@ -33,14 +33,15 @@ static struct parser_tables tables;
 
 struct want_ref {
 	enum rel_role role;
-	bool target, cte, alias;
+	bool target, cte, alias, only, catalog;
 	char *text; /* the name exactly as the SQL writes it */
 };
 
 struct want_stmt {
 	enum stmt_kind kind, inner;
 	int touches; /* -1: as refs says */
-	bool writes, wcte, sets_key, params, onconstraint;
+	bool writes, wcte, sets_key, params, onconstraint, ctid, copy, copy_legacy;
+	char *copy_cols; /* NULL: no column list */
 	enum conflict_action conflict;
 	char *conflict_text; /* NULL: not checked */
 	char *returning;     /* NULL: no RETURNING */
@@ -113,7 +114,7 @@ static bool flag_from(const char *s, unsigned line)
 	return s[0] == '1';
 }
 
-/* "old+target+cte+alias:name" */
+/* "old+target+cte+alias+only+catalog:name" */
 static void ref_from(struct want_ref *r, const char *s, size_t n, unsigned line)
 {
 	const char *colon = memchr(s, ':', n);
@@ -130,6 +131,10 @@ static void ref_from(struct want_ref *r, const char *s, size_t n, unsigned line)
 			r->cte = true;
 		else if (strcmp(tok, "alias") == 0)
 			r->alias = true;
+		else if (strcmp(tok, "only") == 0)
+			r->only = true;
+		else if (strcmp(tok, "catalog") == 0)
+			r->catalog = true;
 		else
 			r->role = (enum rel_role)name_index(role_names, REL__COUNT, tok, line);
 	}
@@ -167,6 +172,14 @@ static bool field_stmt(struct want_stmt *w, const char *k, const char *v, unsign
 		w->params = flag_from(v, line);
 	else if (strcmp(k, "onconstraint") == 0)
 		w->onconstraint = flag_from(v, line);
+	else if (strcmp(k, "ctid") == 0)
+		w->ctid = flag_from(v, line);
+	else if (strcmp(k, "copy") == 0)
+		w->copy = flag_from(v, line);
+	else if (strcmp(k, "copy_legacy") == 0)
+		w->copy_legacy = flag_from(v, line);
+	else if (strcmp(k, "copy_cols") == 0)
+		w->copy_cols = xstrndup(v, strlen(v));
 	else if (strcmp(k, "conflict") == 0)
 		w->conflict = (enum conflict_action)name_index(conflict_names, 3, v, line);
 	else if (strcmp(k, "conflict_text") == 0)
@@ -334,6 +347,7 @@ static void record_free(struct record *rec)
 		free(w->conflict_text);
 		free(w->returning);
 		free(w->name);
+		free(w->copy_cols);
 	}
 	free(rec->error);
 	free(rec->sql);
@@ -407,14 +421,24 @@ static void check_refs(const struct record *rec, unsigned i, const char *sql,
 		const struct want_ref *e = &w->refs[j];
 		check_ref_span(rec, i, sql, si, g);
 		if (g->role != e->role || g->is_target != e->target || g->in_cte != e->cte ||
-		    g->has_alias != e->alias || strlen(e->text) != g->len ||
+		    g->has_alias != e->alias || g->only != e->only ||
+		    g->has_catalog != e->catalog || strlen(e->text) != g->len ||
 		    memcmp(sql + g->start, e->text, g->len) != 0)
-			fail_msg("%s stmt %u ref %u: got %s%s%s%s:%.*s, expected %s%s%s%s:%s",
+			fail_msg("%s stmt %u ref %u: got %s%s%s%s%s%s:%.*s, expected %s%s%s%s%s%s:%s",
 			         rec->title, i, j, role_names[g->role],
 			         g->is_target ? "+target" : "", g->in_cte ? "+cte" : "",
-			         g->has_alias ? "+alias" : "", (int)g->len, sql + g->start,
+			         g->has_alias ? "+alias" : "", g->only ? "+only" : "",
+			         g->has_catalog ? "+catalog" : "", (int)g->len, sql + g->start,
 			         role_names[e->role], e->target ? "+target" : "",
-			         e->cte ? "+cte" : "", e->alias ? "+alias" : "", e->text);
+			         e->cte ? "+cte" : "", e->alias ? "+alias" : "",
+			         e->only ? "+only" : "", e->catalog ? "+catalog" : "", e->text);
+		/* The engine deletes ONLY (and the brackets around the name) at these spans. */
+		if (g->only && (strncasecmp(sql + g->only_start, "only", 4) != 0 ||
+		                g->only_start >= g->start ||
+		                (g->only_close && (sql[g->only_close] != ')' ||
+		                                   g->only_close < g->start + g->len))))
+			fail_msg("%s stmt %u ref %u: ONLY span %u/%u wrong", rec->title, i, j,
+			         g->only_start, g->only_close);
 	}
 }
 
@@ -461,6 +485,13 @@ static void check_stmt(const struct record *rec, unsigned i, const struct stmt_i
 	if (w->returning)
 		check_span_text(rec, i, "returning", rec->sql, si->returning_start,
 		                si->returning_len, w->returning);
+	EXPECT("ctid", si->uses_ctid, w->ctid);
+	EXPECT("copy", si->copy_relation, w->copy);
+	EXPECT("copy_legacy", si->copy_legacy, w->copy_legacy);
+	EXPECT("copy_cols", si->copy_cols_len > 0, w->copy_cols != NULL);
+	if (w->copy_cols)
+		check_span_text(rec, i, "copy_cols", rec->sql, si->copy_cols_start,
+		                si->copy_cols_len, w->copy_cols);
 	check_refs(rec, i, rec->sql, si, w);
 }
 
