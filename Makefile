@@ -139,6 +139,7 @@ bench: deps pgshunt $(BUILD)/parser_bench
 	@echo "## P3: parser CPU per table-touching statement"
 	@$(BUILD)/parser_bench
 	@bash bench/p4.sh
+	@bash bench/p567.sh
 	@bash bench/p8.sh
 
 $(BUILD)/parser_bench: bench/parser_bench.c $(LIB)
