@@ -286,11 +286,14 @@ struct model {
 	struct respq_entry *items;
 	size_t head, tail; /* entries [head, tail) */
 	bool ignore_till_sync;
+	bool copy_in; /* the server ignores Sync in COPY FROM STDIN */
 };
 
 static void model_push(struct model *m, enum req_kind kind, enum resp_action action, uint32_t tag)
 {
 	if (m->ignore_till_sync && kind != REQ_SYNC)
+		return;
+	if (m->copy_in && kind == REQ_SYNC)
 		return;
 	m->ignore_till_sync = false;
 	m->items[m->tail++] = (struct respq_entry){.kind = (uint8_t)kind, .action = (uint8_t)action, .tag = tag};
@@ -329,6 +332,20 @@ static struct respq_verdict model_message(struct model *m, char type)
 	v.action = (enum resp_action)v.entry.action;
 	enum req_kind kind = (enum req_kind)v.entry.kind;
 	bool extended = kind != REQ_QUERY && kind != REQ_FUNCTION && kind != REQ_SYNC;
+	if (type == 'G') { /* CopyInResponse: Syncs sent with the Execute will be ignored */
+		m->copy_in = true;
+		if (kind == REQ_EXECUTE) {
+			size_t keep = m->head + 1, from = m->head + 1;
+			while (from < m->tail && m->items[from].kind == REQ_SYNC)
+				from++;
+			while (from < m->tail)
+				m->items[keep++] = m->items[from++];
+			m->tail = keep;
+		}
+		return v;
+	}
+	if (type == 'E' || type == 'Z')
+		m->copy_in = false;
 	if (type == 'E' && extended) {
 		m->head++;
 		while (m->head < m->tail && m->items[m->head].kind != REQ_SYNC)
@@ -347,6 +364,10 @@ static void fuzz_respq(struct respq *q, struct model *m, char type, uint32_t ind
                        const uint8_t *body, size_t len)
 {
 	enum req_kind kind;
+	if (type == 'c' || type == 'f') { /* the client's CopyDone, CopyFail */
+		respq_copy_end(q);
+		m->copy_in = false;
+	}
 	if (respq_kind_for(type, &kind)) {
 		CHECK(proto_frontend_type_valid(type));
 		/* Some requests as if the proxy injected them. */
@@ -366,6 +387,7 @@ static void fuzz_respq(struct respq *q, struct model *m, char type, uint32_t ind
 	}
 	CHECK(q->count == m->tail - m->head);
 	CHECK(q->ignore_till_sync == m->ignore_till_sync);
+	CHECK(q->copy_in == m->copy_in);
 	CHECK(q->count <= q->cap && (q->cap & (q->cap - 1)) == 0);
 	CHECK(respq_empty(q) == (m->head == m->tail));
 }
