@@ -180,7 +180,7 @@ set -e
 val() { sed -n "s/^$1 //p" "$work/check.txt"; }
 printf '  %-50s %s\n' \
 	"inserts acknowledged to the clients" "$(val acknowledged_inserts)" \
-	"  of distinct keys (DEGRADED acknowledges retries too)" "$(val acknowledged_keys)" \
+	"  distinct keys among them (DEGRADED takes retries)" "$(val acknowledged_keys)" \
 	"rows in the final (partitioned) table" "$(val rows_in_table)" \
 	"duplicate (site_id, idempotency_key) pairs" "$(val duplicate_keys)" \
 	"client errors" "$(val client_errors)" \
