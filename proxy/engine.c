@@ -417,6 +417,13 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 			return false;
 		if (!edit_add(ed, ref->start, ref->len, strdup(buf)))
 			return false;
+		/* `name *` (descendants too, the default) would put the star after the alias. */
+		struct scan_tok tok;
+		size_t pos = (size_t)ref->start + ref->len;
+		scan_next(text, len, &pos, &tok);
+		if (tok.kind == TOK_OP && tok.end == tok.start + 1 && text[tok.start] == '*' &&
+		    !edit_add(ed, (uint32_t)tok.start, 1, strdup("")))
+			return false;
 	}
 	return true;
 }
