@@ -362,23 +362,55 @@ static bool alias_not_allowed(const char *text, const struct stmt_info *st,
 
 /*
  * COPY name [(columns)] TO: PostgreSQL copies no partitioned table that way (42809), so
- * the name and its column list become the query (SELECT columns FROM next_table AS
- * name); the options after TO are the same for both forms.
+ * the name and its column list become the query (SELECT columns FROM rel AS name); the
+ * options after TO are the same for both forms.
  */
 static bool copy_edit(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
-		      const struct rel_ref *ref)
+		      const struct rel_ref *ref, const char *rel, int rel_len)
 {
 	char row[160];
 	if (!target_row_name(text, len, ref, row, sizeof(row)) || st->copy_rel_end < ref->start)
 		return false;
 	int cols = st->copy_cols_len ? (int)st->copy_cols_len : 1;
 	const char *list = st->copy_cols_len ? text + st->copy_cols_start : "*";
-	size_t n = strlen(shunt.cfg.next_table) + strlen(row) + (size_t)cols + 32;
+	size_t n = (size_t)rel_len + strlen(row) + (size_t)cols + 32;
 	char *buf = malloc(n);
 	if (buf)
-		snprintf(buf, n, "(SELECT %.*s FROM %s AS %s)", cols, list, shunt.cfg.next_table,
-			 row);
+		snprintf(buf, n, "(SELECT %.*s FROM %.*s AS %s)", cols, list, rel_len, rel, row);
 	return edit_add(ed, ref->start, st->copy_rel_end - ref->start, buf);
+}
+
+/* ONLY name, ONLY (name): the word and the brackets go, the name stays. */
+static bool drop_only(struct edits *ed, const struct rel_ref *ref)
+{
+	if (!ref->only)
+		return true;
+	if (!edit_add(ed, ref->only_start, ref->start - ref->only_start, strdup("")))
+		return false;
+	return !ref->only_close || edit_add(ed, ref->only_close, 1, strdup(""));
+}
+
+/*
+ * finalized: the table's name is the partitioned table's now.  ONLY, which changed
+ * nothing on the heap table, would read or write the partitioned table's empty parent
+ * alone, and COPY name TO refuses a partitioned table: ONLY is dropped, and COPY name TO
+ * becomes COPY (SELECT ... FROM name) TO, the name as written.
+ */
+static bool whole_edits(struct edits *ed, const char *text, size_t len,
+			const struct stmt_info *st, const struct rel_ref *skip)
+{
+	for (uint32_t i = 0; i < st->nrefs; i++) {
+		const struct rel_ref *ref = &st->refs[i];
+		if (ref->role != REL_OLD || ref == skip || in_lock_clause(text, st, ref))
+			continue;
+		if (st->kind == STMT_COPY_TO && st->copy_relation) {
+			if (!copy_edit(ed, text, len, st, ref, text + ref->start, (int)ref->len))
+				return false;
+		} else if (!drop_only(ed, ref)) {
+			return false;
+		}
+	}
+	return true;
 }
 
 /*
@@ -400,7 +432,8 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 		    in_lock_clause(text, st, ref))
 			continue;
 		if (st->kind == STMT_COPY_TO && st->copy_relation) {
-			if (!copy_edit(ed, text, len, st, ref))
+			if (!copy_edit(ed, text, len, st, ref, shunt.cfg.next_table,
+				       (int)strlen(shunt.cfg.next_table)))
 				return false;
 			continue;
 		}
@@ -410,12 +443,7 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 			snprintf(buf, sizeof(buf), "%s AS %s", shunt.cfg.next_table, row);
 		else
 			return false;
-		if (ref->only && !edit_add(ed, ref->only_start, ref->start - ref->only_start,
-					   strdup("")))
-			return false;
-		if (ref->only && ref->only_close && !edit_add(ed, ref->only_close, 1, strdup("")))
-			return false;
-		if (!edit_add(ed, ref->start, ref->len, strdup(buf)))
+		if (!drop_only(ed, ref) || !edit_add(ed, ref->start, ref->len, strdup(buf)))
 			return false;
 		/* `name *` (descendants too, the default) would put the star after the alias. */
 		struct scan_tok tok;
@@ -651,6 +679,10 @@ static bool view_edits(struct edits *ed, const char *text, size_t len, const str
 static bool decision_edits(struct edits *ed, const char *text, size_t len,
 			   const struct stmt_info *st, const struct rule_decision *d, uint8_t *xf)
 {
+	/* A claim's or buffer's target becomes the view: its name is edited there. */
+	bool view = d->action == RULE_CLAIM || d->action == RULE_BUFFER;
+	if (d->whole && !whole_edits(ed, text, len, st, view ? rules_write_target(st) : NULL))
+		return false;
 	switch (d->action) {
 	case RULE_MIRROR:
 		if (d->to_next && !rename_edits(ed, text, len, st, NULL))
@@ -902,6 +934,7 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		     d.reason);
 		if (!edit_add(&plan->ed, st->start, st->len, refusal_statement(s->pin.phase, d.reason)))
 			return false;
+		xf = XF_REFUSED;
 	} else if (!decision_edits(&plan->ed, text, len, st, &d, &xf)) {
 		return false;
 	}
@@ -912,7 +945,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		if (st->touches && d.action != RULE_REFUSE &&
 		    !prep_record(s, st->prepared_name, text + st->start, st->len, xf))
 			return false;
-		xf = XF_NONE; /* PREPARE itself answers with its tag only */
+		if (d.action != RULE_REFUSE)
+			xf = XF_NONE; /* PREPARE itself answers with its tag only */
 	}
 	plan->xf[plan->nxf++] = xf;
 	plan->any_xform |= xf != XF_NONE;
@@ -931,7 +965,7 @@ static bool refuse_query(struct session *s, const char *reason)
 	pktbuf_finish(&b);
 	free(sql);
 	slog(LOG_LEVEL_WARNING, s->prefix, "refused: %s", reason);
-	return send_built(s, &b, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
+	return send_built(s, &b, RESP_FORWARD, TAG_CLIENT, XF_REFUSED, NULL);
 }
 
 static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
@@ -1666,6 +1700,10 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 			return replace_with(
 				s, rowdesc_map_views(msg, total, s->pin.phase == PHASE_FINALIZED, &b),
 				&b, drop);
+		if (type == 'E')
+			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
+		return true;
+	case XF_REFUSED:
 		if (type == 'E')
 			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
 		return true;

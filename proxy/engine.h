@@ -28,6 +28,7 @@ enum xform {
 	XF_DROP_LAST_MAP, /* XF_DROP_LAST on a write pointed at next (cutover), mapped too */
 	XF_VIEW,       /* an INSERT into a claim or buffer view: RowDescription names the
 			  table instead of the view, and errors lose the trigger's CONTEXT */
+	XF_REFUSED,    /* a refusal's DO block: its error loses the block's CONTEXT */
 };
 
 /*

@@ -268,26 +268,45 @@ static struct rule_decision decide_degraded(enum phase phase, const struct stmt_
 }
 
 /*
+ * What a partitioned table under the statement's names cannot answer as the heap table
+ * did: NULL when nothing.
+ */
+static const char *partitioned_refusal(const struct stmt_info *st)
+{
+	/* ctid = '(0,1)' matches a row in every partition: a DELETE ... WHERE ctid IN
+	 * (SELECT ctid ...) would remove rows it did not select. */
+	if (st->uses_ctid)
+		return "ctid is not unique across the partitions of the partitioned table";
+	if (st->kind == STMT_COPY_TO && st->copy_relation && st->copy_legacy)
+		return "COPY of the table with pre-9.0 options (BINARY before the name, USING "
+		       "DELIMITERS) cannot be rewritten as COPY (SELECT ...) for the partitioned "
+		       "table; write them in WITH (FORMAT binary, DELIMITER ...)";
+	return NULL;
+}
+
+/*
  * What the rename to next_table cannot carry (it would change the answer, or the rows
  * written): NULL when nothing.
  */
 static const char *rename_refusal(const struct stmt_info *st)
 {
 	const struct rel_ref *target = rules_write_target(st);
-	/* ctid = '(0,1)' matches a row in every partition: a DELETE ... WHERE ctid IN
-	 * (SELECT ctid ...) would remove rows it did not select. */
-	if (st->uses_ctid)
-		return "ctid is not unique across the partitions of next_table";
 	/* Mentions written db.schema.table are left as written (PostgreSQL answers for
 	 * them); a write there would change the table alone. */
 	if (target && target->has_catalog)
 		return "a write to a catalog-qualified name (db.schema.table) is not rewritten "
 		       "for next_table";
-	if (st->kind == STMT_COPY_TO && st->copy_relation && st->copy_legacy)
-		return "COPY of the table with pre-9.0 options (BINARY before the name, USING "
-		       "DELIMITERS) cannot be rewritten as COPY (SELECT ...) for next_table; "
-		       "write them in WITH (FORMAT binary, DELIMITER ...)";
-	return NULL;
+	return partitioned_refusal(st);
+}
+
+/* finalized: ONLY on the table, or COPY name TO of it. */
+static bool needs_whole(const struct stmt_info *st)
+{
+	for (uint32_t i = 0; i < st->nrefs; i++)
+		if (st->refs[i].role == REL_OLD &&
+		    (st->refs[i].only || (st->kind == STMT_COPY_TO && st->copy_relation)))
+			return true;
+	return false;
 }
 
 struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
@@ -295,7 +314,16 @@ struct rule_decision rules_decide(enum phase phase, bool degraded, const struct 
 	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
 		return forward();
 	struct rule_decision d = degraded ? decide_degraded(phase, st) : decide_phase(phase, st);
-	const char *why = d.action == RULE_RENAME || d.to_next ? rename_refusal(st) : NULL;
+	if (d.action == RULE_REFUSE)
+		return d;
+	const char *why = NULL;
+	if (phase == PHASE_FINALIZED) {
+		/* The table's own name reads and writes the partitioned table now. */
+		why = partitioned_refusal(st);
+		d.whole = needs_whole(st);
+	} else if (d.action == RULE_RENAME || d.to_next) {
+		why = rename_refusal(st);
+	}
 	return why ? refuse(why) : d;
 }
 

@@ -37,6 +37,10 @@ struct rule_decision {
 	bool to_next;          /* RULE_MIRROR, RULE_CLAIM, RULE_BUFFER: the table's mentions
 				  (but a claim's or buffer's target) point at next_table: the
 				  phase reads next, and cutover writes next first */
+	bool whole;            /* finalized, any action but RULE_REFUSE: the table's name is the
+				  partitioned table's now, so ONLY is dropped (it would read or
+				  write the empty parent alone) and COPY name TO becomes COPY
+				  (SELECT ...) TO (PostgreSQL copies no partitioned table) */
 };
 
 /* The action for one statement of a touching query in this phase. */

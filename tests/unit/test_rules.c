@@ -54,6 +54,7 @@ struct expect {
 	const char *text; /* RULE_REFUSE: a substring of the reason, "" for any */
 	char view[40];    /* RULE_CLAIM, RULE_BUFFER: the view's suffix */
 	bool to_next;     /* RULE_MIRROR, RULE_CLAIM, RULE_BUFFER: "+next" */
+	bool whole;       /* finalized: "+whole" after any action but refuse */
 };
 
 struct dfile {
@@ -244,11 +245,28 @@ static void dfile_directive(void *arg, const char *path, unsigned line, char *s)
 	}
 }
 
+static struct expect expect_one(const char *path, unsigned line, const char *s);
+
 /*
  * "forward", "mirror put_next|del_next|put_old|del_old [+next]", "rename",
- * "claim VIEW [+next]", "buffer VIEW [+next]", "refuse [text]"
+ * "claim VIEW [+next]", "buffer VIEW [+next]", "refuse [text]"; but refuse may end in
+ * " +whole".
  */
 static struct expect expect_from(const char *path, unsigned line, const char *s)
+{
+	static const char suffix[] = " +whole";
+	size_t l = strlen(s), sl = sizeof(suffix) - 1;
+	if (strncmp(s, "refuse", 6) == 0 || l <= sl || strcmp(s + l - sl, suffix) != 0)
+		return expect_one(path, line, s);
+	char *head = xstrdup(s);
+	head[l - sl] = '\0';
+	struct expect e = expect_one(path, line, head);
+	free(head);
+	e.whole = true;
+	return e;
+}
+
+static struct expect expect_one(const char *path, unsigned line, const char *s)
 {
 	static const char *const fns[] = {"put_next", "del_next", "put_old", "del_old"};
 	struct expect e = {.action = RULE_FORWARD};
@@ -388,11 +406,15 @@ static void describe(char *out, size_t n, struct rule_decision d)
 	default:
 		snprintf(out, n, "action %d", (int)d.action);
 	}
+	if (d.whole) {
+		size_t l = strlen(out);
+		snprintf(out + l, n - l, " +whole");
+	}
 }
 
 static bool decision_matches(struct rule_decision d, const struct expect *e)
 {
-	if (d.action != e->action)
+	if (d.action != e->action || d.whole != e->whole)
 		return false;
 	if (d.action == RULE_MIRROR)
 		return d.mirror_fn && strcmp(d.mirror_fn, e->fn) == 0 && d.to_next == e->to_next;
