@@ -10,6 +10,7 @@
 #include "proxy/guard.h"
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
+#include "proxy/pqevent.h"
 #include "proxy/session.h"
 #include "proxy/thresholds.h"
 
@@ -128,10 +129,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 
 static void arm(short what)
 {
-	if (brin.io)
-		event_free(brin.io);
-	brin.io = event_new(shunt.base, PQsocket(brin.conn), what, on_io, NULL);
-	if (!brin.io || event_add(brin.io, NULL) != 0)
+	if (!pqevent_arm(&brin.io, brin.conn, what, on_io, NULL))
 		finish("53200", "out of memory");
 }
 

@@ -6,6 +6,7 @@
 
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
+#include "proxy/pqevent.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -74,11 +75,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 
 static void arm(short what)
 {
-	if (ctl.io)
-		event_free(ctl.io);
-	ctl.io = event_new(shunt.base, PQsocket(ctl.conn), what, on_io, NULL);
-	if (ctl.io)
-		event_add(ctl.io, NULL);
+	pqevent_arm(&ctl.io, ctl.conn, what, on_io, NULL);
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)

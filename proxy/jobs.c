@@ -15,6 +15,7 @@
 #include "proxy/log.h"
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
+#include "proxy/pqevent.h"
 #include "proxy/session.h"
 
 #define NOT_IN_STATE           "55000"
@@ -133,11 +134,7 @@ static void jc_on_io(evutil_socket_t fd, short what, void *arg)
 
 static void jc_arm(struct job *j, short what)
 {
-	if (j->io)
-		event_free(j->io);
-	j->io = event_new(shunt.base, PQsocket(j->conn), what, jc_on_io, j);
-	if (j->io)
-		event_add(j->io, NULL);
+	pqevent_arm(&j->io, j->conn, what, jc_on_io, j);
 }
 
 static void jc_clear_query(struct job *j)

@@ -56,6 +56,29 @@ static struct rule_decision mirror_write(const struct stmt_info *st)
 	return (struct rule_decision){.action = RULE_MIRROR, .mirror_fn = fn};
 }
 
+/*
+ * The statements no mirroring phase can carry into both tables: the refusal, or for a
+ * MERGE into another table (which only reads the table), `reading`.
+ */
+static struct rule_decision unmirrorable(enum stmt_kind kind, const struct rel_ref *target,
+					 struct rule_decision reading)
+{
+	switch (kind) {
+	case STMT_MERGE:
+		return target ? refuse("MERGE into the table cannot be mirrored (it has no RETURNING "
+				       "in PostgreSQL 15)")
+			      : reading;
+	case STMT_COPY_FROM:
+		return refuse("COPY into the table cannot be mirrored");
+	case STMT_TRUNCATE:
+		return refuse("TRUNCATE would empty one table only");
+	case STMT_DDL:
+		return refuse("DDL on the table would change one table only");
+	default:
+		return refuse("pgshunt does not know how to mirror this statement");
+	}
+}
+
 /* dual_write and read_next write old first and mirror into next in the same statement. */
 static struct rule_decision decide_dual_write(const struct stmt_info *st)
 {
@@ -84,18 +107,8 @@ static struct rule_decision decide_dual_write(const struct stmt_info *st)
 	case STMT_DELETE:
 	case STMT_PREPARE:
 		break;
-	case STMT_MERGE:
-		return target ? refuse("MERGE into the table cannot be mirrored (it has no RETURNING "
-				       "in PostgreSQL 15)")
-			      : forward();
-	case STMT_COPY_FROM:
-		return refuse("COPY into the table cannot be mirrored");
-	case STMT_TRUNCATE:
-		return refuse("TRUNCATE would empty one table only");
-	case STMT_DDL:
-		return refuse("DDL on the table would change one table only");
 	default:
-		return refuse("pgshunt does not know how to mirror this statement");
+		return unmirrorable(st->kind, target, forward());
 	}
 	if (st->kind == STMT_PREPARE) {
 		if (!is_write_kind(st->inner))
@@ -197,18 +210,8 @@ static struct rule_decision decide_next_first(bool final, const struct stmt_info
 					      .mirror_fn = kind == STMT_DELETE ? "pgshunt.del_old"
 									      : "pgshunt.put_old",
 					      .to_next = true};
-	case STMT_MERGE:
-		return target ? refuse("MERGE into the table cannot be mirrored (it has no RETURNING "
-				       "in PostgreSQL 15)")
-			      : read_decision(final, st);
-	case STMT_COPY_FROM:
-		return refuse("COPY into the table cannot be mirrored");
-	case STMT_TRUNCATE:
-		return refuse("TRUNCATE would empty one table only");
-	case STMT_DDL:
-		return refuse("DDL on the table would change one table only");
 	default:
-		return refuse("pgshunt does not know how to mirror this statement");
+		return unmirrorable(kind, target, read_decision(final, st));
 	}
 }
 
