@@ -89,6 +89,8 @@ struct rel_ref {
 			   next_table must drop it */
 	uint32_t only_start; /* only: offset of the ONLY keyword */
 	uint32_t only_close; /* "ONLY (name)": offset of the ")" after the name, else 0 */
+	uint32_t star;  /* "name *" (descendants included, the default written out): offset
+			   of the "*", else 0; a rename that adds an alias must drop it */
 };
 
 #define PARSER_MAX_REFS 32

@@ -230,6 +230,21 @@ static void ref_only(struct walk *w, struct rel_ref *r)
 	r->only_start = (uint32_t)kw->start;
 }
 
+/*
+ * A RangeVar with inh may be written "name *" (relation_expr): the "*" is the token
+ * right after the name, where no other relation's name can be followed by one.
+ */
+static void ref_star(struct walk *w, struct rel_ref *r)
+{
+	const char *text = w->in->text;
+	struct scan_tok tok;
+	size_t pos = (size_t)r->start + r->len;
+
+	scan_next(text, w->stmt_end, &pos, &tok);
+	if (tok.kind == TOK_OP && tok.end == tok.start + 1 && text[tok.start] == '*')
+		r->star = (uint32_t)tok.start;
+}
+
 /* The span of the name a RangeVar's location points at, checked against the tree. */
 static bool ref_locate(struct walk *w, int loc, const char *schema, const char *relname,
                        size_t *len)
@@ -285,6 +300,8 @@ static bool walk_rangevar(struct walk *w, const cJSON *rv, struct ctx ctx, bool 
 	r->has_catalog |= get_str(rv, "catalogname") != NULL;
 	if (!cJSON_IsTrue(get(rv, "inh")))
 		ref_only(w, r);
+	else
+		ref_star(w, r);
 	return true;
 }
 

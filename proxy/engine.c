@@ -446,11 +446,7 @@ static bool rename_edits(struct edits *ed, const char *text, size_t len,
 		if (!drop_only(ed, ref) || !edit_add(ed, ref->start, ref->len, strdup(buf)))
 			return false;
 		/* `name *` (descendants too, the default) would put the star after the alias. */
-		struct scan_tok tok;
-		size_t pos = (size_t)ref->start + ref->len;
-		scan_next(text, len, &pos, &tok);
-		if (tok.kind == TOK_OP && tok.end == tok.start + 1 && text[tok.start] == '*' &&
-		    !edit_add(ed, (uint32_t)tok.start, 1, strdup("")))
+		if (ref->star && !edit_add(ed, ref->star, 1, strdup("")))
 			return false;
 	}
 	return true;

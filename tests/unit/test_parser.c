@@ -33,7 +33,7 @@ static struct parser_tables tables;
 
 struct want_ref {
 	enum rel_role role;
-	bool target, cte, alias, only, catalog;
+	bool target, cte, alias, only, catalog, star;
 	char *text; /* the name exactly as the SQL writes it */
 };
 
@@ -114,7 +114,7 @@ static bool flag_from(const char *s, unsigned line)
 	return s[0] == '1';
 }
 
-/* "old+target+cte+alias+only+catalog:name" */
+/* "old+target+cte+alias+only+catalog+star:name" */
 static void ref_from(struct want_ref *r, const char *s, size_t n, unsigned line)
 {
 	const char *colon = memchr(s, ':', n);
@@ -135,6 +135,8 @@ static void ref_from(struct want_ref *r, const char *s, size_t n, unsigned line)
 			r->only = true;
 		else if (strcmp(tok, "catalog") == 0)
 			r->catalog = true;
+		else if (strcmp(tok, "star") == 0)
+			r->star = true;
 		else
 			r->role = (enum rel_role)name_index(role_names, REL__COUNT, tok, line);
 	}
@@ -422,16 +424,19 @@ static void check_refs(const struct record *rec, unsigned i, const char *sql,
 		check_ref_span(rec, i, sql, si, g);
 		if (g->role != e->role || g->is_target != e->target || g->in_cte != e->cte ||
 		    g->has_alias != e->alias || g->only != e->only ||
-		    g->has_catalog != e->catalog || strlen(e->text) != g->len ||
+		    g->has_catalog != e->catalog || (g->star != 0) != e->star ||
+		    strlen(e->text) != g->len ||
 		    memcmp(sql + g->start, e->text, g->len) != 0)
-			fail_msg("%s stmt %u ref %u: got %s%s%s%s%s%s:%.*s, expected %s%s%s%s%s%s:%s",
+			fail_msg("%s stmt %u ref %u: got %s%s%s%s%s%s%s:%.*s, expected "
+			         "%s%s%s%s%s%s%s:%s",
 			         rec->title, i, j, role_names[g->role],
 			         g->is_target ? "+target" : "", g->in_cte ? "+cte" : "",
 			         g->has_alias ? "+alias" : "", g->only ? "+only" : "",
-			         g->has_catalog ? "+catalog" : "", (int)g->len, sql + g->start,
-			         role_names[e->role], e->target ? "+target" : "",
-			         e->cte ? "+cte" : "", e->alias ? "+alias" : "",
-			         e->only ? "+only" : "", e->catalog ? "+catalog" : "", e->text);
+			         g->has_catalog ? "+catalog" : "", g->star ? "+star" : "",
+			         (int)g->len, sql + g->start, role_names[e->role],
+			         e->target ? "+target" : "", e->cte ? "+cte" : "",
+			         e->alias ? "+alias" : "", e->only ? "+only" : "",
+			         e->catalog ? "+catalog" : "", e->star ? "+star" : "", e->text);
 		/* The engine deletes ONLY (and the brackets around the name) at these spans. */
 		if (g->only && (strncasecmp(sql + g->only_start, "only", 4) != 0 ||
 		                g->only_start >= g->start ||
@@ -439,6 +444,9 @@ static void check_refs(const struct record *rec, unsigned i, const char *sql,
 		                                   g->only_close < g->start + g->len))))
 			fail_msg("%s stmt %u ref %u: ONLY span %u/%u wrong", rec->title, i, j,
 			         g->only_start, g->only_close);
+		/* ... and the star of `name *` here. */
+		if (g->star && (sql[g->star] != '*' || g->star < g->start + g->len))
+			fail_msg("%s stmt %u ref %u: star at %u wrong", rec->title, i, j, g->star);
 	}
 }
 
