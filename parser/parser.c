@@ -44,6 +44,15 @@ const char *stmt_kind_name(enum stmt_kind kind)
 	return (unsigned)kind < STMT__COUNT ? kind_names[kind] : "?";
 }
 
+const char *sys_column_name(enum sys_column col)
+{
+	static const char *const names[SYSCOL__COUNT] = {
+	    [SYSCOL_XMAX] = "xmax", [SYSCOL_XMIN] = "xmin", [SYSCOL_CMIN] = "cmin",
+	    [SYSCOL_CMAX] = "cmax", [SYSCOL_CTID] = "ctid", [SYSCOL_TABLEOID] = "tableoid",
+	};
+	return (unsigned)col < SYSCOL__COUNT ? names[col] : "?";
+}
+
 void parse_result_free(struct parse_result *r)
 {
 	if (!r)

@@ -95,6 +95,34 @@ struct rel_ref {
 
 #define PARSER_MAX_REFS 32
 
+/* The system columns every table has and no view has. */
+enum sys_column {
+	SYSCOL_XMAX,
+	SYSCOL_XMIN,
+	SYSCOL_CMIN,
+	SYSCOL_CMAX,
+	SYSCOL_CTID,
+	SYSCOL_TABLEOID,
+	SYSCOL__COUNT
+};
+
+const char *sys_column_name(enum sys_column col);
+
+/*
+ * A column reference in the RETURNING list that names a system column of the written
+ * row: `xmax` (not inside a sub-SELECT, where a bare name would be the subquery's) or
+ * `<alias-or-table>.xmax` (the target's alias, or its name when it has none).  An
+ * INSERT pointed at a view cannot read them there (42703): pgshunt rewrites xmax and
+ * refuses the others (rules_decide, the engine).
+ */
+struct sys_ref {
+	uint32_t start; /* the reference as written: xmax, t.xmax, "T" . "xmax" */
+	uint32_t len;
+	enum sys_column column;
+};
+
+#define PARSER_MAX_SYSREFS 8
+
 /* What one statement of a query string is. Offsets are into the whole string. */
 struct stmt_info {
 	enum stmt_kind kind;
@@ -126,6 +154,9 @@ struct stmt_info {
 				    0/0 when there is no list */
 	uint32_t copy_cols_len;
 	uint32_t copy_rel_end;   /* copy_relation: one past the name, or past the list's ")" */
+	uint32_t nsysrefs;       /* system-column references of RETURNING (struct sys_ref);
+				    may exceed PARSER_MAX_SYSREFS: only the first ones are kept */
+	struct sys_ref sysrefs[PARSER_MAX_SYSREFS];
 	enum stmt_kind inner;    /* PREPARE/EXPLAIN (and DECLARE CURSOR, kind OTHER): the kind
 				    of the wrapped statement */
 	uint32_t nrefs;

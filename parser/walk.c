@@ -29,6 +29,7 @@
  *   ResTarget     in a RETURNING or SELECT list: the start of the expression, an opening
  *                 parenthesis included; in a SET list: the column name.
  *   ParamRef      the "$".
+ *   ColumnRef     the first byte of its first name (a quote included).
  */
 #include "parser/walk.h"
 
@@ -48,6 +49,7 @@ struct walk {
 	struct stmt_info *si;
 	size_t stmt_start, stmt_end; /* the statement's span in in->text */
 	const cJSON *principal;      /* the write statement whose ON CONFLICT and RETURNING count */
+	const char *target_name;     /* an INSERT principal: its target's alias, or its name */
 	bool locking;                /* some SELECT has FOR UPDATE/SHARE */
 	size_t name_cursor;          /* DROP/COMMENT: where the next listed name is looked for */
 	const char *shadow[WALK_MAX_SHADOW]; /* CTE names in scope equal to a configured name */
@@ -60,10 +62,17 @@ struct walk {
 /* What the position in the tree says about a relation named there. */
 struct ctx {
 	unsigned depth;
-	bool in_cte;     /* under a WITH clause */
-	bool executes;   /* false where the text is not run now: EXPLAIN without ANALYZE,
-	                    a rule's actions */
-	bool ddl_target; /* a relation named here is what a DDL statement acts on */
+	bool in_cte;       /* under a WITH clause */
+	bool executes;     /* false where the text is not run now: EXPLAIN without ANALYZE,
+	                      a rule's actions */
+	bool ddl_target;   /* a relation named here is what a DDL statement acts on */
+	uint8_t returning; /* in an INSERT principal's RETURNING list: RET_* */
+};
+
+enum {
+	RET_NO,
+	RET_TOP,      /* a bare column name is the inserted row's */
+	RET_SUBQUERY, /* inside a sub-SELECT of it: a bare name may be the subquery's */
 };
 
 typedef bool (*node_fn)(struct walk *w, const cJSON *body, struct ctx ctx);
@@ -451,6 +460,8 @@ static bool h_select(struct walk *w, const cJSON *body, struct ctx ctx)
 
 	if (get(body, "lockingClause"))
 		w->locking = true;
+	if (ctx.returning != RET_NO)
+		ctx.returning = RET_SUBQUERY;
 	/* SELECT ... INTO creates the relation it names. */
 	into_ctx.ddl_target = true;
 	into_ctx.depth++;
@@ -518,6 +529,47 @@ static bool h_copy(struct walk *w, const cJSON *body, struct ctx ctx)
 	return walk_object(w, body, ctx, rel);
 }
 
+/*
+ * A system column of the inserted row named in RETURNING (struct sys_ref): bare at the
+ * list's own level, or qualified by the name the target is visible under.  A bare name
+ * inside a sub-SELECT belongs to the subquery's relations when they have it (all tables
+ * do), so it is left alone (a qualified one is taken as the target's there, unless
+ * the sub-SELECT hides that name with one of its own: not looked for); a longer name
+ * (schema.table.xmax) is not the target's as the engine writes it (it gives the view an
+ * alias).
+ */
+static bool sysref_note(struct walk *w, const cJSON *body, const cJSON *fields, const char *name,
+                        struct ctx ctx)
+{
+	struct stmt_info *si = w->si;
+	int n = cJSON_GetArraySize(fields);
+	const char *first = get_str(node_body(cJSON_GetArrayItem(fields, 0), "String"), "sval");
+	int loc = get_int(body, "location");
+	struct scan_name sn;
+	int col = 0;
+
+	while (col < SYSCOL__COUNT && strcmp(name, sys_column_name((enum sys_column)col)) != 0)
+		col++;
+	if (col == SYSCOL__COUNT)
+		return true;
+	if (n == 1 ? ctx.returning != RET_TOP
+	           : n != 2 || !first || strcmp(first, w->target_name) != 0)
+		return true;
+	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end ||
+	    !scan_name_at(w->in->text, w->stmt_end, (size_t)loc, &sn) || sn.nparts != (unsigned)n ||
+	    !scan_name_part_is(&sn, sn.nparts - 1, name))
+		return walk_fail(w, PARSE_SYNTAX_ERROR,
+		                 "cannot find column %s at offset %d of the text", name, loc);
+	if (si->nsysrefs < PARSER_MAX_SYSREFS) {
+		struct sys_ref *r = &si->sysrefs[si->nsysrefs];
+		r->start = (uint32_t)loc;
+		r->len = (uint32_t)(sn.part_end[sn.nparts - 1] - (size_t)loc);
+		r->column = (enum sys_column)col;
+	}
+	si->nsysrefs++;
+	return true;
+}
+
 /* ctid names a row's place in its heap; in a partitioned table each partition has its own. */
 static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
 {
@@ -527,6 +579,8 @@ static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
 
 	if (name && strcmp(name, "ctid") == 0)
 		w->si->uses_ctid = true;
+	if (name && ctx.returning != RET_NO && !sysref_note(w, body, fields, name, ctx))
+		return false;
 	return walk_object(w, body, ctx, NULL);
 }
 
@@ -671,6 +725,11 @@ static bool h_write(struct walk *w, const cJSON *body, struct ctx ctx)
 	if (role >= 0) /* only a configured table's key matters */
 		write_check_keys(w, body);
 	if (body == w->principal) {
+		/* RETURNING of an INSERT sees the target alone: its alias, else its name. */
+		if (rel && strcmp(body->string, "InsertStmt") == 0) {
+			const char *alias = get_str(get(rel, "alias"), "aliasname");
+			w->target_name = alias ? alias : get_str(rel, "relname");
+		}
 		if (occ && !write_conflict(w, occ))
 			return false;
 		if (cJSON_GetArraySize(ret) > 0 && !write_returning(w, ret))
@@ -803,9 +862,13 @@ static bool walk_object(struct walk *w, const cJSON *obj, struct ctx ctx, const 
 		ok = walk_with(w, with, ctx);
 	for (c = obj->child; ok && c; c = c->next) {
 		const struct node_entry *e = node_find(c->string);
+		struct ctx cc = ctx;
 		if (c == with || c == skip)
 			continue;
-		ok = e ? e->fn(w, c, ctx) : walk_value(w, c, ctx);
+		if (obj == w->principal && w->target_name &&
+		    strcmp(c->string, "returningList") == 0)
+			cc.returning = RET_TOP;
+		ok = e ? e->fn(w, c, cc) : walk_value(w, c, cc);
 	}
 	w->nshadow = mark;
 	return ok;

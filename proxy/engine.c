@@ -226,7 +226,7 @@ struct edit {
 };
 
 struct edits {
-	struct edit e[PARSER_MAX_STMTS * 2 + 4];
+	struct edit e[PARSER_MAX_STMTS * 2 + 4 + PARSER_MAX_SYSREFS];
 	uint32_t n;
 };
 
@@ -644,7 +644,11 @@ static char *upsert_marker(const char *text, const struct stmt_info *st, const c
  * aliased with the name the client wrote so RETURNING's references still resolve;
  * its ON CONFLICT clause is cut (the view's trigger or rule does what it asked for; DO
  * UPDATE's SET list travels in a comment, upsert_marker()).  Other mentions of the
- * table read next when the phase does.
+ * table read next when the phase does.  RETURNING's xmax, a system column the view
+ * lacks, becomes pgshunt.xmax(): what the claim trigger recorded for the row (0
+ * inserted, the updating transaction's id), or 0 for a buffered row, reported as
+ * inserted; named like the function, its column keeps the name "xmax" and type xid
+ * (rules_decide() refuses the other system columns).
  */
 static bool view_edits(struct edits *ed, const char *text, size_t len, const struct stmt_info *st,
 		       const struct rule_decision *d)
@@ -668,6 +672,12 @@ static bool view_edits(struct edits *ed, const char *text, size_t len, const str
 	if (st->conflict == CONFLICT_NOTHING &&
 	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
 		return false;
+	for (uint32_t i = 0; i < st->nsysrefs && i < PARSER_MAX_SYSREFS; i++)
+		if (st->sysrefs[i].column == SYSCOL_XMAX &&
+		    !edit_add(ed, st->sysrefs[i].start, st->sysrefs[i].len,
+			      strdup(d->action == RULE_CLAIM ? "pgshunt.xmax(true)"
+							     : "pgshunt.xmax(false)")))
+			return false;
 	return !d->to_next || rename_edits(ed, text, len, st, target);
 }
 
@@ -1162,18 +1172,29 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 		return passthrough || r->status == PARSE_OK ? strdup(query) : NULL;
 	}
 	const struct stmt_info *st = &r->stmts[0];
-	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
-	unsigned nupserts = 0;
-	upsert_check(query, st, &d, &nupserts);
+	struct rule_decision d;
+	char *out = engine_statement_text(s->pin.phase, s->pin.degraded, query, st, &d, xform,
+					  reason);
 	*kind = (uint8_t)st->kind;
 	if (st->touches)
 		count_decision(s, st, &d);
-	if (d.action == RULE_REFUSE) {
-		*reason = d.reason;
+	return out;
+}
+
+char *engine_statement_text(enum phase phase, bool degraded, const char *query,
+			    const struct stmt_info *st, struct rule_decision *d, uint8_t *xform,
+			    const char **reason)
+{
+	unsigned nupserts = 0;
+	*xform = XF_NONE;
+	*d = rules_decide(phase, degraded, st);
+	upsert_check(query, st, d, &nupserts);
+	if (d->action == RULE_REFUSE) {
+		*reason = d->reason;
 		return NULL;
 	}
 	struct edits ed = {0};
-	if (!decision_edits(&ed, query, strlen(query), st, &d, xform)) {
+	if (!decision_edits(&ed, query, strlen(query), st, d, xform)) {
 		edits_free(&ed);
 		*reason = "pgshunt could not rewrite the statement";
 		return NULL;
@@ -1184,6 +1205,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	edits_free(&ed);
 	char *out = pktbuf_ok(&b) ? strdup((char *)b.data) : NULL;
 	pktbuf_free(&b);
+	if (!out)
+		*reason = "out of memory";
 	return out;
 }
 

@@ -13,7 +13,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "parser/parser.h"
+#include "proxy/phase.h"
 #include "proxy/respq.h"
+#include "rules/rules.h"
 
 struct session;
 struct engine;
@@ -57,6 +60,16 @@ bool engine_must_hold(const struct session *s, char type, const uint8_t *msg, ui
 bool engine_needs_whole(const struct respq_entry *head);
 
 void engine_free(struct session *s);
+
+/*
+ * The text the server runs for one statement (st, parsed from query, a whole
+ * single-statement string) in this phase, as a Parse sends it: rules_decide()'s
+ * decision (in *d, with the session's own refusals) carried out, and the transform
+ * of its answers.  NULL with *reason when refused.  Also what the unit tests check.
+ */
+char *engine_statement_text(enum phase phase, bool degraded, const char *query,
+			    const struct stmt_info *st, struct rule_decision *d, uint8_t *xform,
+			    const char **reason);
 
 /*
  * Read (again) the claim and buffer views' OIDs and columns, mapped to the table the

@@ -312,6 +312,36 @@ static bool needs_whole(const struct stmt_info *st)
 	return false;
 }
 
+/*
+ * An INSERT pointed at a claim or buffer view: RETURNING cannot read the row's system
+ * columns there (a view has none: 42703).  The engine answers xmax (pgshunt.xmax());
+ * the others are refused with the reason rather than failing as a missing column.
+ */
+static const char *sysref_refusal(const struct stmt_info *st)
+{
+	static const char *const why[SYSCOL__COUNT] = {
+	    [SYSCOL_XMIN] = "RETURNING xmin cannot be answered through pgshunt's view of the "
+			    "table (a view has no system columns; only xmax is answered)",
+	    [SYSCOL_CMIN] = "RETURNING cmin cannot be answered through pgshunt's view of the "
+			    "table (a view has no system columns; only xmax is answered)",
+	    [SYSCOL_CMAX] = "RETURNING cmax cannot be answered through pgshunt's view of the "
+			    "table (a view has no system columns; only xmax is answered)",
+	    [SYSCOL_CTID] = "RETURNING ctid cannot be answered through pgshunt's view of the "
+			    "table (a view has no system columns; only xmax is answered)",
+	    [SYSCOL_TABLEOID] = "RETURNING tableoid cannot be answered through pgshunt's view "
+				"of the table (a view has no system columns; only xmax is "
+				"answered)",
+	};
+	_Static_assert(PARSER_MAX_SYSREFS == 8, "the reason below says 8");
+	if (st->nsysrefs > PARSER_MAX_SYSREFS)
+		return "RETURNING names system columns more than 8 times (pgshunt rewrites at "
+		       "most 8 through its view of the table)";
+	for (uint32_t i = 0; i < st->nsysrefs; i++)
+		if (st->sysrefs[i].column != SYSCOL_XMAX && st->sysrefs[i].column < SYSCOL__COUNT)
+			return why[st->sysrefs[i].column];
+	return NULL;
+}
+
 struct rule_decision rules_decide(enum phase phase, bool degraded, const struct stmt_info *st)
 {
 	if (!st->touches || (phase == PHASE_PASSTHROUGH && !degraded))
@@ -320,6 +350,10 @@ struct rule_decision rules_decide(enum phase phase, bool degraded, const struct 
 	if (d.action == RULE_REFUSE)
 		return d;
 	const char *why = NULL;
+	if (d.action == RULE_CLAIM || d.action == RULE_BUFFER)
+		why = sysref_refusal(st);
+	if (why)
+		return refuse(why);
 	if (phase == PHASE_FINALIZED) {
 		/* The table's own name reads and writes the partitioned table now. */
 		why = partitioned_refusal(st);

@@ -483,21 +483,30 @@ BEGIN
     -- table, come in the statement's text (pgshunt.upsert_clause()); the existing row is
     -- updated with them, EXCLUDED being the proposed row ($1).  Updated: the row is the
     -- answer (RETURNING sees it, the tag counts it); WHERE false: skipped.
+    -- Before each RETURN NEW the trigger records the row's xmax as the table would show
+    -- it, for the application's RETURNING xmax (pgshunt.xmax(true)): 0 for a row
+    -- inserted; for a row updated, the id of the (sub)transaction that locked and updated
+    -- it, which is the xmin of the version the UPDATE wrote (pg_current_xact_id() would
+    -- be the top-level id, wrong under a SAVEPOINT).
     v_upsert_c := format(E'v_clause := pgshunt.upsert_clause();\n'
                          '            EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
                          '                INTO v_row USING NEW;\n'
                          '            GET DIAGNOSTICS v_n = ROW_COUNT;\n'
                          '            IF v_n = 0 THEN\n                RETURN NULL;\n            END IF;\n'
-                         '            %s\n            RETURN NEW;',
+                         '            %s\n'
+                         '            PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', v_row.xmin::pg_catalog.text, true);\n'
+                         '            RETURN NEW;',
                          'UPDATE ' || replace(v_next_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
-                         || ' AND (%3$s) RETURNING %1$s.*, pgshunt.put_old(%1$s)', v_set_new);
+                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin, pgshunt.put_old(%1$s)', v_set_new);
     v_upsert_f := format(E'v_clause := pgshunt.upsert_clause();\n'
                          '        EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
                          '            INTO v_row USING NEW;\n'
                          '        GET DIAGNOSTICS v_n = ROW_COUNT;\n'
-                         '        IF v_n > 0 THEN\n            %s\n            RETURN NEW;\n        END IF;',
+                         '        IF v_n > 0 THEN\n            %s\n'
+                         '            PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', v_row.xmin::pg_catalog.text, true);\n'
+                         '            RETURN NEW;\n        END IF;',
                          'UPDATE ' || replace(v_final_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
-                         || ' AND (%3$s) RETURNING %1$s.*', v_set_new);
+                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin', v_set_new);
     -- What PostgreSQL says for a duplicate in old's key index (I3).
     v_raise := format(E'IF TG_ARGV[0] <> %L THEN\n        RETURN NULL;\n    END IF;\n'
                       '    RAISE EXCEPTION USING ERRCODE = %L, MESSAGE = %L,\n'
@@ -514,6 +523,7 @@ BEGIN
                          '    INSERT INTO %s (%s)%s VALUES (%s) ON CONFLICT (%s) DO NOTHING;\n'
                          '    IF NOT FOUND THEN\n        IF TG_ARGV[0] = %L THEN\n            %s\n        END IF;\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', ''0'', true);\n'
                          '    RETURN NEW;\nEND\n',
                          v_old_q, v_cols, v_ovr_old, v_newvals, v_key_q, 'upsert', v_upsert_c, v_raise,
                          v_next_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
@@ -531,6 +541,7 @@ BEGIN
                          '    PERFORM FROM %s AS t WHERE %s FOR KEY SHARE;\n'
                          '    IF FOUND THEN\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', ''0'', true);\n'
                          '    RETURN NEW;\nEND\n',
                          v_final_q, p_next::oid, 'object_not_in_prerequisite_state',
                          format('pgshunt: %s is not renamed to %s yet (phase finalized needs the rename)', v_next_q, v_final_q),

@@ -293,6 +293,36 @@ END
 $$;
 REVOKE ALL ON FUNCTION pgshunt.finalize(text, text, integer, integer, text) FROM PUBLIC;
 
+-- The system column xmax of the row an INSERT through one of pgshunt's views wrote, for
+-- the application's RETURNING: a view has no system columns (42703), so the engine
+-- writes pgshunt.xmax(true) for the claim views and pgshunt.xmax(false) for the buffer
+-- views in its place.  Named xmax so that `RETURNING xmax` keeps its column name (and
+-- its type, xid).  The claim trigger records, before it returns each row, what the
+-- table would show (pgshunt.claim_xmax, local to the transaction): 0 for a row
+-- inserted, for a row ON CONFLICT DO UPDATE updated the id of the (sub)transaction
+-- that wrote it.  A buffered row is reported as inserted.  Nothing recorded means claim
+-- triggers older than this function (MIGRATE PREPARE makes them again): an error, not a
+-- made-up 0.
+CREATE OR REPLACE FUNCTION pgshunt.xmax(p_claim boolean) RETURNS xid
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pgshunt
+AS $$
+DECLARE
+    v text;
+BEGIN
+    IF NOT p_claim THEN
+        RETURN '0'::xid;
+    END IF;
+    v := current_setting('pgshunt.claim_xmax', true);
+    IF v IS NULL OR v = '' THEN
+        RAISE EXCEPTION 'pgshunt: the claim trigger recorded no xmax for the row'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run MIGRATE PREPARE: it makes the claim triggers of this pgshunt.';
+    END IF;
+    RETURN v::xid;
+END
+$$;
+
 -- Migrations between schema versions go here, each guarded by the version it needs.
 DO $$
 DECLARE

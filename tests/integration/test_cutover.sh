@@ -58,6 +58,28 @@ expire_30k() {
 	ok "$1: a 30k-row DELETE goes through (no lock per row)"
 }
 expire_30k dual_write
+
+# RETURNING xmax of an upsert through the claim view, under a SAVEPOINT: what the
+# table says -- the subtransaction's id for the row updated (the xmin of the version
+# it wrote, not the top-level id), 0 for the row inserted.  The same script, through
+# pgshunt and on the reference, must print the same.
+xmax_savepoint() {
+	local script got want
+	script="INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('xmax', '1', '');
+BEGIN;
+SELECT pg_current_xact_id()::text AS top \\gset
+SAVEPOINT s;
+INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ('xmax', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed' RETURNING xmax::text AS upd \\gset
+INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ('xmax', '2', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed' RETURNING t.xmax::text AS ins \\gset
+SELECT :'upd' = xmin::text, :'upd' <> :'top', :'ins' FROM ingest_idempotency WHERE site_id = 'xmax' AND idempotency_key = '1';
+ROLLBACK;
+DELETE FROM ingest_idempotency WHERE site_id = 'xmax';"
+	got=$(psql -X -qtA -v ON_ERROR_STOP=1 "$app" <<<"$script" 2>&1) || fail "RETURNING xmax in $1: $got"
+	want=$(psql -X -qtA -v ON_ERROR_STOP=1 "$ref" <<<"$script" 2>&1) || fail "RETURNING xmax on the reference: $want"
+	[ "$want" = "t|t|0" ] || fail "the reference says $want (PostgreSQL's xmax under a SAVEPOINT)"
+	[ "$got" = "$want" ] || fail "RETURNING xmax under a SAVEPOINT in $1: $got, the table says $want"
+	ok "$1: RETURNING xmax of an upsert under a SAVEPOINT as the table's (the subtransaction's id, 0 for an insert)"
+}
 # The same statements in the phases before: the mirror's answers are the table's too.
 compare claim dual_write dual_write
 same_tables "after the statements of compare.py in dual_write"
@@ -178,6 +200,7 @@ grep -q 23505 <<<"$out" || grep -q 'duplicate key' <<<"$out" || fail "duplicate 
 [ "$(q "SELECT (SELECT count(*) FROM ingest_idempotency WHERE site_id = 'tx') + (SELECT count(*) FROM ingest_idempotency_next WHERE site_id = 'tx')")" = 0 ] ||
 	fail "a failed transaction left rows"
 ok "cutover: a failed transaction writes neither table"
+xmax_savepoint cutover
 
 expire_30k cutover
 
@@ -215,6 +238,7 @@ compare claim finalized
 [ "$(q "SELECT count(*) FROM ingest_idempotency_old WHERE site_id = 'cmp-claim'")" = 0 ] || fail "finalized wrote the old table"
 refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET created_at = now()" finalized
 refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'seed-1'" finalized
+xmax_savepoint finalized
 ok "finalized: the claim views survive the rename, answers identical to the original table's"
 
 stop_pgshunt

@@ -45,6 +45,7 @@ struct want_stmt {
 	enum conflict_action conflict;
 	char *conflict_text; /* NULL: not checked */
 	char *returning;     /* NULL: no RETURNING */
+	char *sysrefs;       /* NULL: none */
 	char *name;
 	unsigned nrefs;
 	struct want_ref refs[PARSER_MAX_REFS];
@@ -188,6 +189,8 @@ static bool field_stmt(struct want_stmt *w, const char *k, const char *v, unsign
 		w->conflict_text = xstrndup(v, strlen(v));
 	else if (strcmp(k, "returning") == 0)
 		w->returning = xstrndup(v, strlen(v));
+	else if (strcmp(k, "sysrefs") == 0)
+		w->sysrefs = xstrndup(v, strlen(v));
 	else if (strcmp(k, "name") == 0)
 		w->name = xstrndup(v, strlen(v));
 	else if (strcmp(k, "refs") == 0)
@@ -348,6 +351,7 @@ static void record_free(struct record *rec)
 			free(w->refs[j].text);
 		free(w->conflict_text);
 		free(w->returning);
+		free(w->sysrefs);
 		free(w->name);
 		free(w->copy_cols);
 	}
@@ -458,6 +462,27 @@ static void check_span_text(const struct record *rec, unsigned i, const char *wh
 		         (int)len, sql + start, want);
 }
 
+/* The system-column references as the corpus writes them: COLUMN:TEXT,... */
+static void check_sysrefs(const struct record *rec, unsigned i, const struct stmt_info *si,
+                          const char *want)
+{
+	char got[1024] = "";
+	size_t n = 0;
+
+	for (uint32_t j = 0; j < si->nsysrefs && j < PARSER_MAX_SYSREFS; j++) {
+		const struct sys_ref *r = &si->sysrefs[j];
+		assert_true(r->start >= si->start && r->start + r->len <= si->start + si->len);
+		n += (size_t)snprintf(got + n, sizeof(got) - n, "%s%s:%.*s", j ? "," : "",
+		                      sys_column_name(r->column), (int)r->len, rec->sql + r->start);
+		assert_true(n < sizeof(got));
+	}
+	if (si->nsysrefs > PARSER_MAX_SYSREFS)
+		snprintf(got + n, sizeof(got) - n, ",+%u", si->nsysrefs - PARSER_MAX_SYSREFS);
+	if (strcmp(got, want ? want : "") != 0)
+		fail_msg("%s stmt %u: sysrefs `%s`, expected `%s`", rec->title, i, got,
+		         want ? want : "");
+}
+
 #define EXPECT(field, got, want)                                                                   \
 	do {                                                                                       \
 		if ((int)(got) != (int)(want))                                                     \
@@ -494,6 +519,7 @@ static void check_stmt(const struct record *rec, unsigned i, const struct stmt_i
 		check_span_text(rec, i, "returning", rec->sql, si->returning_start,
 		                si->returning_len, w->returning);
 	EXPECT("ctid", si->uses_ctid, w->ctid);
+	check_sysrefs(rec, i, si, w->sysrefs);
 	EXPECT("copy", si->copy_relation, w->copy);
 	EXPECT("copy_legacy", si->copy_legacy, w->copy_legacy);
 	EXPECT("copy_cols", si->copy_cols_len > 0, w->copy_cols != NULL);
