@@ -123,6 +123,19 @@ struct sys_ref {
 
 #define PARSER_MAX_SYSREFS 8
 
+/*
+ * A column reference written schema.table.column (or .*, or with the catalog in front)
+ * naming the table: where the engine points the table's mention at another relation
+ * with the table's name as alias, only table.column resolves, so it deletes the
+ * prefix, [start, start + len) ("public." of public.t.col).
+ */
+struct qual_col {
+	uint32_t start;
+	uint32_t len;
+};
+
+#define PARSER_MAX_QUALCOLS 64
+
 /* What one statement of a query string is. Offsets are into the whole string. */
 struct stmt_info {
 	enum stmt_kind kind;
@@ -157,6 +170,9 @@ struct stmt_info {
 	uint32_t nsysrefs;       /* system-column references of RETURNING (struct sys_ref);
 				    may exceed PARSER_MAX_SYSREFS: only the first ones are kept */
 	struct sys_ref sysrefs[PARSER_MAX_SYSREFS];
+	uint32_t nqualcols;      /* struct qual_col; may exceed PARSER_MAX_QUALCOLS: only
+				    the first ones are kept */
+	struct qual_col qualcols[PARSER_MAX_QUALCOLS];
 	enum stmt_kind inner;    /* PREPARE/EXPLAIN (and DECLARE CURSOR, kind OTHER): the kind
 				    of the wrapped statement */
 	uint32_t nrefs;

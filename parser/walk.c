@@ -570,6 +570,48 @@ static bool sysref_note(struct walk *w, const cJSON *body, const cJSON *fields, 
 	return true;
 }
 
+/* A ColumnRef's field i as a name, NULL when it is no String (the * of t.*). */
+static const char *field_name(const cJSON *fields, int i)
+{
+	return get_str(node_body(cJSON_GetArrayItem(fields, i), "String"), "sval");
+}
+
+/*
+ * schema.table.column naming the table (struct qual_col): the span up to and including
+ * the dot before the table's name.  PostgreSQL reads three or more names as
+ * [catalog.]schema.table.column first, so the table is the second to last field.
+ */
+static bool qualcol_note(struct walk *w, const cJSON *body, const cJSON *fields)
+{
+	struct stmt_info *si = w->si;
+	int n = cJSON_GetArraySize(fields);
+	const char *schema = n >= 3 ? field_name(fields, n - 3) : NULL;
+	const char *table = n >= 3 ? field_name(fields, n - 2) : NULL;
+	int loc = get_int(body, "location");
+	struct scan_name sn;
+	struct scan_tok dot;
+
+	if (!schema || !table || rel_match(w->in->t, schema, table) != REL_OLD)
+		return true;
+	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end ||
+	    !scan_name_at(w->in->text, w->stmt_end, (size_t)loc, &sn) ||
+	    sn.nparts < (unsigned)n - 1 || !scan_name_part_is(&sn, (unsigned)n - 2, table))
+		return walk_fail(w, PARSE_SYNTAX_ERROR,
+		                 "cannot find column reference %s.%s... at offset %d of the text",
+		                 schema, table, loc);
+	size_t pos = sn.part_end[n - 3];
+	scan_next(w->in->text, w->stmt_end, &pos, &dot);
+	if (dot.kind != TOK_CHAR || w->in->text[dot.start] != '.')
+		return walk_fail(w, PARSE_SYNTAX_ERROR, "no dot after %s at offset %zu", schema,
+		                 sn.part_end[n - 3]);
+	if (si->nqualcols < PARSER_MAX_QUALCOLS) {
+		si->qualcols[si->nqualcols].start = (uint32_t)loc;
+		si->qualcols[si->nqualcols].len = (uint32_t)(dot.end - (size_t)loc);
+	}
+	si->nqualcols++;
+	return true;
+}
+
 /* ctid names a row's place in its heap; in a partitioned table each partition has its own. */
 static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
 {
@@ -580,6 +622,8 @@ static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
 	if (name && strcmp(name, "ctid") == 0)
 		w->si->uses_ctid = true;
 	if (name && ctx.returning != RET_NO && !sysref_note(w, body, fields, name, ctx))
+		return false;
+	if (!qualcol_note(w, body, fields))
 		return false;
 	return walk_object(w, body, ctx, NULL);
 }

@@ -681,6 +681,25 @@ static bool view_edits(struct edits *ed, const char *text, size_t len, const str
 	return !d->to_next || rename_edits(ed, text, len, st, target);
 }
 
+/*
+ * Where the table's mentions become another relation (next_table, a view) aliased with
+ * the table's name, schema.table.column no longer resolves: the schema goes, table.column
+ * names the alias.  With an alias of the client's own, PostgreSQL refuses such a
+ * reference on the table too, and it is left for the server to refuse the same way.
+ */
+static bool qualcol_edits(struct edits *ed, const struct stmt_info *st)
+{
+	if (st->nqualcols > PARSER_MAX_QUALCOLS)
+		return false;
+	for (uint32_t i = 0; i < st->nrefs; i++)
+		if (st->refs[i].role == REL_OLD && st->refs[i].has_alias)
+			return true;
+	for (uint32_t i = 0; i < st->nqualcols; i++)
+		if (!edit_add(ed, st->qualcols[i].start, st->qualcols[i].len, strdup("")))
+			return false;
+	return true;
+}
+
 /* The edits a decision makes to one statement, and the transform of its answers. */
 static bool decision_edits(struct edits *ed, const char *text, size_t len,
 			   const struct stmt_info *st, const struct rule_decision *d, uint8_t *xf)
@@ -688,6 +707,8 @@ static bool decision_edits(struct edits *ed, const char *text, size_t len,
 	/* A claim's or buffer's target becomes the view: its name is edited there. */
 	bool view = d->action == RULE_CLAIM || d->action == RULE_BUFFER;
 	if (d->whole && !whole_edits(ed, text, len, st, view ? rules_write_target(st) : NULL))
+		return false;
+	if ((view || d->to_next || d->action == RULE_RENAME) && !qualcol_edits(ed, st))
 		return false;
 	switch (d->action) {
 	case RULE_MIRROR:

@@ -6,6 +6,7 @@
  * pgshunt.xmax(false) (buffer), and nothing else does: column labels, strings, quoted
  * labels, names inside a sub-SELECT, other relations' xmax, a function call; where the
  * statement goes to the table itself xmax stays.  The other system columns are refused.
+ * Also schema.table.column references, and finalized's ONLY and COPY name TO.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -228,6 +229,78 @@ static void test_other_system_columns(void **state)
 	       "VALUES ('a') RETURNING (SELECT max(xmin::text) FROM sites)");
 }
 
+/*
+ * schema.table.column of the table (what some ORMs write for every column) where the
+ * table's mention becomes next_table or a view aliased with the table's name: the schema
+ * goes.  Left alone: the client's own alias (PostgreSQL refuses the reference on the
+ * table too), other tables' columns, phases that keep the name.
+ */
+static void test_qualified_columns(void **state)
+{
+	(void)state;
+	expect(PHASE_READ_NEXT, false,
+	       "SELECT \"public\".\"ingest_idempotency\".\"status\", public.ingest_idempotency.* "
+	       "FROM \"public\".\"ingest_idempotency\" WHERE "
+	       "\"public\".\"ingest_idempotency\".\"site_id\" = $1",
+	       "SELECT \"ingest_idempotency\".\"status\", ingest_idempotency.* FROM "
+	       "public.ingest_idempotency_next AS \"ingest_idempotency\" WHERE "
+	       "\"ingest_idempotency\".\"site_id\" = $1");
+	/* The catalog too, and blanks around the dots. */
+	expect(PHASE_CUTOVER, false,
+	       "SELECT db . public . ingest_idempotency . status FROM ingest_idempotency",
+	       "SELECT  ingest_idempotency . status FROM public.ingest_idempotency_next AS "
+	       "ingest_idempotency");
+	expect(PHASE_CUTOVER, false,
+	       "INSERT INTO public.ingest_idempotency (site_id) VALUES ('a') RETURNING "
+	       "public.ingest_idempotency.created_at",
+	       "INSERT INTO pgshunt.\"ingest_idempotency_claim\" AS ingest_idempotency (site_id) "
+	       "VALUES ('a') RETURNING ingest_idempotency.created_at");
+	expect(PHASE_FINALIZED, false,
+	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') RETURNING "
+	       "public.ingest_idempotency.created_at",
+	       "INSERT INTO pgshunt.\"ingest_idempotency_claim_final\" AS ingest_idempotency "
+	       "(site_id) VALUES ('a') RETURNING ingest_idempotency.created_at");
+	expect(PHASE_CUTOVER, false,
+	       "UPDATE public.ingest_idempotency SET status = 'x' WHERE "
+	       "public.ingest_idempotency.site_id = 'a'",
+	       "UPDATE public.ingest_idempotency_next AS ingest_idempotency SET status = 'x' WHERE "
+	       "ingest_idempotency.site_id = 'a' RETURNING pgshunt.put_old(ingest_idempotency)");
+	/* Left alone: an alias of the client's, another table, a phase that keeps names. */
+	expect(PHASE_READ_NEXT, false,
+	       "SELECT public.ingest_idempotency.status FROM ingest_idempotency AS i",
+	       "SELECT public.ingest_idempotency.status FROM public.ingest_idempotency_next AS i");
+	expect(PHASE_READ_NEXT, false,
+	       "SELECT public.sites.name FROM public.sites JOIN ingest_idempotency USING (site_id)",
+	       "SELECT public.sites.name FROM public.sites JOIN public.ingest_idempotency_next AS "
+	       "ingest_idempotency USING (site_id)");
+	expect(PHASE_DUAL_WRITE, false,
+	       "SELECT public.ingest_idempotency.status FROM ingest_idempotency",
+	       "SELECT public.ingest_idempotency.status FROM ingest_idempotency");
+}
+
+/* finalized: ONLY dropped, COPY name TO as a query, the name kept as written. */
+static void test_finalized_whole(void **state)
+{
+	(void)state;
+	expect(PHASE_FINALIZED, false, "SELECT count(*) FROM ONLY (public.ingest_idempotency) t",
+	       "SELECT count(*) FROM public.ingest_idempotency t");
+	expect(PHASE_FINALIZED, false, "UPDATE ONLY ingest_idempotency SET status = 'x'",
+	       "UPDATE ingest_idempotency SET status = 'x'");
+	expect(PHASE_FINALIZED, false,
+	       "COPY public.ingest_idempotency (site_id, status) TO STDOUT WITH (FORMAT csv)",
+	       "COPY (SELECT site_id, status FROM public.ingest_idempotency AS ingest_idempotency) "
+	       "TO STDOUT WITH (FORMAT csv)");
+	expect(PHASE_FINALIZED, false,
+	       "INSERT INTO ingest_idempotency (site_id) SELECT site_id FROM ONLY "
+	       "ingest_idempotency",
+	       "INSERT INTO pgshunt.\"ingest_idempotency_claim_final\" AS ingest_idempotency "
+	       "(site_id) SELECT site_id FROM ingest_idempotency");
+	expect(PHASE_FINALIZED, false, "DELETE FROM ingest_idempotency WHERE ctid = '(0,1)'",
+	       "!ctid is not unique");
+	expect(PHASE_FINALIZED, false, "COPY BINARY ingest_idempotency TO STDOUT",
+	       "!pre-9.0 options");
+}
+
 int main(void)
 {
 	static const struct CMUnitTest tests[] = {
@@ -235,6 +308,8 @@ int main(void)
 	    cmocka_unit_test(test_xmax_not_a_reference),
 	    cmocka_unit_test(test_xmax_buffer),
 	    cmocka_unit_test(test_other_system_columns),
+	    cmocka_unit_test(test_qualified_columns),
+	    cmocka_unit_test(test_finalized_whole),
 	};
 	static char table[] = "public.ingest_idempotency";
 	static char next_table[] = "public.ingest_idempotency_next";
