@@ -90,6 +90,27 @@ AS $fn$
     UPDATE pgshunt.jobs SET error = p_error, updated_at = now() WHERE name = p_name;
 $fn$;
 
+-- A batch went through: its progress into the job's row, in the batch's transaction.
+-- p_cursor replaces the cursor, p_rows more rows are done, the state and rows_total
+-- become p_state and p_total unless NULL, the error is cleared.  A caller that builds
+-- p_cursor from the row's cursor has read it FOR (NO KEY) UPDATE, so that concurrent
+-- batches of one job (drainers) add up.
+CREATE OR REPLACE FUNCTION pgshunt.job_progress(p_name text, p_cursor jsonb, p_rows bigint,
+                                                p_state text DEFAULT NULL, p_total bigint DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+    UPDATE pgshunt.jobs
+       SET cursor = p_cursor,
+           rows_done = rows_done + p_rows,
+           rows_total = coalesce(p_total, rows_total),
+           state = coalesce(p_state, state),
+           updated_at = clock_timestamp(),
+           error = NULL
+     WHERE name = p_name;
+$fn$;
+
 -- The phase in force, and whether its epoch is the one the proxy pinned for this batch
 -- (a batch under another epoch does nothing: its proxy reads the phase and sends it
 -- again).  Not locked: a SET PHASE that commits while the batch runs is like one that
@@ -258,16 +279,11 @@ BEGIN
     v_rate := CASE WHEN (j.cursor ->> 'rate') IS NULL OR v_rate IS NULL THEN v_rate
                    ELSE 0.7 * (j.cursor ->> 'rate')::float8 + 0.3 * v_rate END;
     state := CASE WHEN v_more THEN 'running' ELSE 'done' END;
-    UPDATE pgshunt.jobs AS jb
-       SET cursor = jsonb_build_object('after', coalesce(to_jsonb(v_last), j.cursor -> 'after'),
-                                       'inserted', coalesce((j.cursor ->> 'inserted')::bigint, 0) + v_ins,
-                                       'rate', round(coalesce(v_rate, 0)::numeric, 1)),
-           rows_done = jb.rows_done + rows_read,
-           rows_total = greatest(jb.rows_total, jb.rows_done + rows_read),
-           state = backfill_batch.state,
-           updated_at = clock_timestamp(),
-           error = NULL
-     WHERE jb.name = 'backfill';
+    PERFORM job_progress('backfill', jsonb_build_object(
+               'after', coalesce(to_jsonb(v_last), j.cursor -> 'after'),
+               'inserted', coalesce((j.cursor ->> 'inserted')::bigint, 0) + v_ins,
+               'rate', round(coalesce(v_rate, 0)::numeric, 1)),
+           rows_read, state, greatest(j.rows_total, j.rows_done + rows_read));
 END
 $fn$;
 
@@ -364,8 +380,7 @@ BEGIN
     keys := v_o;
     v_diffs := (j.cursor ->> 'differences')::bigint + v_d;
     state := CASE WHEN v_upto IS NOT NULL THEN 'running' WHEN v_diffs > 0 THEN 'dirty' ELSE 'clean' END;
-    UPDATE pgshunt.jobs AS jb
-       SET cursor = jsonb_build_object(
+    PERFORM job_progress('verify', jsonb_build_object(
                'after', coalesce(to_jsonb(v_upto), j.cursor -> 'after'),
                'rows_old', (j.cursor ->> 'rows_old')::bigint + v_o,
                'rows_next', (j.cursor ->> 'rows_next')::bigint + v_n,
@@ -374,11 +389,7 @@ BEGIN
                             SELECT e FROM jsonb_array_elements(j.cursor -> 'first') AS e
                             UNION ALL SELECT e FROM jsonb_array_elements(v_first) AS e LIMIT 10) AS f),
                'by', j.cursor -> 'by'),
-           rows_done = jb.rows_done + v_o,
-           state = verify_chunk.state,
-           updated_at = clock_timestamp(),
-           error = NULL
-     WHERE jb.name = 'verify';
+           v_o, state);
 END
 $fn$;
 
@@ -453,6 +464,7 @@ SET search_path = pg_catalog, pgshunt
 SET lock_timeout = '5s'    -- bounds how long a batch (and the epoch it pins) can wait
 AS $fn$
 DECLARE
+    v_job     pgshunt.jobs;
     v_state   text;
     v_phase   text;
     v_cur     boolean;
@@ -587,21 +599,20 @@ BEGIN
 
     EXECUTE format('DELETE FROM %s AS b USING pgshunt_drain AS d WHERE b.pgshunt_seq = d.pgshunt_seq', p_buffer);
     DROP TABLE pg_temp.pgshunt_drain;
-    UPDATE pgshunt.jobs AS jb
-       SET rows_done = jb.rows_done + claimed,
-           cursor = jsonb_build_object(
-               'drained', coalesce((jb.cursor ->> 'drained')::bigint, 0) + claimed,
-               'inserted', coalesce((jb.cursor ->> 'inserted')::bigint, 0) + inserted,
-               'duplicates', coalesce((jb.cursor ->> 'duplicates')::bigint, 0) + duplicates,
-               'ledgered', coalesce((jb.cursor ->> 'ledgered')::bigint, 0) + ledgered,
-               'skipped', coalesce((jb.cursor ->> 'skipped')::bigint, 0) + skipped,
-               'updated', coalesce((jb.cursor ->> 'updated')::bigint, 0) + updated,
-               'rate', round(coalesce(0.7 * (jb.cursor ->> 'rate')::numeric, 0)
-                             + CASE WHEN (jb.cursor ->> 'rate') IS NULL THEN 1 ELSE 0.3 END
-                               * claimed / greatest(extract(epoch FROM clock_timestamp() - jb.updated_at), 0.001)::numeric, 1)),
-           updated_at = clock_timestamp(),
-           error = NULL
-     WHERE jb.name = 'drain';
+    -- The counters add to what the other drainers committed: the row is read under the
+    -- lock the write takes, held to the end of the transaction.
+    SELECT * INTO v_job FROM pgshunt.jobs AS jb WHERE jb.name = 'drain' FOR NO KEY UPDATE;
+    PERFORM job_progress('drain', jsonb_build_object(
+               'drained', coalesce((v_job.cursor ->> 'drained')::bigint, 0) + claimed,
+               'inserted', coalesce((v_job.cursor ->> 'inserted')::bigint, 0) + inserted,
+               'duplicates', coalesce((v_job.cursor ->> 'duplicates')::bigint, 0) + duplicates,
+               'ledgered', coalesce((v_job.cursor ->> 'ledgered')::bigint, 0) + ledgered,
+               'skipped', coalesce((v_job.cursor ->> 'skipped')::bigint, 0) + skipped,
+               'updated', coalesce((v_job.cursor ->> 'updated')::bigint, 0) + updated,
+               'rate', round(coalesce(0.7 * (v_job.cursor ->> 'rate')::numeric, 0)
+                             + CASE WHEN (v_job.cursor ->> 'rate') IS NULL THEN 1 ELSE 0.3 END
+                               * claimed / greatest(extract(epoch FROM clock_timestamp() - v_job.updated_at), 0.001)::numeric, 1)),
+           claimed);
     state := 'running';
 END
 $fn$;
@@ -752,7 +763,8 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION pgshunt.job_key(regclass, int), pgshunt.job_columns(regclass, text),
-    pgshunt.job_claim(text, text), pgshunt.job_failed(text, text), pgshunt.job_phase(bigint),
+    pgshunt.job_claim(text, text), pgshunt.job_failed(text, text),
+    pgshunt.job_progress(text, jsonb, bigint, text, bigint), pgshunt.job_phase(bigint),
     pgshunt.backfill_control(regclass, text, text), pgshunt.backfill_batch(regclass, regclass, int, bigint),
     pgshunt.verify_start(regclass, text), pgshunt.verify_chunk(regclass, regclass, int),
     pgshunt.drain_control(text, text), pgshunt.job_old_name(text), pgshunt.job_count(regclass),

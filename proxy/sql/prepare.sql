@@ -183,6 +183,31 @@ BEGIN
 END
 $fn$;
 
+-- A table name as next_table and buffer_table give it, [schema.]table parsed as SQL
+-- identifiers (quoted or not), split into its schema (p_default_schema when
+-- unqualified) and its table.  Anything else fails with invalid_name, the message
+-- saying which name (p_what: 'next table', 'buffer table') was wrong.
+CREATE OR REPLACE FUNCTION pgshunt.split_name(p_name text, p_default_schema name, p_what text,
+                                              OUT nsp name, OUT rel name)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+DECLARE
+    v_parts text[] := parse_ident(p_name);
+BEGIN
+    IF cardinality(v_parts) = 1 THEN
+        nsp := p_default_schema;
+        rel := v_parts[1];
+    ELSIF cardinality(v_parts) = 2 THEN
+        nsp := v_parts[1];
+        rel := v_parts[2];
+    ELSE
+        RAISE EXCEPTION '% name % is not [schema.]table', p_what, quote_literal(p_name)
+            USING ERRCODE = 'invalid_name';
+    END IF;
+END
+$fn$;
+
 -- Make sure p_next (range-partitioned on one timestamptz, timestamp or date column) has a
 -- partition for every p_interval ('day', 'week' or 'month') from the one containing
 -- p_from (NULL: now()) to the one containing now(), plus p_premake more ahead.
@@ -641,7 +666,6 @@ DECLARE
     v_old_rel  name;
     v_old_kind "char";
     v_old_q    text;
-    v_parts    text[];
     v_next_nsp name;
     v_next_rel name;
     v_next_q   text;
@@ -819,28 +843,8 @@ BEGIN
     END IF;
 
     -- Names of next and buffer: SQL identifiers, schema-qualified or in old's schema.
-    v_parts := parse_ident(p_next);
-    IF cardinality(v_parts) = 1 THEN
-        v_next_nsp := v_old_nsp;
-        v_next_rel := v_parts[1];
-    ELSIF cardinality(v_parts) = 2 THEN
-        v_next_nsp := v_parts[1];
-        v_next_rel := v_parts[2];
-    ELSE
-        RAISE EXCEPTION 'next table name % is not [schema.]table', quote_literal(p_next)
-            USING ERRCODE = 'invalid_name';
-    END IF;
-    v_parts := parse_ident(p_buffer);
-    IF cardinality(v_parts) = 1 THEN
-        v_buf_nsp := v_old_nsp;
-        v_buf_rel := v_parts[1];
-    ELSIF cardinality(v_parts) = 2 THEN
-        v_buf_nsp := v_parts[1];
-        v_buf_rel := v_parts[2];
-    ELSE
-        RAISE EXCEPTION 'buffer table name % is not [schema.]table', quote_literal(p_buffer)
-            USING ERRCODE = 'invalid_name';
-    END IF;
+    SELECT n.nsp, n.rel INTO v_next_nsp, v_next_rel FROM split_name(p_next, v_old_nsp, 'next table') AS n;
+    SELECT n.nsp, n.rel INTO v_buf_nsp, v_buf_rel FROM split_name(p_buffer, v_old_nsp, 'buffer table') AS n;
     IF octet_length(v_next_rel) > 63 OR octet_length(v_buf_rel) > 63 THEN
         RAISE EXCEPTION 'table names are limited to 63 bytes' USING ERRCODE = 'name_too_long';
     END IF;
@@ -1222,6 +1226,7 @@ $fn$;
 REVOKE ALL ON FUNCTION pgshunt.index_tail(oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.index_tail_add_column(text, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.copy_owner_acl(regclass, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgshunt.split_name(text, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.partitions_ensure(regclass, text, timestamptz, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.prepare_claims(regclass, regclass, regclass, name[], oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgshunt.migrate_prepare(regclass, text, text, name, text, int, name[]) FROM PUBLIC;

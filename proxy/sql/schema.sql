@@ -79,20 +79,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION pgshunt.state_keep_row() FROM PUBLIC;
 
+-- The two triggers, each created unless pgshunt.state has a trigger of its name.
 DO $$
+DECLARE
+    t record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                   WHERE tgrelid = 'pgshunt.state'::pg_catalog.regclass
-                     AND tgname = 'state_keep_row') THEN
-        CREATE TRIGGER state_keep_row BEFORE DELETE ON pgshunt.state
-            FOR EACH ROW EXECUTE FUNCTION pgshunt.state_keep_row();
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                   WHERE tgrelid = 'pgshunt.state'::pg_catalog.regclass
-                     AND tgname = 'state_keep_row_truncate') THEN
-        CREATE TRIGGER state_keep_row_truncate BEFORE TRUNCATE ON pgshunt.state
-            FOR EACH STATEMENT EXECUTE FUNCTION pgshunt.state_keep_row();
-    END IF;
+    FOR t IN SELECT * FROM (VALUES ('state_keep_row', 'DELETE', 'ROW'),
+                                   ('state_keep_row_truncate', 'TRUNCATE', 'STATEMENT'))
+                             AS v(name, event, level) LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                       WHERE tgrelid = 'pgshunt.state'::pg_catalog.regclass
+                         AND tgname = t.name) THEN
+            EXECUTE pg_catalog.format('CREATE TRIGGER %I BEFORE %s ON pgshunt.state '
+                                      'FOR EACH %s EXECUTE FUNCTION pgshunt.state_keep_row()',
+                                      t.name, t.event, t.level);
+        END IF;
+    END LOOP;
 END
 $$;
 
