@@ -195,6 +195,11 @@ AS $fn$
 DECLARE
     v_parts text[] := parse_ident(p_name);
 BEGIN
+    -- Checked as text: assigned to a name, a longer identifier would be cut silently.
+    IF EXISTS (SELECT FROM unnest(v_parts) AS p WHERE octet_length(p) > 63) THEN
+        RAISE EXCEPTION '% name % is longer than 63 bytes', p_what, quote_literal(p_name)
+            USING ERRCODE = 'name_too_long';
+    END IF;
     IF cardinality(v_parts) = 1 THEN
         nsp := p_default_schema;
         rel := v_parts[1];
@@ -845,8 +850,11 @@ BEGIN
     -- Names of next and buffer: SQL identifiers, schema-qualified or in old's schema.
     SELECT n.nsp, n.rel INTO v_next_nsp, v_next_rel FROM split_name(p_next, v_old_nsp, 'next table') AS n;
     SELECT n.nsp, n.rel INTO v_buf_nsp, v_buf_rel FROM split_name(p_buffer, v_old_nsp, 'buffer table') AS n;
-    IF octet_length(v_next_rel) > 63 OR octet_length(v_buf_rel) > 63 THEN
-        RAISE EXCEPTION 'table names are limited to 63 bytes' USING ERRCODE = 'name_too_long';
+    -- Partitions are named <next>_pYYYYMMDD: 10 bytes more, within the 63 of a name.
+    IF octet_length(v_next_rel) > 53 THEN
+        RAISE EXCEPTION 'next table name % is longer than 53 bytes (its partitions add 10 to it, and a name has at most 63)',
+            quote_literal(v_next_rel)
+            USING ERRCODE = 'name_too_long';
     END IF;
     v_next_q := quote_ident(v_next_nsp) || '.' || quote_ident(v_next_rel);
     v_buf_q := quote_ident(v_buf_nsp) || '.' || quote_ident(v_buf_rel);

@@ -358,6 +358,12 @@ expect_error "refused: next exists, not partitioned" 0A000 \
 expect_error "refused: next exists, partitioned on another column" 0A000 \
 	"next table $s.other_next exists but is not partitioned by range on \"created_at\"" \
 	"$(prep ingest_idempotency other_next created_at '{site_id,idempotency_key}')"
+long=$(printf 'n%.0s' $(seq 54))
+expect_error "refused: next table name too long for its partitions" 42622 \
+	"next table name '$long' is longer than 53 bytes" "$(prep ingest_idempotency "$long" created_at '{site_id,idempotency_key}')"
+expect_error "refused: buffer table name over 63 bytes" 42622 \
+	"buffer table name '$long$long' is longer than 63 bytes" \
+	"SELECT * FROM pgshunt.migrate_prepare('ingest_idempotency', 'x_next', '$long$long', 'created_at', 'month', 1, '{site_id,idempotency_key}')"
 expect_error "refused: bad interval" 22023 "partition interval must be day, week or month" \
 	"SELECT * FROM pgshunt.migrate_prepare('ingest_idempotency', 'x_next', 'x_buf', 'created_at', 'year', 1, '{site_id,idempotency_key}')"
 expect_eq "refusals left nothing" "$(q -c "SELECT count(*) FROM pg_class WHERE relnamespace = '$s'::regnamespace
