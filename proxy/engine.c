@@ -8,6 +8,7 @@
 
 #include "parser/parser.h"
 #include "parser/scan.h"
+#include "proxy/binfmt.h"
 #include "proxy/control.h"
 #include "proxy/log.h"
 #include "proxy/mbuf.h"
@@ -32,12 +33,15 @@ struct pstmt {
 	uint64_t epoch;    /* the phase epoch its server-side version was made for */
 	uint8_t xform;
 	uint8_t kind;      /* enum stmt_kind, for the duration metrics */
+	bool upsert_args;  /* a claim's DO UPDATE clause uses $n: its portals carry them */
 };
 
 struct portal {
 	char *name;
 	uint8_t xform;
 	uint8_t kind;      /* 1 + enum stmt_kind of its statement, 0 = not ours */
+	char *args;        /* the values of the $n a claim's DO UPDATE clause uses, set for
+			      pgshunt.upsert_clause() before each Execute (NULL: none) */
 };
 
 /* An SQL-level PREPARE of a touching statement. */
@@ -527,15 +531,11 @@ static const char *upsert_refusal(const char *text, const struct stmt_info *st, 
 		    st->refs[i].start < st->conflict_start + st->conflict_len)
 			return "ON CONFLICT DO UPDATE that reads the table in its SET list or WHERE "
 			       "cannot go through the claim view in cutover";
-	for (size_t pos = u.set_start; pos < st->conflict_start + st->conflict_len;) {
-		scan_next(text, st->conflict_start + st->conflict_len, &pos, &tok);
-		if (tok.kind == TOK_END)
-			break;
-		/* The claim's trigger runs the SET list without the statement's parameters. */
-		if (tok.kind == TOK_PARAM)
-			return "ON CONFLICT DO UPDATE with parameters in its SET list or WHERE cannot "
-			       "go through the claim view (use EXCLUDED.column)";
-	}
+	(void)tok;
+	/* The clause's $n travel as chr(30) n chr(30) (put_clause()). */
+	if (memchr(text + st->conflict_start, 0x1e, st->conflict_len))
+		return "ON CONFLICT DO UPDATE with a control character 0x1E in its clause cannot go "
+		       "through the claim view";
 	return NULL;
 }
 
@@ -561,7 +561,10 @@ static const char *buffer_upsert_refusal(const char *text, const struct stmt_inf
 	return NULL;
 }
 
-/* The text of [start, end) with every EXCLUDED.col as ($1).col, the trigger's NEW. */
+/*
+ * The text of [start, end) with every EXCLUDED.col as ($1).col, the trigger's NEW, and
+ * every $n as chr(30) n chr(30), the value pgshunt.upsert_clause() puts there.
+ */
 static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, size_t end)
 {
 	struct scan_tok tok, prev = {0}, next;
@@ -579,6 +582,13 @@ static void put_with_excluded(struct pktbuf *b, const char *text, size_t start, 
 		if (word && !after_dot && next.kind == TOK_CHAR && text[next.start] == '.') {
 			pktbuf_put_bytes(b, text + at, tok.start - at);
 			pktbuf_put_bytes(b, "($1)", 4);
+			at = tok.end;
+		} else if (tok.kind == TOK_PARAM) {
+			/* pgshunt.upsert_clause() puts the value the client bound there. */
+			pktbuf_put_bytes(b, text + at, tok.start - at);
+			pktbuf_put_byte(b, 0x1e);
+			pktbuf_put_bytes(b, text + tok.start + 1, tok.end - tok.start - 1);
+			pktbuf_put_byte(b, 0x1e);
 			at = tok.end;
 		}
 		prev = tok;
@@ -639,6 +649,68 @@ static char *upsert_marker(const char *text, const struct stmt_info *st, const c
 	return marker_of("upsert", &b);
 }
 
+/* Whether an ON CONFLICT clause uses the statement's parameters ($n). */
+static bool clause_has_params(const char *text, const struct stmt_info *st)
+{
+	struct scan_tok tok;
+	size_t end = (size_t)st->conflict_start + st->conflict_len;
+	for (size_t pos = st->conflict_start; pos < end;) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			return false;
+		if (tok.kind == TOK_PARAM)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A DO UPDATE clause with $n: the clause leaves the statement for a comment, and a
+ * parameter it alone used would lose the type PostgreSQL infers for it from there (or
+ * be unknown, failing the Parse).  A data-modifying CTE that updates no row (WHERE
+ * false: no scan at all) keeps the SET list and WHERE, as written, where they give
+ * their parameters the same types (ParameterDescription included).
+ */
+static bool typing_cte_edit(struct edits *ed, const char *text, const struct stmt_info *st,
+			    const char *row, bool final)
+{
+	struct upsert_parts u;
+	struct scan_tok tok;
+	struct pktbuf b;
+	size_t pos = st->start, at;
+	const char *rel = final ? shunt.cfg.table : shunt.cfg.next_table;
+	if (!upsert_parts(text, st, &u))
+		return false;
+	scan_next(text, (size_t)st->start + st->len, &pos, &tok);
+	bool with = scan_tok_is(text, &tok, "with");
+	at = with ? tok.end : st->start;
+	if (with) {
+		size_t peek = pos;
+		scan_next(text, (size_t)st->start + st->len, &peek, &tok);
+		if (scan_tok_is(text, &tok, "recursive"))
+			at = tok.end;
+	}
+	char head[600], from[300];
+	int hn = snprintf(head, sizeof(head), "%s pgshunt_types AS (UPDATE %s AS %s SET ",
+			  with ? "" : "WITH", rel, row);
+	int fn = snprintf(from, sizeof(from), " FROM %s AS excluded WHERE false", rel);
+	if (hn < 0 || (size_t)hn >= sizeof(head) || fn < 0 || (size_t)fn >= sizeof(from))
+		return false;
+	pktbuf_init(&b);
+	pktbuf_put_bytes(&b, head, (size_t)hn);
+	pktbuf_put_bytes(&b, text + u.set_start, u.set_end - u.set_start);
+	pktbuf_put_bytes(&b, from, (size_t)fn);
+	if (u.where_end > u.where_start) {
+		pktbuf_put_bytes(&b, " AND (", 6);
+		pktbuf_put_bytes(&b, text + u.where_start, u.where_end - u.where_start);
+		pktbuf_put_byte(&b, ')');
+	}
+	pktbuf_put_bytes(&b, with ? "), " : ") ", with ? 3 : 2);
+	char *ins = pktbuf_ok(&b) ? strndup((char *)b.data, b.len) : NULL;
+	pktbuf_free(&b);
+	return edit_add(ed, (uint32_t)at, 0, ins);
+}
+
 /*
  * An INSERT into the table goes into a view instead (the claim's or the buffer's),
  * aliased with the name the client wrote so RETURNING's references still resolve;
@@ -668,6 +740,9 @@ static bool view_edits(struct edits *ed, const char *text, size_t len, const str
 	    !edit_add(ed, st->conflict_start, st->conflict_len,
 		      d->action == RULE_BUFFER ? conflict_marker(text, st)
 					       : upsert_marker(text, st, row)))
+		return false;
+	if (st->conflict == CONFLICT_UPDATE && d->action == RULE_CLAIM &&
+	    clause_has_params(text, st) && !typing_cte_edit(ed, text, st, row, !d->to_next))
 		return false;
 	if (st->conflict == CONFLICT_NOTHING &&
 	    !edit_add(ed, st->conflict_start, st->conflict_len, strdup("")))
@@ -1121,11 +1196,13 @@ static void portal_remove(struct engine *e, const char *name)
 	if (!p)
 		return;
 	free(p->name);
+	free(p->args);
 	*p = e->portals[--e->nportals];
 }
 
-/* kind: 1 + the statement's kind when it is one of ours (timed), else 0. */
-static bool portal_set(struct session *s, const char *name, uint8_t xform, uint8_t kind)
+/* kind: 1 + the statement's kind when it is one of ours (timed), else 0; args: owned. */
+static bool portal_set(struct session *s, const char *name, uint8_t xform, uint8_t kind,
+		       char *args)
 {
 	struct engine *e = s->eng;
 	if (!e || (!xform && !kind && !portal_find(e, name)))
@@ -1134,14 +1211,19 @@ static bool portal_set(struct session *s, const char *name, uint8_t xform, uint8
 	if (!xform && !kind)
 		return true;
 	struct portal *grown = realloc(e->portals, sizeof(*grown) * (e->nportals + 1));
-	if (!grown)
+	if (!grown) {
+		free(args);
 		return false;
+	}
 	e->portals = grown;
 	grown[e->nportals].name = strdup(name);
 	grown[e->nportals].xform = xform;
 	grown[e->nportals].kind = kind;
-	if (!grown[e->nportals].name)
+	grown[e->nportals].args = args;
+	if (!grown[e->nportals].name) {
+		free(args);
 		return false;
+	}
 	e->nportals++;
 	return true;
 }
@@ -1176,11 +1258,12 @@ static bool refuse_extended(struct session *s, enum req_kind kind, const char *r
 
 /* The server-side text of a statement for the pinned phase; NULL + reason to refuse. */
 static char *extended_text(struct session *s, const char *query, uint8_t *xform, uint8_t *kind,
-			   const char **reason)
+			   bool *args, const char **reason)
 {
 	static char why[300];
 	*xform = XF_NONE;
 	*kind = STMT_OTHER;
+	*args = false;
 	const struct parse_result *r = parse_text(s, query, strlen(query));
 	if (!r) {
 		*reason = "out of memory";
@@ -1197,6 +1280,8 @@ static char *extended_text(struct session *s, const char *query, uint8_t *xform,
 	char *out = engine_statement_text(s->pin.phase, s->pin.degraded, query, st, &d, xform,
 					  reason);
 	*kind = (uint8_t)st->kind;
+	*args = out && d.action == RULE_CLAIM && st->conflict == CONFLICT_UPDATE &&
+		clause_has_params(query, st);
 	if (st->touches)
 		count_decision(s, st, &d);
 	return out;
@@ -1259,8 +1344,9 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 		return send_request(s, 'P', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 	}
 	uint8_t xform, kind;
+	bool args;
 	const char *reason = NULL;
-	char *text = extended_text(s, query, &xform, &kind, &reason);
+	char *text = extended_text(s, query, &xform, &kind, &args, &reason);
 	if (!text)
 		return refuse_extended(s, REQ_PARSE, reason);
 	struct pstmt *p = pstmt_add(s, name, query, m.data + m.pos, (uint32_t)mbuf_avail(&m));
@@ -1269,6 +1355,7 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 		p->epoch = s->pin.epoch;
 		p->xform = xform;
 		p->kind = kind;
+		p->upsert_args = args;
 		ok = send_parse(s, name, text, m.data + m.pos, (uint32_t)mbuf_avail(&m),
 				RESP_FORWARD, TAG_CLIENT);
 	}
@@ -1276,24 +1363,30 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 	return ok || s->state == SS_CLOSED ? ok : oom(s);
 }
 
+/* A Close ('C') of a statement ('S') or portal ('P') the client does not see answered. */
+static bool send_own_close(struct session *s, char what, const char *name)
+{
+	struct pktbuf b;
+	pktbuf_init(&b);
+	pktbuf_start(&b, 'C');
+	pktbuf_put_byte(&b, (uint8_t)what);
+	pktbuf_put_string(&b, name);
+	pktbuf_finish(&b);
+	return send_built(s, &b, RESP_SKIP, TAG_REPORT, XF_NONE, NULL);
+}
+
 /* A statement made for an older epoch is made again, unseen, before it is bound. */
 static bool reprepare(struct session *s, struct pstmt *p)
 {
 	uint8_t xform, kind;
+	bool args;
 	const char *reason = NULL;
-	char *text = extended_text(s, p->query, &xform, &kind, &reason);
+	char *text = extended_text(s, p->query, &xform, &kind, &args, &reason);
 	if (!text)
 		return refuse_extended(s, REQ_BIND, reason);
 	bool ok = true;
-	if (p->name[0]) {
-		struct pktbuf b;
-		pktbuf_init(&b);
-		pktbuf_start(&b, 'C');
-		pktbuf_put_byte(&b, 'S');
-		pktbuf_put_string(&b, p->name);
-		pktbuf_finish(&b);
-		ok = send_built(s, &b, RESP_SKIP, TAG_REPORT, XF_NONE, NULL);
-	}
+	if (p->name[0])
+		ok = send_own_close(s, 'S', p->name);
 	ok = ok && send_parse(s, p->name, text, p->tail, p->tail_len, RESP_SKIP, TAG_REPORT);
 	free(text);
 	if (ok) {
@@ -1302,8 +1395,86 @@ static bool reprepare(struct session *s, struct pstmt *p)
 		p->epoch = s->pin.epoch;
 		p->xform = xform;
 		p->kind = kind;
+		p->upsert_args = args;
 	}
 	return ok;
+}
+
+/*
+ * The values a claim's DO UPDATE clause takes from the Bind, for its portal: "n:oid:hex"
+ * per $n of the clause (oid: the type the Parse declared, 0 for none; hex: the value in
+ * the client's encoding, "-" for NULL), comma-separated.  pgshunt.upsert_clause() puts
+ * each where its $n stood, as a literal (cast to the declared type): what PostgreSQL
+ * does with an untyped parameter, it does with an untyped literal.  A binary value
+ * cannot be written as a literal here: refused.  A Bind the server will refuse anyway
+ * (too few parameters, malformed) carries none.  False when refused.
+ */
+static bool bind_args(struct session *s, const struct pstmt *p, const uint8_t *msg,
+		      uint32_t total, char **out)
+{
+	static const char hex[] = "0123456789abcdef";
+	const struct parse_result *r = parse_text(s, p->query, strlen(p->query));
+	*out = NULL;
+	if (!r || r->status != PARSE_OK || r->nstmts != 1)
+		return true;
+	const struct stmt_info *st = &r->stmts[0];
+	size_t end = (size_t)st->conflict_start + st->conflict_len;
+	struct scan_tok tok;
+	struct pktbuf b;
+	pktbuf_init(&b);
+	for (size_t pos = st->conflict_start; pos < end;) {
+		scan_next(p->query, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			break;
+		if (tok.kind != TOK_PARAM)
+			continue;
+		unsigned long n = strtoul(p->query + tok.start + 1, NULL, 10);
+		struct bind_param bp;
+		if (n == 0 || n > UINT16_MAX ||
+		    proto_bind_param(msg, total, (uint16_t)(n - 1), &bp) != 1) {
+			pktbuf_free(&b);
+			return true;
+		}
+		int64_t oid = proto_parse_param_type(p->tail, p->tail_len, (uint16_t)(n - 1));
+		struct pktbuf text;
+		pktbuf_init(&text);
+		if (bp.binary && bp.len >= 0 &&
+		    (oid <= 0 || !binfmt_to_text((uint32_t)oid, bp.value, (size_t)bp.len, &text))) {
+			char why[200];
+			snprintf(why, sizeof(why),
+				 "ON CONFLICT DO UPDATE with a binary-format parameter $%lu (type OID "
+				 "%lld) in its SET list or WHERE cannot go through the claim view "
+				 "(pgshunt passes those values as text; send it as text)",
+				 n, (long long)oid);
+			pktbuf_free(&text);
+			pktbuf_free(&b);
+			refuse_extended(s, REQ_BIND, why);
+			return false;
+		}
+		const uint8_t *val = bp.binary ? text.data : bp.value;
+		size_t vlen = bp.binary ? text.len : (size_t)(bp.len < 0 ? 0 : bp.len);
+		char head[40];
+		int hn = snprintf(head, sizeof(head), "%s%lu:%lld:", b.len ? "," : "", n,
+				  (long long)(oid < 0 ? 0 : oid));
+		pktbuf_put_bytes(&b, head, (size_t)hn);
+		if (bp.len < 0)
+			pktbuf_put_byte(&b, '-');
+		for (size_t i = 0; bp.len >= 0 && i < vlen; i++) {
+			pktbuf_put_byte(&b, (uint8_t)hex[val[i] >> 4]);
+			pktbuf_put_byte(&b, (uint8_t)hex[val[i] & 15]);
+		}
+		if (!pktbuf_ok(&text))
+			b.failed = true;
+		pktbuf_free(&text);
+	}
+	pktbuf_put_byte(&b, 0);
+	if (!pktbuf_ok(&b)) {
+		pktbuf_free(&b);
+		return oom(s);
+	}
+	*out = strdup((char *)b.data);
+	pktbuf_free(&b);
+	return *out ? true : oom(s);
 }
 
 static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
@@ -1325,7 +1496,10 @@ static bool on_bind(struct session *s, const uint8_t *msg, uint32_t total)
 	}
 	if (p)
 		xform = p->xform;
-	if (!portal_set(s, portal, xform, p ? (uint8_t)(p->kind + 1) : 0))
+	char *args = NULL;
+	if (p && p->upsert_args && !bind_args(s, p, msg, total, &args))
+		return s->state != SS_CLOSED;
+	if (!portal_set(s, portal, xform, p ? (uint8_t)(p->kind + 1) : 0, args))
 		return oom(s);
 	if (xform != XF_DROP_LAST && xform != XF_DROP_LAST_MAP)
 		return send_request(s, 'B', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
@@ -1365,6 +1539,44 @@ static bool on_describe(struct session *s, const uint8_t *msg, uint32_t total)
 static bool send_execute(struct session *s, const uint8_t *msg, uint32_t total, uint8_t xform,
 			 const uint8_t *nul);
 
+/*
+ * Before a claim's DO UPDATE with $n runs, its values go where its trigger reads them:
+ * the transaction-local setting pgshunt.upsert_args, set by a statement of pgshunt's own
+ * (prepared afresh each time, under a name of its own so that the client's unnamed
+ * statement and portal stay as they are).  Set at each Execute, not at Bind: two
+ * portals bound before either runs each get their own values.  Its answers are
+ * swallowed; an error of it is the client's Execute's (the server then skips that).
+ */
+static bool send_upsert_args(struct session *s, const char *args)
+{
+	static const char name[] = "pgshunt_upsert_args";
+	static const uint8_t text_oid[] = {0, 1, 0, 0, 0, 25};
+	struct pktbuf b;
+	if (!send_own_close(s, 'S', name) ||
+	    !send_parse(s, name, "SELECT pg_catalog.set_config('pgshunt.upsert_args', $1, true)",
+			text_oid, sizeof(text_oid), RESP_SKIP, TAG_REPORT))
+		return false;
+	pktbuf_init(&b);
+	pktbuf_start(&b, 'B');
+	pktbuf_put_string(&b, name);
+	pktbuf_put_string(&b, name);
+	pktbuf_put_uint16(&b, 0);
+	pktbuf_put_uint16(&b, 1);
+	pktbuf_put_uint32(&b, (uint32_t)strlen(args));
+	pktbuf_put_bytes(&b, args, strlen(args));
+	pktbuf_put_uint16(&b, 0);
+	pktbuf_finish(&b);
+	if (!send_built(s, &b, RESP_SKIP, TAG_REPORT, XF_NONE, NULL))
+		return false;
+	pktbuf_init(&b);
+	pktbuf_start(&b, 'E');
+	pktbuf_put_string(&b, name);
+	pktbuf_put_uint32(&b, 0);
+	pktbuf_finish(&b);
+	return send_built(s, &b, RESP_SKIP, TAG_REPORT, XF_NONE, NULL) &&
+	       send_own_close(s, 'P', name);
+}
+
 static bool on_execute(struct session *s, const uint8_t *msg, uint32_t total)
 {
 	uint8_t xform = XF_NONE, timed = 0;
@@ -1373,6 +1585,8 @@ static bool on_execute(struct session *s, const uint8_t *msg, uint32_t total)
 		struct portal *p = portal_find(s->eng, (const char *)msg + 5);
 		xform = p ? p->xform : XF_NONE;
 		timed = p ? p->kind : 0;
+		if (p && p->args && !send_upsert_args(s, p->args))
+			return false;
 	}
 	bool ok = send_execute(s, msg, total, xform, nul);
 	if (ok && timed)

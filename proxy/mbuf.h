@@ -76,6 +76,11 @@ static inline bool mbuf_get_string(struct mbuf *m, const char **s)
 	return true;
 }
 
+static inline uint16_t read_uint16_be(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
 static inline uint32_t read_uint32_be(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];

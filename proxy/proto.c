@@ -249,6 +249,60 @@ int proto_bind_extend_formats(const uint8_t *msg, uint32_t total, struct pktbuf 
 	return pktbuf_ok(out) ? 1 : -1;
 }
 
+int proto_bind_param(const uint8_t *msg, uint32_t total, uint16_t index, struct bind_param *out)
+{
+	struct mbuf m;
+	const char *portal, *stmt;
+	const uint8_t *fmts, *skip;
+	uint16_t nfmt, nparams, nres;
+	uint32_t len = 0;
+	int found = 0;
+
+	if (total < PROTO_HEADER_LEN || msg[0] != 'B')
+		return -1;
+	mbuf_init(&m, msg, total);
+	m.pos = PROTO_HEADER_LEN;
+	if (!mbuf_get_string(&m, &portal) || !mbuf_get_string(&m, &stmt) ||
+	    !mbuf_get_uint16(&m, &nfmt) || !mbuf_get_bytes(&m, (size_t)nfmt * 2, &fmts) ||
+	    !mbuf_get_uint16(&m, &nparams))
+		return -1;
+	if (nfmt > 1 && nfmt != nparams)
+		return -1;
+	for (uint16_t i = 0; i < nfmt; i++)
+		if (read_uint16_be(fmts + 2 * i) > 1)
+			return -1;
+	for (uint16_t i = 0; i < nparams; i++) {
+		const uint8_t *value = NULL;
+		if (!mbuf_get_uint32(&m, &len) ||
+		    (len != 0xffffffffu && !mbuf_get_bytes(&m, len, &value)))
+			return -1;
+		if (i == index) {
+			uint16_t fmt = nfmt == 0 ? 0 : read_uint16_be(fmts + 2 * (nfmt == 1 ? 0 : i));
+			out->binary = fmt == 1;
+			out->len = len == 0xffffffffu ? -1 : (int32_t)len;
+			out->value = value;
+			found = 1;
+		}
+	}
+	if (!mbuf_get_uint16(&m, &nres) || !mbuf_get_bytes(&m, (size_t)nres * 2, &skip) ||
+	    mbuf_avail(&m) != 0)
+		return -1;
+	return found;
+}
+
+int64_t proto_parse_param_type(const uint8_t *tail, size_t len, uint16_t index)
+{
+	struct mbuf m;
+	const uint8_t *oids;
+	uint16_t n;
+
+	mbuf_init(&m, tail, len);
+	if (!mbuf_get_uint16(&m, &n) || !mbuf_get_bytes(&m, (size_t)n * 4, &oids) ||
+	    mbuf_avail(&m) != 0)
+		return -1;
+	return index < n ? (int64_t)read_uint32_be(oids + 4 * index) : 0;
+}
+
 static uint16_t map_attnum(const int16_t (*attmap)[2], size_t nmap, uint16_t attnum)
 {
 	for (size_t i = 0; i < nmap; i++)

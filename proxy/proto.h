@@ -95,6 +95,27 @@ bool proto_rowdesc_map_table(const uint8_t *msg, uint32_t total, uint32_t from_o
  */
 int proto_bind_extend_formats(const uint8_t *msg, uint32_t total, struct pktbuf *out);
 
+/* One parameter of a Bind ('B'), as the client sent it. */
+struct bind_param {
+	bool binary;          /* format code 1 */
+	int32_t len;          /* -1: NULL */
+	const uint8_t *value; /* len bytes inside the message */
+};
+
+/*
+ * Parameter `index` (0-based) of a Bind: 1 with *out filled, 0 when the message has
+ * fewer parameters, -1 when it is malformed (truncated, trailing bytes, a format count
+ * that is neither 0, 1 nor the parameter count, a format code other than 0 and 1).
+ */
+int proto_bind_param(const uint8_t *msg, uint32_t total, uint16_t index, struct bind_param *out);
+
+/*
+ * The type OID a Parse declared for parameter `index` (0-based), from the bytes after
+ * the query (int16 count, int32 OIDs): 0 when not declared (or declared 0), -1 when
+ * the bytes are malformed.
+ */
+int64_t proto_parse_param_type(const uint8_t *tail, size_t len, uint16_t index);
+
 /* The int32 code of an Authentication message body, or false when too short. */
 bool proto_auth_code(const uint8_t *body, size_t len, uint32_t *code);
 

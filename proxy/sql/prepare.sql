@@ -361,12 +361,19 @@ $fn$;
 -- three, joined by chr(31), in the client's encoding, as hex): a trigger has no other
 -- way to learn them, and the comment travels with the statement in both protocols.
 -- Exactly one such comment must be in the query being run (the engine sends no more).
+-- The clause's parameters stand there as chr(30) n chr(30): before each Execute pgshunt
+-- sets pgshunt.upsert_args to "n:type oid:hex value" (or "-" for NULL), comma-separated,
+-- from the client's Bind, and each becomes a literal, cast to the type the client
+-- declared for it (none: an untyped literal, typed by its place, as the parameter was).
 CREATE OR REPLACE FUNCTION pgshunt.upsert_clause() RETURNS text[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pgshunt
 AS $fn$
 DECLARE
-    v_hex text[];
+    v_hex    text[];
+    v_clause text[];
+    v_lit    text;
+    r        record;
 BEGIN
     SELECT array_agg(m[1]) INTO v_hex
       FROM regexp_matches(current_query(), '/\*pgshunt:upsert:([0-9a-f]*)\*/', 'g') AS m;
@@ -375,7 +382,26 @@ BEGIN
             coalesce(cardinality(v_hex), 0)
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    RETURN string_to_array(convert_from(decode(v_hex[1], 'hex'), pg_client_encoding()), chr(31));
+    v_clause := string_to_array(convert_from(decode(v_hex[1], 'hex'), pg_client_encoding()), chr(31));
+    IF strpos(v_clause[2] || v_clause[3], chr(30)) = 0 THEN
+        RETURN v_clause;
+    END IF;
+    FOR r IN SELECT split_part(a, ':', 1) AS n, split_part(a, ':', 2)::oid AS typ,
+                    split_part(a, ':', 3) AS val
+               FROM unnest(string_to_array(current_setting('pgshunt.upsert_args', true), ',')) AS a LOOP
+        v_lit := CASE WHEN r.val = '-' THEN 'NULL'
+                      ELSE quote_literal(convert_from(decode(r.val, 'hex'), pg_client_encoding())) END;
+        IF r.typ <> 0 THEN
+            v_lit := format('%s::%s', v_lit, r.typ::regtype);
+        END IF;
+        v_clause[2] := replace(v_clause[2], chr(30) || r.n || chr(30), v_lit);
+        v_clause[3] := replace(v_clause[3], chr(30) || r.n || chr(30), v_lit);
+    END LOOP;
+    IF strpos(v_clause[2] || v_clause[3], chr(30)) > 0 THEN
+        RAISE EXCEPTION 'pgshunt: the parameters of ON CONFLICT DO UPDATE''s clause were not passed (run the statement through pgshunt''s extended protocol)'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN v_clause;
 END
 $fn$;
 

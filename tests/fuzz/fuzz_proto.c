@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "proxy/admin.h"
+#include "proxy/binfmt.h"
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
 #include "proxy/pktbuf.h"
@@ -246,6 +247,23 @@ static void fuzz_rewrites(const uint8_t *msg, uint32_t total)
 	pktbuf_reset(&out);
 	if (proto_datarow_drop_last(msg, total, &out))
 		CHECK(out.data[0] == 'D' && out.len < total && read_uint32_be(out.data + 1) == out.len - 1);
+	/* A claim's DO UPDATE parameters: each value inside the message, written as text
+	 * (any type OID, from the message's own bytes) without reading past it. */
+	for (uint16_t i = 0; i < 4; i++) {
+		struct bind_param bp;
+		int found = proto_bind_param(msg, total, i, &bp);
+		CHECK(found >= -1 && found <= 1);
+		if (found != 1 || bp.len < 0)
+			continue;
+		CHECK(bp.value >= msg && bp.value + bp.len <= msg + total);
+		static const uint32_t oids[] = {16,  17,  19,  20,   21,   23,   25,   26,   114, 700,
+						701, 705, 1042, 1043, 1082, 1114, 1184, 1700, 2950, 3802};
+		for (size_t k = 0; k < sizeof(oids) / sizeof(oids[0]); k++) {
+			pktbuf_reset(&out);
+			(void)binfmt_to_text(oids[k], bp.value, (size_t)bp.len, &out);
+		}
+		(void)proto_parse_param_type(msg + 5, total - 5, i);
+	}
 	pktbuf_free(&out);
 }
 

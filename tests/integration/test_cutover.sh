@@ -167,15 +167,24 @@ for ph in cutover; do
 	refused "TRUNCATE ingest_idempotency" $ph
 	refused "COPY ingest_idempotency FROM STDIN" $ph
 done
+# $n in DO UPDATE's clause: the values travel to the trigger (tests/integration/
+# test_upsert_params.sh has the whole comparison); psycopg sends an int in binary.  A
+# binary value of a type pgshunt does not write as text (interval) is refused.
 /usr/bin/python3 - "$app" <<'PY' || fail "DO UPDATE with a parameter in its SET list"
-import sys, psycopg
+import datetime, sys, psycopg
+sql = ("INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ('r', '3', '')"
+       " ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = %s RETURNING response_code")
 with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    assert c.execute(sql, (7,)).fetchall() == [(None,)]
+    assert c.execute(sql, (8,)).fetchall() == [(8,)]
     try:
-        c.execute("INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '3', '')"
-                  " ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = %s", (7,))
-        raise SystemExit("not refused")
+        c.execute("INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ('r', '3', '')"
+                  " ON CONFLICT (site_id, idempotency_key) DO UPDATE SET expires_at = t.expires_at + %s",
+                  (datetime.timedelta(hours=1),))
+        raise SystemExit("binary interval not refused")
     except psycopg.errors.FeatureNotSupported as e:
-        assert "parameters" in str(e), str(e)
+        assert "binary-format parameter $1 (type OID 1186)" in str(e), str(e)
+    c.execute("DELETE FROM ingest_idempotency WHERE site_id = 'r' AND idempotency_key = '3'")
 PY
 # The trigger reads DO UPDATE's clause from the statement pgshunt sends, and nowhere else.
 for bad in "" "/*pgshunt:upsert:74*/ /*pgshunt:upsert:74*/"; do

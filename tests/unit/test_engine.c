@@ -278,6 +278,86 @@ static void test_qualified_columns(void **state)
 	       "SELECT public.ingest_idempotency.status FROM ingest_idempotency");
 }
 
+/*
+ * $n in a claim's DO UPDATE clause: a CTE that updates nothing keeps the clause where
+ * its parameters get their types; the clause itself travels hex-encoded (its $n as
+ * chr(30) n chr(30)), so only the statement's head and tail are compared here.
+ */
+static void test_upsert_params(void **state)
+{
+	(void)state;
+	struct parse_result *r;
+	struct rule_decision d;
+	const char *reason = NULL;
+	uint8_t xform;
+	static const char sql[] =
+	    "INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES "
+	    "($1, $2, '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = $3 "
+	    "WHERE t.status <> $4 RETURNING t.status";
+	static const char head_cut[] =
+	    "WITH pgshunt_types AS (UPDATE public.ingest_idempotency_next AS t SET  response_code "
+	    "= $3  FROM public.ingest_idempotency_next AS excluded WHERE false AND ( t.status <> "
+	    "$4)) INSERT INTO pgshunt.\"ingest_idempotency_claim_upsert\" AS t";
+	static const char head_fin[] =
+	    "WITH pgshunt_types AS (UPDATE public.ingest_idempotency AS t SET  response_code = $3 "
+	    " FROM public.ingest_idempotency AS excluded WHERE false AND ( t.status <> $4)) "
+	    "INSERT INTO pgshunt.\"ingest_idempotency_claim_upsert_final\" AS t";
+	/* "response_code = \x1e3\x1e" and "t.status <> \x1e4\x1e" in hex */
+	static const char set_hex[] = "726573706f6e73655f636f6465203d201e331e";
+	static const char where_hex[] = "742e737461747573203c3e201e341e";
+	for (int final = 0; final < 2; final++) {
+		r = parser_parse(&shunt.tables, sql, strlen(sql), KEY_COLUMNS, PARTITION_COLUMN);
+		assert_non_null(r);
+		char *got = engine_statement_text(final ? PHASE_FINALIZED : PHASE_CUTOVER, false, sql,
+						  &r->stmts[0], &d, &xform, &reason);
+		if (!got)
+			fail_msg("refused: %s", reason ? reason : "");
+		const char *head = final ? head_fin : head_cut;
+		if (strncmp(got, head, strlen(head)) != 0)
+			fail_msg("got      %s\nexpected %s...", got, head);
+		assert_non_null(strstr(got, set_hex));
+		assert_non_null(strstr(got, where_hex));
+		assert_non_null(strstr(got, "*/  RETURNING t.status"));
+		free(got);
+		parse_result_free(r);
+	}
+	/* A WITH of the client's own: the CTE joins its list. */
+	expect(PHASE_CUTOVER, false,
+	       "WITH v AS (SELECT 1) INSERT INTO ingest_idempotency (site_id, idempotency_key, "
+	       "request_hash) VALUES ('a', 'b', '') ON CONFLICT (site_id, idempotency_key) DO "
+	       "UPDATE SET status = $1 RETURNING status",
+	       "...*/  RETURNING status");
+	r = parser_parse(&shunt.tables,
+			 "WITH RECURSIVE v AS (SELECT 1) INSERT INTO ingest_idempotency (site_id) "
+			 "VALUES ('a') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = "
+			 "$1",
+			 strlen("WITH RECURSIVE v AS (SELECT 1) INSERT INTO ingest_idempotency (site_id) "
+				"VALUES ('a') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET "
+				"status = $1"),
+			 KEY_COLUMNS, PARTITION_COLUMN);
+	assert_non_null(r);
+	char *got = engine_statement_text(PHASE_CUTOVER, false,
+					  "WITH RECURSIVE v AS (SELECT 1) INSERT INTO ingest_idempotency "
+					  "(site_id) VALUES ('a') ON CONFLICT (site_id, idempotency_key) "
+					  "DO UPDATE SET status = $1",
+					  &r->stmts[0], &d, &xform, &reason);
+	assert_non_null(got);
+	assert_non_null(strstr(got, "WITH RECURSIVE pgshunt_types AS (UPDATE "));
+	assert_non_null(strstr(got, "WHERE false),  v AS (SELECT 1) INSERT INTO pgshunt."));
+	free(got);
+	parse_result_free(r);
+	/* A 0x1E of the client's own would pass for a parameter: refused. */
+	expect(PHASE_CUTOVER, false,
+	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') ON CONFLICT (site_id, "
+	       "idempotency_key) DO UPDATE SET status = '\x1e" "1\x1e'",
+	       "!control character 0x1E");
+	/* DEGRADED still refuses them: the drain replays the clause as written. */
+	expect(PHASE_CUTOVER, true,
+	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') ON CONFLICT (site_id, "
+	       "idempotency_key) DO UPDATE SET status = $1",
+	       "!cannot be buffered");
+}
+
 /* finalized: ONLY dropped, COPY name TO as a query, the name kept as written. */
 static void test_finalized_whole(void **state)
 {
@@ -310,6 +390,7 @@ int main(void)
 	    cmocka_unit_test(test_other_system_columns),
 	    cmocka_unit_test(test_qualified_columns),
 	    cmocka_unit_test(test_finalized_whole),
+	    cmocka_unit_test(test_upsert_params),
 	};
 	static char table[] = "public.ingest_idempotency";
 	static char next_table[] = "public.ingest_idempotency_next";

@@ -909,6 +909,98 @@ static void test_bind_extend_formats(void **state)
 }
 
 
+/* ---- Bind and Parse: the parameters of an upsert's clause ---- */
+
+static void build_bind_params(struct pktbuf *b, uint16_t nfmt, const uint16_t *fmt)
+{
+	pktbuf_start(b, 'B');
+	pktbuf_put_string(b, "p");
+	pktbuf_put_string(b, "s");
+	pktbuf_put_uint16(b, nfmt);
+	for (uint16_t i = 0; i < nfmt; i++)
+		pktbuf_put_uint16(b, fmt[i]);
+	pktbuf_put_uint16(b, 3); /* 'ab', NULL, '' */
+	pktbuf_put_uint32(b, 2);
+	pktbuf_put_bytes(b, "ab", 2);
+	pktbuf_put_uint32(b, 0xffffffff);
+	pktbuf_put_uint32(b, 0);
+	pktbuf_put_uint16(b, 1);
+	pktbuf_put_uint16(b, 0);
+	pktbuf_finish(b);
+}
+
+static void test_bind_param(void **state)
+{
+	(void)state;
+	static const uint16_t text[] = {0}, binary[] = {1}, mixed[] = {0, 1, 0}, two[] = {0, 1},
+			      bad[] = {0, 2, 0};
+	struct pktbuf in;
+	struct bind_param p;
+	pktbuf_init(&in);
+	build_bind_params(&in, 0, NULL);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 0, &p), 1);
+	assert_false(p.binary);
+	assert_int_equal(p.len, 2);
+	assert_memory_equal(p.value, "ab", 2);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 1, &p), 1);
+	assert_int_equal(p.len, -1);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 2, &p), 1);
+	assert_int_equal(p.len, 0);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 3, &p), 0);
+
+	/* One code for all; one per parameter. */
+	pktbuf_reset(&in);
+	build_bind_params(&in, 1, binary);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 2, &p), 1);
+	assert_true(p.binary);
+	pktbuf_reset(&in);
+	build_bind_params(&in, 1, text);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 2, &p), 1);
+	assert_false(p.binary);
+	pktbuf_reset(&in);
+	build_bind_params(&in, 3, mixed);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 1, &p), 1);
+	assert_true(p.binary);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 2, &p), 1);
+	assert_false(p.binary);
+
+	/* Malformed: two codes for three parameters, a code 2, every truncation, a trailing
+	 * byte, another message type. */
+	pktbuf_reset(&in);
+	build_bind_params(&in, 2, two);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 0, &p), -1);
+	pktbuf_reset(&in);
+	build_bind_params(&in, 3, bad);
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 0, &p), -1);
+	pktbuf_reset(&in);
+	build_bind_params(&in, 3, mixed);
+	for (uint32_t cut = 0; cut < in.len; cut++)
+		assert_int_equal(proto_bind_param(in.data, cut, 0, &p), -1);
+	uint8_t *longer = malloc(in.len + 1);
+	memcpy(longer, in.data, in.len);
+	longer[in.len] = 0;
+	assert_int_equal(proto_bind_param(longer, (uint32_t)in.len + 1, 0, &p), -1);
+	free(longer);
+	in.data[0] = 'P';
+	assert_int_equal(proto_bind_param(in.data, (uint32_t)in.len, 0, &p), -1);
+	pktbuf_free(&in);
+}
+
+static void test_parse_param_type(void **state)
+{
+	(void)state;
+	static const uint8_t two[] = {0, 2, 0, 0, 0, 25, 0, 0, 0, 0}, none[] = {0, 0},
+			     short_oid[] = {0, 1, 0, 0, 0}, extra[] = {0, 0, 7};
+	assert_int_equal(proto_parse_param_type(two, sizeof(two), 0), 25);
+	assert_int_equal(proto_parse_param_type(two, sizeof(two), 1), 0);
+	assert_int_equal(proto_parse_param_type(two, sizeof(two), 2), 0);
+	assert_int_equal(proto_parse_param_type(none, sizeof(none), 0), 0);
+	assert_int_equal(proto_parse_param_type(short_oid, sizeof(short_oid), 0), -1);
+	assert_int_equal(proto_parse_param_type(extra, sizeof(extra), 0), -1);
+	assert_int_equal(proto_parse_param_type(none, 1, 0), -1);
+	assert_int_equal(proto_parse_param_type(NULL, 0, 0), -1);
+}
+
 
 static void test_rowdesc_map_table(void **state)
 {
@@ -947,6 +1039,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_rowdesc_map_table),
 	    cmocka_unit_test(test_bind_extend_formats),
+	    cmocka_unit_test(test_bind_param),
+	    cmocka_unit_test(test_parse_param_type),
 	    cmocka_unit_test(test_rowdesc_drop_last),
 	    cmocka_unit_test(test_datarow_drop_last),
 	    cmocka_unit_test(test_startup_v3_full),
