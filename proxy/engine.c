@@ -1872,10 +1872,52 @@ static bool rowdesc_map_drop_last(const uint8_t *msg, uint32_t total, struct pkt
 }
 
 /*
- * An error raised inside a claim trigger carries a CONTEXT line naming pgshunt's
- * function; PostgreSQL's own error for the client's statement has none (I3).
+ * The relation an error of a claim or buffer view names, as the table's own error would
+ * name it: next_table or one of its partitions (named <next>_y.. / <next>_p.., before
+ * and after the rename at finalized), or the buffer, is the table.  NULL: keep it.
  */
-static bool error_drop_context(const uint8_t *msg, uint32_t total, struct pktbuf *out)
+static const char *table_for(const char *rel, size_t len)
+{
+	const char *next = shunt.tables.rel[REL_NEXT].name, *buf = shunt.tables.rel[REL_BUFFER].name;
+	size_t nl = strlen(next);
+	bool partition = len > nl + 2 && memcmp(rel, next, nl) == 0 && rel[nl] == '_' &&
+			 (rel[nl + 1] == 'y' || rel[nl + 1] == 'p') &&
+			 isdigit((unsigned char)rel[nl + 2]);
+	if ((len == nl && memcmp(rel, next, nl) == 0) || partition ||
+	    (len == strlen(buf) && memcmp(rel, buf, len) == 0))
+		return shunt.tables.rel[REL_OLD].name;
+	return NULL;
+}
+
+/* A message field with `relation "X"` naming what table_for() maps, mapped. */
+static void put_message(struct pktbuf *out, const char *value)
+{
+	static const char mark[] = "relation \"";
+	const char *at = strstr(value, mark), *name, *end;
+	const char *table = NULL;
+	if (at) {
+		name = at + sizeof(mark) - 1;
+		end = strchr(name, '"');
+		table = end ? table_for(name, (size_t)(end - name)) : NULL;
+	}
+	if (!table) {
+		pktbuf_put_string(out, value);
+		return;
+	}
+	pktbuf_put_bytes(out, value, (size_t)(name - value));
+	pktbuf_put_bytes(out, table, strlen(table));
+	pktbuf_put_string(out, end);
+}
+
+/*
+ * An error raised inside a claim trigger carries a CONTEXT line naming pgshunt's
+ * function; PostgreSQL's own error for the client's statement has none (I3).  A
+ * constraint failing there names the relation written (a partition of next, the
+ * buffer), where the table's own error names the table: its name goes in the message
+ * and the table field instead (the constraints carry the table's names already).
+ */
+static bool error_drop_context(const uint8_t *msg, uint32_t total, bool map_table,
+			       struct pktbuf *out)
 {
 	struct mbuf m;
 	uint8_t code;
@@ -1884,13 +1926,18 @@ static bool error_drop_context(const uint8_t *msg, uint32_t total, struct pktbuf
 	mbuf_init(&m, msg + 5, total - 5);
 	pktbuf_start(out, 'E');
 	while (mbuf_get_byte(&m, &code) && code != 0) {
-		const char *value;
+		const char *value, *table;
 		if (!mbuf_get_string(&m, &value))
 			return false;
 		if (code == 'W')
 			continue;
 		pktbuf_put_byte(out, code);
-		pktbuf_put_string(out, value);
+		if (map_table && code == 'M')
+			put_message(out, value);
+		else if (map_table && code == 't' && (table = table_for(value, strlen(value))))
+			pktbuf_put_string(out, table);
+		else
+			pktbuf_put_string(out, value);
 	}
 	pktbuf_put_byte(out, 0);
 	pktbuf_finish(out);
@@ -1955,11 +2002,11 @@ bool engine_server_message(struct session *s, struct respq_entry *head, char typ
 				s, rowdesc_map_views(msg, total, s->pin.phase == PHASE_FINALIZED, &b),
 				&b, drop);
 		if (type == 'E')
-			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
+			return replace_with(s, error_drop_context(msg, total, true, &b), &b, drop);
 		return true;
 	case XF_REFUSED:
 		if (type == 'E')
-			return replace_with(s, error_drop_context(msg, total, &b), &b, drop);
+			return replace_with(s, error_drop_context(msg, total, false, &b), &b, drop);
 		return true;
 	default:
 		return true;
