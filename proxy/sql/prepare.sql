@@ -405,6 +405,46 @@ BEGIN
 END
 $fn$;
 
+-- ON CONFLICT DO UPDATE may not touch a row twice in one statement: PostgreSQL fails
+-- with 21000 when a second proposed row meets the row the same command inserted or
+-- updated.  The claim's trigger sees one row at a time, so the statement's keys are
+-- kept (md5 of the key's text, comma-separated) in pgshunt.upsert_keys, which a
+-- statement-level trigger of the upsert views empties before each statement.
+CREATE OR REPLACE FUNCTION pgshunt.upsert_statement() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+BEGIN
+    PERFORM set_config('pgshunt.upsert_keys', '', true);
+    RETURN NULL;
+END
+$fn$;
+
+-- Raises 21000 as PostgreSQL does when this statement already wrote the key.
+CREATE OR REPLACE FUNCTION pgshunt.upsert_check(p_key text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+BEGIN
+    IF strpos(coalesce(current_setting('pgshunt.upsert_keys', true), ''), md5(p_key)) > 0 THEN
+        RAISE EXCEPTION 'ON CONFLICT DO UPDATE command cannot affect row a second time'
+            USING ERRCODE = 'cardinality_violation',
+                  HINT = 'Ensure that no rows proposed for insertion within the same command have duplicate constrained values.';
+    END IF;
+END
+$fn$;
+
+-- The key was inserted or updated by this statement.
+CREATE OR REPLACE FUNCTION pgshunt.upsert_touch(p_key text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgshunt
+AS $fn$
+BEGIN
+    PERFORM set_config('pgshunt.upsert_keys',
+                       coalesce(current_setting('pgshunt.upsert_keys', true), '') || md5(p_key) || ',', true);
+END
+$fn$;
+
 -- DEGRADED: the ON CONFLICT ... DO UPDATE clause of the client's INSERT, as written,
 -- for the buffer's pgshunt_conflict_clause (the drain replays it).  pgshunt sends it as
 -- /*pgshunt:conflict:HEX*/ in place of the clause, for the same reason as above.
@@ -545,24 +585,31 @@ BEGIN
     -- it, which is the xmin of the version the UPDATE wrote (pg_current_xact_id() would
     -- be the top-level id, wrong under a SAVEPOINT).
     v_upsert_c := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '            PERFORM pgshunt.upsert_check(%s);\n'
                          '            EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
                          '                INTO v_row USING NEW;\n'
                          '            GET DIAGNOSTICS v_n = ROW_COUNT;\n'
                          '            IF v_n = 0 THEN\n                RETURN NULL;\n            END IF;\n'
                          '            %s\n'
+                         '            PERFORM pgshunt.upsert_touch(%s);\n'
                          '            PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', v_row.xmin::pg_catalog.text, true);\n'
                          '            RETURN NEW;',
+                         v_key_txt,
                          'UPDATE ' || replace(v_next_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
-                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin, pgshunt.put_old(%1$s)', v_set_new);
+                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin, pgshunt.put_old(%1$s)', v_set_new,
+                         v_key_txt);
     v_upsert_f := format(E'v_clause := pgshunt.upsert_clause();\n'
+                         '        PERFORM pgshunt.upsert_check(%s);\n'
                          '        EXECUTE pg_catalog.format(%L, v_clause[1], v_clause[2], v_clause[3])\n'
                          '            INTO v_row USING NEW;\n'
                          '        GET DIAGNOSTICS v_n = ROW_COUNT;\n'
                          '        IF v_n > 0 THEN\n            %s\n'
+                         '            PERFORM pgshunt.upsert_touch(%s);\n'
                          '            PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', v_row.xmin::pg_catalog.text, true);\n'
                          '            RETURN NEW;\n        END IF;',
+                         v_key_txt,
                          'UPDATE ' || replace(v_final_q, '%', '%%') || ' AS %1$s SET %2$s WHERE ' || v_key_dyn
-                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin', v_set_new);
+                         || ' AND (%3$s) RETURNING %1$s.*, %1$s.xmin', v_set_new, v_key_txt);
     -- What PostgreSQL says for a duplicate in old's key index (I3).
     v_raise := format(E'IF TG_ARGV[0] <> %L THEN\n        RETURN NULL;\n    END IF;\n'
                       '    RAISE EXCEPTION USING ERRCODE = %L, MESSAGE = %L,\n'
@@ -579,10 +626,11 @@ BEGIN
                          '    INSERT INTO %s (%s)%s VALUES (%s) ON CONFLICT (%s) DO NOTHING;\n'
                          '    IF NOT FOUND THEN\n        IF TG_ARGV[0] = %L THEN\n            %s\n        END IF;\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    IF TG_ARGV[0] = %L THEN\n        PERFORM pgshunt.upsert_touch(%s);\n    END IF;\n'
                          '    PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', ''0'', true);\n'
                          '    RETURN NEW;\nEND\n',
                          v_old_q, v_cols, v_ovr_old, v_newvals, v_key_q, 'upsert', v_upsert_c, v_raise,
-                         v_next_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
+                         v_next_q, v_cols, v_ovr_next, v_newvals, v_viewcols, 'upsert', v_key_txt);
     -- finalized: next alone.  The key lock orders claims (and the jobs) of one key; the
     -- bucket upsert leaves a trace a REPEATABLE READ claim trips on (40001); FOR KEY
     -- SHARE, with this query's own snapshot, waits for an uncommitted delete of the key.
@@ -597,13 +645,14 @@ BEGIN
                          '    PERFORM FROM %s AS t WHERE %s FOR KEY SHARE;\n'
                          '    IF FOUND THEN\n        %s\n    END IF;\n'
                          '    INSERT INTO %s (%s)%s VALUES (%s) RETURNING %s INTO NEW;\n'
+                         '    IF TG_ARGV[0] = %L THEN\n        PERFORM pgshunt.upsert_touch(%s);\n    END IF;\n'
                          '    PERFORM pg_catalog.set_config(''pgshunt.claim_xmax'', ''0'', true);\n'
                          '    RETURN NEW;\nEND\n',
                          v_final_q, p_next::oid, 'object_not_in_prerequisite_state',
                          format('pgshunt: %s is not renamed to %s yet (phase finalized needs the rename)', v_next_q, v_final_q),
                          p_table::oid, v_key_args, v_rel || '_claims', v_key_txt, 'upsert', v_upsert_f,
                          v_final_q, v_key_where, v_raise,
-                         v_final_q, v_cols, v_ovr_next, v_newvals, v_viewcols);
+                         v_final_q, v_cols, v_ovr_next, v_newvals, v_viewcols, 'upsert', v_key_txt);
 
     -- Unchanged since the last run: nothing to do (the bodies depend on every input).
     SELECT p.prosrc INTO v_src FROM pg_proc AS p
@@ -651,6 +700,10 @@ BEGIN
         IF r.fn IS NOT NULL THEN
             EXECUTE format('CREATE OR REPLACE TRIGGER claim INSTEAD OF INSERT ON %s FOR EACH ROW '
                            'EXECUTE FUNCTION pgshunt.%I(%L)', v_view, r.fn, r.arg);
+            IF r.arg = 'upsert' THEN
+                EXECUTE format('CREATE OR REPLACE TRIGGER upsert_statement BEFORE INSERT ON %s '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION pgshunt.upsert_statement()', v_view);
+            END IF;
         ELSIF r.arg IS NOT NULL THEN
             EXECUTE format('CREATE OR REPLACE RULE buffer AS ON INSERT TO %s DO INSTEAD '
                            'INSERT INTO %s AS b (pgshunt_conflict, pgshunt_conflict_clause, %s) '
