@@ -48,6 +48,9 @@ struct portal {
 struct sqlprep {
 	char *name;
 	char *text;     /* the whole PREPARE statement as the client wrote it */
+	char *marker;   /* an ON CONFLICT DO UPDATE's clause as a comment (upsert_marker(),
+			   conflict_marker()), added to each EXECUTE: the view reads it
+			   from the query being run; NULL for other statements */
 	uint64_t epoch;
 	uint8_t xform;  /* for its EXECUTEs */
 };
@@ -517,6 +520,21 @@ static bool upsert_parts(const char *text, const struct stmt_info *st, struct up
 	return in_set;
 }
 
+/* Whether an ON CONFLICT clause uses the statement's parameters ($n). */
+static bool clause_has_params(const char *text, const struct stmt_info *st)
+{
+	struct scan_tok tok;
+	size_t end = (size_t)st->conflict_start + st->conflict_len;
+	for (size_t pos = st->conflict_start; pos < end;) {
+		scan_next(text, end, &pos, &tok);
+		if (tok.kind == TOK_END)
+			return false;
+		if (tok.kind == TOK_PARAM)
+			return true;
+	}
+	return false;
+}
+
 /* Why an ON CONFLICT DO UPDATE cannot go through the claim view; NULL when it can. */
 static const char *upsert_refusal(const char *text, const struct stmt_info *st, bool to_next)
 {
@@ -532,7 +550,12 @@ static const char *upsert_refusal(const char *text, const struct stmt_info *st, 
 			return "ON CONFLICT DO UPDATE that reads the table in its SET list or WHERE "
 			       "cannot go through the claim view in cutover";
 	(void)tok;
-	/* The clause's $n travel as chr(30) n chr(30) (put_clause()). */
+	/* An EXECUTE's values are SQL expressions pgshunt does not evaluate. */
+	if (st->kind == STMT_PREPARE && clause_has_params(text, st))
+		return "a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE with parameters in its "
+		       "SET list or WHERE cannot go through the claim view (prepare it with the "
+		       "protocol)";
+	/* The clause's $n travel as chr(30) n chr(30) (put_with_excluded()). */
 	if (memchr(text + st->conflict_start, 0x1e, st->conflict_len))
 		return "ON CONFLICT DO UPDATE with a control character 0x1E in its clause cannot go "
 		       "through the claim view";
@@ -649,21 +672,6 @@ static char *upsert_marker(const char *text, const struct stmt_info *st, const c
 	return marker_of("upsert", &b);
 }
 
-/* Whether an ON CONFLICT clause uses the statement's parameters ($n). */
-static bool clause_has_params(const char *text, const struct stmt_info *st)
-{
-	struct scan_tok tok;
-	size_t end = (size_t)st->conflict_start + st->conflict_len;
-	for (size_t pos = st->conflict_start; pos < end;) {
-		scan_next(text, end, &pos, &tok);
-		if (tok.kind == TOK_END)
-			return false;
-		if (tok.kind == TOK_PARAM)
-			return true;
-	}
-	return false;
-}
-
 /*
  * A DO UPDATE clause with $n: the clause leaves the statement for a comment, and a
  * parameter it alone used would lose the type PostgreSQL infers for it from there (or
@@ -775,6 +783,22 @@ static bool qualcol_edits(struct edits *ed, const struct stmt_info *st)
 	return true;
 }
 
+/*
+ * The comment a SQL-level PREPARE's ON CONFLICT DO UPDATE becomes, for its EXECUTEs:
+ * the view reads the clause from the query being run, which is the EXECUTE.  NULL for
+ * other statements (and when out of memory: the EXECUTE then fails in the view).
+ */
+static char *view_marker(const char *text, size_t len, const struct stmt_info *st,
+			 const struct rule_decision *d)
+{
+	char row[160];
+	const struct rel_ref *target = rules_write_target(st);
+	if ((d->action != RULE_CLAIM && d->action != RULE_BUFFER) || st->conflict != CONFLICT_UPDATE ||
+	    !target || !target_row_name(text, len, target, row, sizeof(row)))
+		return NULL;
+	return d->action == RULE_BUFFER ? conflict_marker(text, st) : upsert_marker(text, st, row);
+}
+
 /* The edits a decision makes to one statement, and the transform of its answers. */
 static bool decision_edits(struct edits *ed, const char *text, size_t len,
 			   const struct stmt_info *st, const struct rule_decision *d, uint8_t *xf)
@@ -848,6 +872,7 @@ static void prep_remove(struct engine *e, const char *name)
 		return;
 	free(p->name);
 	free(p->text);
+	free(p->marker);
 	*p = e->preps[--e->npreps];
 }
 
@@ -864,25 +889,32 @@ static void prep_forget(struct engine *e, const char *name)
 		prep_remove(e, e->preps[0].name);
 }
 
+/* marker: owned (NULL: none). */
 static bool prep_record(struct session *s, const char *name, const char *text, size_t len,
-			uint8_t xform)
+			uint8_t xform, char *marker)
 {
 	struct engine *e = engine_get(s);
-	if (!e)
+	if (!e) {
+		free(marker);
 		return false;
+	}
 	prep_remove(e, name);
 	struct sqlprep *grown = realloc(e->preps, sizeof(*grown) * (e->npreps + 1));
-	if (!grown)
+	if (!grown) {
+		free(marker);
 		return false;
+	}
 	e->preps = grown;
 	struct sqlprep *p = &e->preps[e->npreps];
 	p->name = strdup(name);
 	p->text = strndup(text, len);
 	p->epoch = s->pin.epoch;
 	p->xform = xform;
+	p->marker = marker;
 	if (!p->name || !p->text) {
 		free(p->name);
 		free(p->text);
+		free(p->marker);
 		return false;
 	}
 	e->npreps++;
@@ -917,8 +949,16 @@ static void forget_all_statements(struct engine *e)
  * query being run: refused when the clause cannot be carried, or when the query string
  * already holds one.
  */
-static void upsert_check(const char *text, const struct stmt_info *st, struct rule_decision *d,
-			 unsigned *nupserts)
+static char *view_marker(const char *text, size_t len, const struct stmt_info *st,
+			 const struct rule_decision *d);
+
+/*
+ * The view reads its clause from the query string: the DO UPDATEs of one string (and
+ * the EXECUTEs of SQL-level PREPAREs of one) must carry the same clause.  *first: the
+ * first one's comment, owned by the caller.
+ */
+static void upsert_check(const char *text, size_t len, const struct stmt_info *st,
+			 struct rule_decision *d, char **first)
 {
 	const char *why;
 	if ((d->action != RULE_CLAIM && d->action != RULE_BUFFER) ||
@@ -928,9 +968,16 @@ static void upsert_check(const char *text, const struct stmt_info *st, struct ru
 		why = buffer_upsert_refusal(text, st);
 	else
 		why = upsert_refusal(text, st, d->to_next);
-	if (!why && ++*nupserts > 1)
-		why = "one INSERT ... ON CONFLICT DO UPDATE per query string in this phase (the "
-		      "view reads its clause from the query)";
+	if (!why) {
+		char *marker = view_marker(text, len, st, d);
+		if (!*first)
+			*first = marker;
+		else if (!marker || strcmp(marker, *first) != 0)
+			why = "one INSERT ... ON CONFLICT DO UPDATE clause per query string in this phase "
+			      "(the view reads its clause from the query)";
+		if (marker != *first)
+			free(marker);
+	}
 	if (why)
 		*d = (struct rule_decision){.action = RULE_REFUSE, .reason = why};
 }
@@ -941,7 +988,7 @@ struct query_plan {
 	uint32_t nxf;
 	bool any_xform;
 	uint8_t timed; /* 1 + the kind of the first statement naming the table, 0 = none */
-	unsigned nupserts; /* statements sent through a claim view for ON CONFLICT DO UPDATE */
+	char *upsert_marker; /* the clause of the string's ON CONFLICT DO UPDATE (upsert_check) */
 };
 
 static bool plan_stmt(struct session *s, const char *text, size_t len, const struct stmt_info *st,
@@ -973,6 +1020,7 @@ static bool plan_reprepare(struct session *s, const struct stmt_info *st, const 
 		  r->stmts[0].kind == STMT_PREPARE &&
 		  plan_stmt(s, text, strlen(text), &r->stmts[0], &inner);
 	parse_result_free(r);
+	free(inner.upsert_marker);
 	if (!ok || prep_find(s->eng, name) == NULL) {
 		edits_free(&inner.ed);
 		return false; /* refused now: the EXECUTE fails as the statement is unknown */
@@ -1009,6 +1057,23 @@ static bool plan_execute(struct session *s, const struct stmt_info *st, struct q
 			return false;
 		p = prep_find(s->eng, st->prepared_name); /* recorded anew */
 	}
+	if (p && p->marker) {
+		/* The view reads its clause from the query string: one clause per string. */
+		if (!plan->upsert_marker)
+			plan->upsert_marker = strdup(p->marker);
+		if (!plan->upsert_marker || strcmp(plan->upsert_marker, p->marker) != 0) {
+			static const char why[] = "one INSERT ... ON CONFLICT DO UPDATE clause per query "
+						  "string in this phase (the view reads its clause from "
+						  "the query)";
+			slog(LOG_LEVEL_WARNING, s->prefix, "refused (EXECUTE): %s", why);
+			plan->xf[plan->nxf++] = XF_REFUSED;
+			plan->any_xform = true;
+			return edit_add(&plan->ed, st->start, st->len,
+					refusal_statement(s->pin.phase, why));
+		}
+		if (!edit_add(&plan->ed, st->start + st->len, 0, strdup(p->marker)))
+			return false;
+	}
 	plan->xf[plan->nxf++] = p ? p->xform : XF_NONE;
 	plan->any_xform |= p && p->xform;
 	return true;
@@ -1020,7 +1085,7 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 {
 	struct rule_decision d = rules_decide(s->pin.phase, s->pin.degraded, st);
 	uint8_t xf = XF_NONE;
-	upsert_check(text, st, &d, &plan->nupserts);
+	upsert_check(text, len, st, &d, &plan->upsert_marker);
 	if (st->touches)
 		count_decision(s, st, &d);
 	if (st->touches && !plan->timed)
@@ -1045,7 +1110,8 @@ static bool plan_stmt(struct session *s, const char *text, size_t len, const str
 		 * no longer ours to re-prepare. */
 		prep_forget(s->eng, st->prepared_name);
 		if (st->touches && d.action != RULE_REFUSE &&
-		    !prep_record(s, st->prepared_name, text + st->start, st->len, xf))
+		    !prep_record(s, st->prepared_name, text + st->start, st->len, xf,
+				 view_marker(text, len, st, &d)))
 			return false;
 		if (d.action != RULE_REFUSE)
 			xf = XF_NONE; /* PREPARE itself answers with its tag only */
@@ -1100,11 +1166,13 @@ static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
 						  XF_NONE, NULL)
 				   : refuse_query(s, r->error);
 	struct query_plan plan = {0};
-	for (uint32_t i = 0; i < r->nstmts; i++) {
-		if (!plan_stmt(s, text, len, &r->stmts[i], &plan)) {
-			edits_free(&plan.ed);
-			return refuse_query(s, "pgshunt could not rewrite the statement");
-		}
+	bool planned = true;
+	for (uint32_t i = 0; planned && i < r->nstmts; i++)
+		planned = plan_stmt(s, text, len, &r->stmts[i], &plan);
+	free(plan.upsert_marker);
+	if (!planned) {
+		edits_free(&plan.ed);
+		return refuse_query(s, "pgshunt could not rewrite the statement");
 	}
 	struct query_xforms *ctx = NULL;
 	if (plan.any_xform) {
@@ -1291,10 +1359,11 @@ char *engine_statement_text(enum phase phase, bool degraded, const char *query,
 			    const struct stmt_info *st, struct rule_decision *d, uint8_t *xform,
 			    const char **reason)
 {
-	unsigned nupserts = 0;
+	char *upsert_marker = NULL;
 	*xform = XF_NONE;
 	*d = rules_decide(phase, degraded, st);
-	upsert_check(query, st, d, &nupserts);
+	upsert_check(query, strlen(query), st, d, &upsert_marker);
+	free(upsert_marker);
 	if (d->action == RULE_REFUSE) {
 		*reason = d->reason;
 		return NULL;

@@ -189,11 +189,6 @@ static struct rule_decision decide_next_first(bool final, const struct stmt_info
 		if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
 			return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
 				      "cannot be mirrored");
-		/* The claim's trigger reads DO UPDATE's SET list from the statement being run:
-		 * an EXECUTE is not that statement. */
-		if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
-			return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot "
-				      "go through the claim view (prepare it with the protocol)");
 		return (struct rule_decision){.action = RULE_CLAIM,
 					      .view = claim_view(final, st->conflict),
 					      .to_next = !final};
@@ -258,10 +253,6 @@ static struct rule_decision decide_degraded(enum phase phase, const struct stmt_
 	if (st->conflict == CONFLICT_UPDATE && st->sets_key_columns)
 		return refuse("an ON CONFLICT DO UPDATE that changes key or partition columns "
 			      "cannot be buffered");
-	/* The buffer view's rule reads the clause from the statement being run. */
-	if (st->conflict == CONFLICT_UPDATE && st->kind == STMT_PREPARE)
-		return refuse("a SQL-level PREPARE of INSERT ... ON CONFLICT DO UPDATE cannot be "
-			      "buffered (prepare it with the protocol)");
 	return (struct rule_decision){
 		.action = RULE_BUFFER,
 		.view = st->conflict == CONFLICT_NOTHING  ? "buffer_nothing"

@@ -360,7 +360,8 @@ $fn$;
 -- pgshunt writes into the statement it sends as a comment /*pgshunt:upsert:HEX*/ (the
 -- three, joined by chr(31), in the client's encoding, as hex): a trigger has no other
 -- way to learn them, and the comment travels with the statement in both protocols.
--- Exactly one such comment must be in the query being run (the engine sends no more).
+-- One clause must be in the query being run: the engine sends no other, but the same
+-- comment may stand twice (a SQL-level PREPARE and its EXECUTE in one query string).
 -- The clause's parameters stand there as chr(30) n chr(30): before each Execute pgshunt
 -- sets pgshunt.upsert_args to "n:type oid:hex value" (or "-" for NULL), comma-separated,
 -- from the client's Bind, and each becomes a literal, cast to the type the client
@@ -375,7 +376,7 @@ DECLARE
     v_lit    text;
     r        record;
 BEGIN
-    SELECT array_agg(m[1]) INTO v_hex
+    SELECT array_agg(DISTINCT m[1]) INTO v_hex
       FROM regexp_matches(current_query(), '/\*pgshunt:upsert:([0-9a-f]*)\*/', 'g') AS m;
     IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
         RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent (% clauses found)',
@@ -455,7 +456,7 @@ AS $fn$
 DECLARE
     v_hex text[];
 BEGIN
-    SELECT array_agg(m[1]) INTO v_hex
+    SELECT array_agg(DISTINCT m[1]) INTO v_hex
       FROM regexp_matches(current_query(), '/\*pgshunt:conflict:([0-9a-f]*)\*/', 'g') AS m;
     IF cardinality(v_hex) IS DISTINCT FROM 1 THEN
         RAISE EXCEPTION 'pgshunt: ON CONFLICT DO UPDATE into the buffer needs the statement pgshunt sent (% clauses found)',

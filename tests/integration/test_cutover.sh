@@ -157,9 +157,9 @@ refused() {
 for ph in cutover; do
 	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET idempotency_key = 'x'" $ph
 	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = (SELECT count(*) FROM ingest_idempotency)" $ph
-	refused "PREPARE up AS INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
+	refused "PREPARE up AS INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES (\$1, '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = \$1" $ph
 	refused "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '1', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed';
-	         INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '2', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'" $ph
+	         INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('r', '2', '') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'completed'" $ph
 	refused "UPDATE ingest_idempotency SET idempotency_key = 'x' WHERE site_id = 'def'" $ph
 	refused "UPDATE ingest_idempotency SET created_at = now() WHERE site_id = 'def'" $ph
 	refused "MERGE INTO ingest_idempotency t USING (SELECT 1) s ON false WHEN NOT MATCHED THEN DO NOTHING" $ph
@@ -167,6 +167,21 @@ for ph in cutover; do
 	refused "TRUNCATE ingest_idempotency" $ph
 	refused "COPY ingest_idempotency FROM STDIN" $ph
 done
+# A SQL-level PREPARE of a DO UPDATE: its EXECUTEs carry the clause (the view reads it
+# from the query being run); two DO UPDATEs of one string with the same clause.  The
+# same psql session through pgshunt and on the reference prints the same.
+upsert_session='PREPARE up AS INSERT INTO ingest_idempotency AS t (site_id, idempotency_key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (site_id, idempotency_key) DO UPDATE SET response_code = coalesce(t.response_code, 0) + 1 RETURNING idempotency_key, response_code, (xmax = 0) AS inserted;
+EXECUTE up('"'"'r'"'"', '"'"'p1'"'"', '"'"''"'"');
+EXECUTE up('"'"'r'"'"', '"'"'p1'"'"', '"'"''"'"');
+DEALLOCATE up;
+INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('"'"'r'"'"', '"'"'p2'"'"', '"'"''"'"') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = '"'"'failed'"'"' RETURNING status\; INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('"'"'r'"'"', '"'"'p2'"'"', '"'"''"'"') ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = '"'"'failed'"'"' RETURNING status;
+DELETE FROM ingest_idempotency WHERE site_id = '"'"'r'"'"' AND idempotency_key IN ('"'"'p1'"'"', '"'"'p2'"'"');'
+got=$(psql -X -qtA -v ON_ERROR_STOP=1 "$app" <<<"$upsert_session" 2>&1) || fail "SQL-level PREPARE of a DO UPDATE: $got"
+want=$(psql -X -qtA -v ON_ERROR_STOP=1 "$ref" <<<"$upsert_session" 2>&1) || fail "the same on the reference: $want"
+[ "$got" = "$want" ] || fail "SQL-level PREPARE of a DO UPDATE: got '$got', the table says '$want'"
+[ "$(wc -l <<<"$got")" -ge 4 ] || fail "SQL-level PREPARE of a DO UPDATE answered too little: $got"
+ok "cutover: a SQL-level PREPARE of a DO UPDATE and two same DO UPDATEs in one string, as on the table: $(tr "\n" " " <<<"$got")"
+
 # $n in DO UPDATE's clause: the values travel to the trigger (tests/integration/
 # test_upsert_params.sh has the whole comparison); psycopg sends an int in binary.  A
 # binary value of a type pgshunt does not write as text (interval) is refused.
@@ -187,7 +202,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
     c.execute("DELETE FROM ingest_idempotency WHERE site_id = 'r' AND idempotency_key = '3'")
 PY
 # The trigger reads DO UPDATE's clause from the statement pgshunt sends, and nowhere else.
-for bad in "" "/*pgshunt:upsert:74*/ /*pgshunt:upsert:74*/"; do
+for bad in "" "/*pgshunt:upsert:74*/ /*pgshunt:upsert:75*/"; do
 	out=$(psql -X -qtA "$direct" -c "INSERT INTO pgshunt.ingest_idempotency_claim_upsert (site_id, idempotency_key, request_hash) VALUES ('def', 'k1', '') $bad" 2>&1) &&
 		fail "an upsert through the view without its one clause went through"
 	grep -q "pgshunt: ON CONFLICT DO UPDATE through a claim view needs the statement pgshunt sent" <<<"$out" ||
@@ -200,7 +215,7 @@ for bad in "/*pgshunt:upsert:7*/" "/*pgshunt:upsert:74*/"; do
 done
 [ "$(q "SELECT count(*) FROM ingest_idempotency WHERE response_code = 99")" = 0 ] || fail "a malformed upsert clause wrote"
 [ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'r'")" = 0 ] || fail "a refused statement wrote"
-ok "cutover: DO UPDATE changing the key, SQL-level PREPARE of DO UPDATE, two in one query, parameters in its SET list, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
+ok "cutover: DO UPDATE changing the key, SQL-level PREPARE of DO UPDATE with \$n in its clause, two different clauses in one query, key updates, MERGE, writable CTE, TRUNCATE, COPY FROM refused"
 
 # A transaction: a duplicate fails it, ROLLBACK leaves neither table written.
 out=$(psql -X -qtA "$app" -c "BEGIN" -c "INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('tx', '1', '')" \

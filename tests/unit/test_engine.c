@@ -351,6 +351,15 @@ static void test_upsert_params(void **state)
 	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') ON CONFLICT (site_id, "
 	       "idempotency_key) DO UPDATE SET status = '\x1e" "1\x1e'",
 	       "!control character 0x1E");
+	/* A SQL-level PREPARE: its EXECUTE's values are expressions pgshunt does not run. */
+	expect(PHASE_FINALIZED, false,
+	       "PREPARE p AS INSERT INTO ingest_idempotency (site_id) VALUES ($1) ON CONFLICT "
+	       "(site_id, idempotency_key) DO UPDATE SET status = $1",
+	       "!SQL-level PREPARE");
+	expect(PHASE_FINALIZED, false,
+	       "PREPARE p AS INSERT INTO ingest_idempotency (site_id) VALUES ($1) ON CONFLICT "
+	       "(site_id, idempotency_key) DO UPDATE SET status = 'x'",
+	       "...*/ ");
 	/* DEGRADED still refuses them: the drain replays the clause as written. */
 	expect(PHASE_CUTOVER, true,
 	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') ON CONFLICT (site_id, "
