@@ -534,9 +534,9 @@ static bool h_copy(struct walk *w, const cJSON *body, struct ctx ctx)
  * list's own level, or qualified by the name the target is visible under.  A bare name
  * inside a sub-SELECT belongs to the subquery's relations when they have it (all tables
  * do), so it is left alone (a qualified one is taken as the target's there, unless
- * the sub-SELECT hides that name with one of its own: not looked for); a longer name
- * (schema.table.xmax) is not the target's as the engine writes it (it gives the view an
- * alias).
+ * the sub-SELECT hides that name with one of its own: not looked for); schema.table.xmax
+ * is the target's when it names the table in its configured schema (the engine replaces
+ * the whole reference; the view's alias could not take the schema).
  */
 static bool sysref_note(struct walk *w, const cJSON *body, const cJSON *fields, const char *name,
                         struct ctx ctx)
@@ -552,8 +552,13 @@ static bool sysref_note(struct walk *w, const cJSON *body, const cJSON *fields, 
 		col++;
 	if (col == SYSCOL__COUNT)
 		return true;
+	/* schema.table.xmax: the target's name with the schema the table is configured in. */
+	const char *second = n == 3 ? get_str(node_body(cJSON_GetArrayItem(fields, 1), "String"), "sval")
+	                            : NULL;
+	bool qualified = n == 3 && first && second && strcmp(second, w->target_name) == 0 &&
+	                 rel_match(w->in->t, first, second) == REL_OLD;
 	if (n == 1 ? ctx.returning != RET_TOP
-	           : n != 2 || !first || strcmp(first, w->target_name) != 0)
+	           : !qualified && (n != 2 || !first || strcmp(first, w->target_name) != 0))
 		return true;
 	if (loc < (int)w->stmt_start || (size_t)loc >= w->stmt_end ||
 	    !scan_name_at(w->in->text, w->stmt_end, (size_t)loc, &sn) || sn.nparts != (unsigned)n ||
@@ -621,9 +626,11 @@ static bool h_columnref(struct walk *w, const cJSON *body, struct ctx ctx)
 
 	if (name && strcmp(name, "ctid") == 0)
 		w->si->uses_ctid = true;
+	uint32_t nsys = w->si->nsysrefs;
 	if (name && ctx.returning != RET_NO && !sysref_note(w, body, fields, name, ctx))
 		return false;
-	if (!qualcol_note(w, body, fields))
+	/* A system column rewritten whole (sysref) loses its schema with it. */
+	if (w->si->nsysrefs == nsys && !qualcol_note(w, body, fields))
 		return false;
 	return walk_object(w, body, ctx, NULL);
 }

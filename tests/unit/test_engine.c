@@ -255,6 +255,12 @@ static void test_qualified_columns(void **state)
 	       "public.ingest_idempotency.created_at",
 	       "INSERT INTO pgshunt.\"ingest_idempotency_claim\" AS ingest_idempotency (site_id) "
 	       "VALUES ('a') RETURNING ingest_idempotency.created_at");
+	expect(PHASE_CUTOVER, false,
+	       "INSERT INTO public.ingest_idempotency (site_id) VALUES ('a') RETURNING "
+	       "public.ingest_idempotency.xmax = 0 AS inserted, public.ingest_idempotency.site_id",
+	       "INSERT INTO pgshunt.\"ingest_idempotency_claim\" AS ingest_idempotency (site_id) "
+	       "VALUES ('a') RETURNING pgshunt.xmax(true) = 0 AS inserted, "
+	       "ingest_idempotency.site_id");
 	expect(PHASE_FINALIZED, false,
 	       "INSERT INTO ingest_idempotency (site_id) VALUES ('a') RETURNING "
 	       "public.ingest_idempotency.created_at",
