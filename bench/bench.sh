@@ -50,16 +50,18 @@ MAX_CONNECTIONS=200
 PROXY_MAX_CLIENT_CONN=200
 ((IDLE_CONNS > PROXY_MAX_CLIENT_CONN)) && PROXY_MAX_CLIENT_CONN=$IDLE_CONNS
 
-for n in SECONDS_PER_RUN ROUNDS SCALE IDLE_CONNS CG_TX; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make, or make bench)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+bench_int BENCH_SECONDS "$SECONDS_PER_RUN"
+bench_int BENCH_ROUNDS "$ROUNDS"
+bench_int BENCH_SCALE "$SCALE"
+bench_int BENCH_IDLE_CONNS "$IDLE_CONNS"
+bench_int BENCH_CG_TX "$CG_TX"
+bench_require pgbench psql "$PY"
 [ -x "$PGBOUNCER" ] || die "PgBouncer not found at $PGBOUNCER"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-"$PY" -c 'import psycopg' 2>/dev/null || die "$PY cannot import psycopg (python3-psycopg)"
+bench_require_psycopg
 if [ "$DO_CALLGRIND" != 0 ] && ! command -v valgrind >/dev/null; then
 	echo "bench: valgrind not found, skipping P2" >&2
 	DO_CALLGRIND=0
@@ -67,9 +69,6 @@ fi
 
 # ---------------------------------------------------------------- processes, cleanup
 
-BENCH_NAME=bench
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 bench_begin bench/results/latest.txt
 
 # wait_sql PORT NAME PID: wait until `SELECT 1` as bench works on PORT; 1 if PID dies

@@ -1,7 +1,11 @@
 # Shared by the benchmark scripts (bench/*.sh); sourced, not run.
 #
-#   BENCH_NAME=p4; . bench/lib.sh; bench_begin bench/results/p4.txt
+#   BENCH_NAME=p4; . bench/lib.sh
+#   bench_int P4_SECONDS "$SECONDS_PER_RUN"; bench_require pgbench psql "$PY"
+#   bench_begin bench/results/p4.txt
 #
+# The checks (bench_int, bench_bool, bench_require...) come before bench_begin, so that
+# a wrong knob or a missing tool stops the script before it starts anything.
 # bench_begin makes $TMP, installs the traps that stop, on exit, failure or interruption,
 # every process recorded in PIDS (by PID) and the PostgreSQL started by pg_start, and
 # sends stdout and stderr to the terminal and to the results file (written only at the
@@ -12,6 +16,44 @@
 die() {
 	echo "$BENCH_NAME: $*" >&2
 	exit 1
+}
+
+# bench_int KNOB VALUE [MIN]: die unless VALUE is a whole number >= MIN (1, or 0).
+bench_int() {
+	if [ "${3:-1}" = 0 ]; then
+		[[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, not '$2'"
+	else
+		[[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, not '$2'"
+	fi
+}
+
+# bench_bool KNOB VALUE: die unless VALUE is 0 or 1.
+bench_bool() {
+	[[ $2 =~ ^[01]$ ]] || die "$1 must be 0 or 1, not '$2'"
+}
+
+# bench_require CMD...: die unless ./pgshunt is built, $PGBIN holds PostgreSQL and every
+# CMD is found.
+bench_require() {
+	local c
+	[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make)"
+	[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
+	for c in "$@"; do
+		command -v "$c" >/dev/null || die "$c not found"
+	done
+}
+
+# bench_require_psycopg: die unless $PY can import psycopg.
+bench_require_psycopg() {
+	"$PY" -c 'import psycopg' 2>/dev/null || die "$PY cannot import psycopg (python3-psycopg, tests/install-deps.sh)"
+}
+
+# bench_readable FILE...: die unless every FILE can be read.
+bench_readable() {
+	local f
+	for f in "$@"; do
+		[ -r "$f" ] || die "$f not found"
+	done
 }
 
 as_pg() {

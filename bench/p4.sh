@@ -65,27 +65,22 @@ DB_A=p4_shunt
 DB_B=p4_trigger
 DB_C=p4_plain
 
-for n in SECONDS_PER_RUN ROUNDS SEED; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[[ $WARMUP =~ ^[0-9]+$ ]] || die "P4_WARMUP must be a non-negative integer, not '$WARMUP'"
-[[ $REWRITTEN =~ ^[01]$ ]] || die "P4_REWRITTEN must be 0 or 1, not '$REWRITTEN'"
-[[ $BACKFILL =~ ^[01]$ ]] || die "P4_BACKFILL must be 0 or 1, not '$BACKFILL'"
-[[ $AUTOVACUUM =~ ^[01]$ ]] || die "P4_AUTOVACUUM must be 0 or 1, not '$AUTOVACUUM'"
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-for f in tests/fixtures/ingest_schema.sql proxy/sql/schema.sql proxy/sql/prepare.sql; do
-	[ -r "$f" ] || die "$f not found"
-done
-
-# ---------------------------------------------------------------- processes, cleanup
-
 BENCH_NAME=p4
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+
+bench_int P4_SECONDS "$SECONDS_PER_RUN"
+bench_int P4_ROUNDS "$ROUNDS"
+bench_int P4_SEED "$SEED"
+bench_int P4_WARMUP "$WARMUP" 0
+bench_bool P4_REWRITTEN "$REWRITTEN"
+bench_bool P4_BACKFILL "$BACKFILL"
+bench_bool P4_AUTOVACUUM "$AUTOVACUUM"
+bench_require pgbench psql "$PY"
+bench_readable tests/fixtures/ingest_schema.sql proxy/sql/schema.sql proxy/sql/prepare.sql
+
+# ---------------------------------------------------------------- processes, cleanup
+
 bench_begin bench/results/p4.txt
 
 # ------------------------------------------------------------------ machine info

@@ -62,14 +62,10 @@ BENCH_NAME=p567
 . bench/lib.sh
 
 for n in P5_SEED P5_FG_TPS P5_BATCH P6_SEED P6_SECONDS P6_ROUNDS P7_ROWS P7_RATE P7_BATCH; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
+	bench_int "$n" "${!n}"
 done
 [[ -z $ONLY || $ONLY =~ ^p[567]$ ]] || die "P567_ONLY must be p5, p6 or p7, not '$ONLY'"
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make pgshunt)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
+bench_require pgbench psql "$PY"
 
 bench_begin bench/results/p567.txt
 

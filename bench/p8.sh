@@ -50,22 +50,19 @@ NPROXIES=4
 P8_TARGET_MS=1000
 DB=p8
 
-for n in ROUNDS SEED HOLD; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make pgshunt)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-"$PY" -c 'import psycopg' 2>/dev/null || die "python3-psycopg not found (tests/install-deps.sh)"
-[ -r tests/fixtures/ingest_schema.sql ] || die "tests/fixtures/ingest_schema.sql not found"
-
-# ---------------------------------------------------------------- processes, cleanup
-
 BENCH_NAME=p8
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+
+bench_int P8_ROUNDS "$ROUNDS"
+bench_int P8_SEED "$SEED"
+bench_int P8_HOLD "$HOLD"
+bench_require psql "$PY"
+bench_require_psycopg
+bench_readable tests/fixtures/ingest_schema.sql
+
+# ---------------------------------------------------------------- processes, cleanup
+
 bench_begin bench/results/p8.txt
 
 # console N CMD: run one command on the admin console of proxy N (1..4).
