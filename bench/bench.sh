@@ -93,9 +93,7 @@ vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark"
 echo "pgbench:     $(pgbench --version)"
 echo "pgbouncer:   $("$PGBOUNCER" --version 2>&1 | head -n1)"
 echo "cc:          $(${CC:-cc} --version 2>/dev/null | head -n1)"
@@ -403,12 +401,4 @@ if [ "$DO_CALLGRIND" != 0 ]; then
 	echo
 fi
 
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "bench: results written to $RESULTS"
+bench_end

@@ -3,13 +3,16 @@
 #   BENCH_NAME=p4; . bench/lib.sh
 #   bench_int P4_SECONDS "$SECONDS_PER_RUN"; bench_require pgbench psql "$PY"
 #   bench_begin bench/results/p4.txt
+#   bench_header "pgshunt benchmark P4"
+#   ...
+#   bench_end
 #
 # The checks (bench_int, bench_bool, bench_require...) come before bench_begin, so that
 # a wrong knob or a missing tool stops the script before it starts anything.
 # bench_begin makes $TMP, installs the traps that stop, on exit, failure or interruption,
 # every process recorded in PIDS (by PID) and the PostgreSQL started by pg_start, and
-# sends stdout and stderr to the terminal and to the results file (written only at the
-# end, so that an interrupted run leaves the previous results alone).
+# sends stdout and stderr to the terminal and to the results file; bench_end writes the
+# results file, only then, so that an interrupted run leaves the previous results alone.
 #
 # Needs PGBIN and PY set by the caller.
 
@@ -136,6 +139,19 @@ bench_begin() {
 	USED_PORTS=" "
 }
 
+# bench_end: the closing lines, then the results file written from the whole output
+# (the tee is flushed by closing our end of it first: a process still running must not
+# hold the terminal's stdout, or this waits for it).
+bench_end() {
+	echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	exec 1>&4 2>&3
+	wait "$TEE_PID" 2>/dev/null || true
+	TEE_PID=
+	cp "$PARTIAL" "$RESULTS"
+	echo "$BENCH_NAME: results written to $RESULTS"
+}
+
 # freeport VAR: set VAR to a TCP port free on 127.0.0.1 and not handed out before.
 freeport() {
 	local p
@@ -166,6 +182,14 @@ median() { # numbers on stdin (FAIL lines ignored) -> median, or FAIL
 
 ratio() { # A B -> A/B with 2 decimals, or n/a
 	awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f\n", a / b; else print "n/a" }'
+}
+
+# bench_header TITLE: the first lines of every results file: "# TITLE — <date>", then
+# machine_info (the caller adds its own tools and settings).
+bench_header() {
+	echo "# $1 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	echo
+	machine_info
 }
 
 # machine_info: the machine part of the header every result file starts with.
@@ -212,4 +236,12 @@ pg_start() {
 		cat "$TMP/pg_ctl.log" "$TMP/postgres.log"
 		die "PostgreSQL did not start"
 	}
+}
+
+# log_errors NAME: the errors and sanitizer reports in $TMP/NAME.log (the last ten), if any.
+log_errors() {
+	if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/$1.log"; then
+		echo "# $1 logged errors:"
+		grep -iE 'level=(error|fatal)|Sanitizer' "$TMP/$1.log" | tail -n 10 | sed 's/^/#   /'
+	fi
 }

@@ -85,9 +85,7 @@ bench_begin bench/results/p4.txt
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark P4 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark P4"
 echo "pgbench:     $(pgbench --version)"
 echo "settings:    P4_SECONDS=$SECONDS_PER_RUN P4_ROUNDS=$ROUNDS P4_WARMUP=$WARMUP P4_SEED=$SEED P4_BACKFILL=$BACKFILL P4_AUTOVACUUM=$AUTOVACUUM P4_REWRITTEN=$REWRITTEN"
 echo
@@ -469,16 +467,5 @@ else
 	echo "P4 (pgshunt/trigger >= $P4_TARGET): NOT MET"
 fi
 echo
-if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt.log"; then
-	echo "# pgshunt logged errors:"
-	grep -iE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt.log" | tail -n 10 | sed 's/^/#   /'
-fi
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "p4: results written to $RESULTS"
+log_errors pgshunt
+bench_end

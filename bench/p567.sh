@@ -69,9 +69,7 @@ bench_require pgbench psql "$PY"
 
 bench_begin bench/results/p567.txt
 
-echo "# pgshunt benchmarks P5, P6, P7 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmarks P5, P6, P7"
 echo "pgbench:     $(pgbench --version)"
 echo "settings:    P567_ONLY=${ONLY:-all} P5_SEED=$P5_SEED P5_FG_TPS=$P5_FG_TPS P5_BATCH=$P5_BATCH P6_SEED=$P6_SEED P6_SECONDS=$P6_SECONDS P6_ROUNDS=$P6_ROUNDS P7_ROWS=$P7_ROWS P7_RATE=$P7_RATE P7_BATCH=$P7_BATCH"
 echo
@@ -117,7 +115,8 @@ start_shunt() {
 		echo "log_level = info"
 		for line in "$@"; do echo "$line"; done
 	} >"$TMP/pgshunt.ini"
-	./pgshunt "$TMP/pgshunt.ini" 2>>"$TMP/pgshunt.log" &
+	# Its stdout too, not the terminal: bench_end waits for the end of the tee.
+	./pgshunt "$TMP/pgshunt.ini" >>"$TMP/pgshunt.log" 2>&1 &
 	PIDS[pgshunt]=$!
 	for ((i = 0; i < 300; i++)); do
 		psql -X -qAt -h 127.0.0.1 -p "$SHUNT_PORT" -U postgres -d pgshunt -c 'SHOW PHASE' \
@@ -350,7 +349,4 @@ for b in p5 p6 p7; do
 	fi
 done
 
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-cp "$PARTIAL" "$RESULTS"
-echo "p567: results written to $RESULTS"
+bench_end

@@ -72,9 +72,7 @@ console() {
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark P8 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark P8"
 echo "python:      $("$PY" --version 2>&1), psycopg $("$PY" -c 'import psycopg; print(psycopg.__version__)')"
 echo "settings:    P8_ROUNDS=$ROUNDS P8_SEED=$SEED P8_HOLD=$HOLD, $NPROXIES proxies"
 echo
@@ -336,17 +334,6 @@ echo "context: psql -c 'SHOW PHASE' on a console, whole process, 5 runs (date +%
 	"(not in the P8 figures)"
 
 for ((n = 1; n <= NPROXIES; n++)); do
-	if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt$n.log"; then
-		echo "# pgshunt $n logged errors:"
-		grep -iE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt$n.log" | tail -n 10 | sed 's/^/#   /'
-	fi
+	log_errors "pgshunt$n"
 done
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "p8: results written to $RESULTS"
+bench_end
