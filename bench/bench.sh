@@ -71,23 +71,8 @@ fi
 
 bench_begin bench/results/latest.txt
 
-# wait_sql PORT NAME PID: wait until `SELECT 1` as bench works on PORT; 1 if PID dies
-# or nothing answers within 30 s.
-wait_sql() {
-	local port=$1 name=$2 pid=${3:-} i
-	for ((i = 0; i < 300; i++)); do
-		if psql -X -At -h 127.0.0.1 -p "$port" -U bench -d bench -c 'SELECT 1' >/dev/null 2>&1; then
-			return 0
-		fi
-		if [ -n "$pid" ] && ! alive "$pid"; then
-			echo "bench: $name (pid $pid) exited during start-up" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	echo "bench: $name on port $port does not answer" >&2
-	return 1
-}
+# bench_sql PORT: `SELECT 1` as bench, to see that a proxy answers on PORT.
+bench_sql() { psql -X -At -h 127.0.0.1 -p "$1" -U bench -d bench -c 'SELECT 1'; }
 
 vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -156,10 +141,7 @@ EOF
 	[ "$(id -u)" = 0 ] && user_opt=(-u postgres)
 	"$@" "$PGBOUNCER" "${user_opt[@]}" "$ini" >"$TMP/$name.out" 2>&1 &
 	PIDS[$name]=$!
-	wait_sql "$BOUNCER_PORT" "$name" "${PIDS[$name]}" || {
-		cat "$TMP/$name.out" "$TMP/$name.log" 2>/dev/null || true
-		die "could not start $name"
-	}
+	wait_up "$name" "$BOUNCER_PORT" bench_sql "$BOUNCER_PORT"
 }
 
 # start_pgshunt NAME [WRAPPER...]: start pgshunt on a new port; sets SHUNT_PORT and
@@ -169,22 +151,10 @@ start_pgshunt() {
 	shift
 	freeport SHUNT_PORT
 	ini=$TMP/$name.ini
-	cat >"$ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = $SHUNT_PORT
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-log_level = warning
-max_client_conn = $PROXY_MAX_CLIENT_CONN
-EOF
+	shunt_ini "$ini" "$SHUNT_PORT" "log_level = warning" "max_client_conn = $PROXY_MAX_CLIENT_CONN"
 	"$@" "$ROOT/pgshunt" "$ini" >"$TMP/$name.log" 2>&1 &
 	PIDS[$name]=$!
-	wait_sql "$SHUNT_PORT" "$name" "${PIDS[$name]}" || {
-		cat "$TMP/$name.log" || true
-		die "could not start $name"
-	}
+	wait_up "$name" "$SHUNT_PORT" bench_sql "$SHUNT_PORT"
 }
 
 start_pgbouncer pgbouncer 20

@@ -238,6 +238,68 @@ pg_start() {
 	}
 }
 
+# ingest_db DB [SEED]: create DB from tests/fixtures/ingest_schema.sql in the PostgreSQL
+# of pg_start, with SEED rows in ingest_idempotency (seed_ingest_idempotency) if given.
+ingest_db() {
+	sql "$PGPORT_" postgres "CREATE DATABASE $1"
+	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$1" \
+		-f tests/fixtures/ingest_schema.sql >"$TMP/schema-$1.log" 2>&1 || {
+		cat "$TMP/schema-$1.log"
+		die "tests/fixtures/ingest_schema.sql failed in $1"
+	}
+	if [ -n "${2:-}" ]; then
+		sql "$PGPORT_" "$1" "SELECT seed_ingest_idempotency($2)" >/dev/null
+	fi
+}
+
+# shunt_ini FILE PORT [LINE...]: a pgshunt configuration listening on 127.0.0.1:PORT in
+# front of the PostgreSQL of pg_start, plus LINEs.
+shunt_ini() {
+	local file=$1 port=$2 line
+	shift 2
+	{
+		echo "[pgshunt]"
+		echo "listen_addr = 127.0.0.1"
+		echo "listen_port = $port"
+		echo "server_host = 127.0.0.1"
+		echo "server_port = $PGPORT_"
+		echo "server_tls_sslmode = disable"
+		for line in "$@"; do echo "$line"; done
+	} >"$file"
+}
+
+# wait_up NAME PORT CMD...: wait until CMD succeeds (30 s at most) while the process
+# PIDS[NAME] starts; if it exits first or nothing answers, show the end of its output
+# ($TMP/NAME.out, $TMP/NAME.log) and die.
+wait_up() {
+	local name=$1 port=$2 i
+	shift 2
+	for ((i = 0; i < 300; i++)); do
+		"$@" >/dev/null 2>&1 && return 0
+		alive "${PIDS[$name]}" || break
+		sleep 0.1
+	done
+	tail -n 20 "$TMP/$name.out" "$TMP/$name.log" 2>/dev/null || true
+	alive "${PIDS[$name]}" || die "$name exited during start-up"
+	die "$name on port $port does not answer"
+}
+
+# console_retry NAME OUT CMD...: retry CMD, a command on the console of PIDS[NAME] whose
+# last argument is the command's text, for 15 s until it succeeds (the control
+# connection comes up asynchronously); its output goes to OUT.  If it keeps failing,
+# show OUT and the end of $TMP/NAME.log and die.
+console_retry() {
+	local name=$1 out=$2 i
+	shift 2
+	for ((i = 0; i < 150; i++)); do
+		"$@" >"$out" 2>&1 && return 0
+		sleep 0.1
+	done
+	cat "$out"
+	tail -n 20 "$TMP/$name.log"
+	die "${*: -1} on $name's console failed"
+}
+
 # log_errors NAME: the errors and sanitizer reports in $TMP/NAME.log (the last ten), if any.
 log_errors() {
 	if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/$1.log"; then

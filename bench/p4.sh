@@ -110,13 +110,7 @@ echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=256M
 
 t0=$(date +%s)
 for db in "$DB_A" "$DB_B" "$DB_C"; do
-	sql "$PGPORT_" postgres "CREATE DATABASE $db"
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$db" \
-		-f tests/fixtures/ingest_schema.sql >"$TMP/schema-$db.log" 2>&1 || {
-		cat "$TMP/schema-$db.log"
-		die "tests/fixtures/ingest_schema.sql failed in $db"
-	}
-	sql "$PGPORT_" "$db" "SELECT seed_ingest_idempotency($SEED)" >/dev/null
+	ingest_db "$db" "$SEED"
 done
 echo "databases: $DB_A (pgshunt), $DB_B (trigger), $DB_C (plain), each seeded with seed_ingest_idempotency($SEED) in $(($(date +%s) - t0)) s:" \
 	"$(for db in "$DB_A" "$DB_B" "$DB_C"; do sql "$PGPORT_" "$db" 'SELECT count(*) FROM ingest_idempotency'; done | paste -sd/) rows"
@@ -124,42 +118,17 @@ echo "databases: $DB_A (pgshunt), $DB_B (trigger), $DB_C (plain), each seeded wi
 # ------------------------------------------------------------------ A: pgshunt in dual_write
 
 freeport SHUNT_PORT
-cat >"$TMP/pgshunt.ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = $SHUNT_PORT
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-admin_users = postgres
-control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB_A user=postgres
-log_level = warning
-EOF
+shunt_ini "$TMP/pgshunt.ini" "$SHUNT_PORT" "admin_users = postgres" \
+	"control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB_A user=postgres" "log_level = warning"
 "$ROOT/pgshunt" "$TMP/pgshunt.ini" >"$TMP/pgshunt.log" 2>&1 &
 PIDS[pgshunt]=$!
-for ((i = 0; i < 300; i++)); do
-	sql "$SHUNT_PORT" "$DB_A" 'SELECT 1' >/dev/null 2>&1 && break
-	alive "${PIDS[pgshunt]}" || {
-		cat "$TMP/pgshunt.log"
-		die "pgshunt exited during start-up"
-	}
-	sleep 0.1
-done
-((i < 300)) || die "pgshunt on port $SHUNT_PORT does not answer"
+wait_up pgshunt "$SHUNT_PORT" sql "$SHUNT_PORT" "$DB_A" 'SELECT 1'
 
 # console CMD: run one command on pgshunt's admin console.
 console() {
 	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$SHUNT_PORT" -U postgres -d pgshunt -c "$1"
 }
-# The control connection comes up asynchronously: retry MIGRATE PREPARE for 15 s.
-for ((i = 0; i < 150; i++)); do
-	console 'MIGRATE PREPARE' >"$TMP/prepare-a.out" 2>&1 && break
-	sleep 0.1
-done
-((i < 150)) || {
-	cat "$TMP/prepare-a.out" "$TMP/pgshunt.log"
-	die "MIGRATE PREPARE on pgshunt's console failed"
-}
+console_retry pgshunt "$TMP/prepare-a.out" console 'MIGRATE PREPARE'
 console 'SET PHASE dual_write' >"$TMP/phase.out" 2>&1 || {
 	cat "$TMP/phase.out" "$TMP/pgshunt.log"
 	die "SET PHASE dual_write failed"

@@ -89,13 +89,7 @@ full_page_writes = off
 EOF
 echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=128MB fsync=off synchronous_commit=off full_page_writes=off"
 
-sql "$PGPORT_" postgres "CREATE DATABASE $DB"
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$DB" \
-	-f tests/fixtures/ingest_schema.sql >"$TMP/schema.log" 2>&1 || {
-	cat "$TMP/schema.log"
-	die "tests/fixtures/ingest_schema.sql failed in $DB"
-}
-sql "$PGPORT_" "$DB" "SELECT seed_ingest_idempotency($SEED)" >/dev/null
+ingest_db "$DB" "$SEED"
 echo "database:  $DB from tests/fixtures/ingest_schema.sql, seed_ingest_idempotency($SEED): $(sql "$PGPORT_" "$DB" 'SELECT count(*) FROM ingest_idempotency') rows"
 
 # ------------------------------------------------------------------ 4 proxies
@@ -103,42 +97,17 @@ echo "database:  $DB from tests/fixtures/ingest_schema.sql, seed_ingest_idempote
 declare -a SHUNT_PORT=()
 for ((n = 1; n <= NPROXIES; n++)); do
 	freeport SHUNT_PORT[n]
-	cat >"$TMP/pgshunt$n.ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = ${SHUNT_PORT[n]}
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-admin_users = postgres
-control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres
-log_level = warning
-EOF
+	shunt_ini "$TMP/pgshunt$n.ini" "${SHUNT_PORT[n]}" "admin_users = postgres" \
+		"control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres" "log_level = warning"
 	"$ROOT/pgshunt" "$TMP/pgshunt$n.ini" >"$TMP/pgshunt$n.log" 2>&1 &
 	PIDS[pgshunt$n]=$!
 done
 for ((n = 1; n <= NPROXIES; n++)); do
-	for ((i = 0; i < 300; i++)); do
-		sql "${SHUNT_PORT[n]}" "$DB" 'SELECT 1' >/dev/null 2>&1 && break
-		alive "${PIDS[pgshunt$n]}" || {
-			cat "$TMP/pgshunt$n.log"
-			die "pgshunt $n exited during start-up"
-		}
-		sleep 0.1
-	done
-	((i < 300)) || die "pgshunt $n on port ${SHUNT_PORT[n]} does not answer"
+	wait_up "pgshunt$n" "${SHUNT_PORT[n]}" sql "${SHUNT_PORT[n]}" "$DB" 'SELECT 1'
 	echo "pgshunt $n: 127.0.0.1:${SHUNT_PORT[n]} (pid ${PIDS[pgshunt$n]}) -> $DB, control_dsn to $DB"
 done
 
-# The control connection comes up asynchronously: retry MIGRATE PREPARE for 15 s.
-for ((i = 0; i < 150; i++)); do
-	console 1 'MIGRATE PREPARE' >"$TMP/prepare.out" 2>&1 && break
-	sleep 0.1
-done
-((i < 150)) || {
-	cat "$TMP/prepare.out" "$TMP/pgshunt1.log"
-	die "MIGRATE PREPARE on pgshunt 1's console failed"
-}
+console_retry pgshunt1 "$TMP/prepare.out" console 1 'MIGRATE PREPARE'
 echo "prepare:   MIGRATE PREPARE on pgshunt 1's console ($(wc -l <"$TMP/prepare.out") steps)"
 
 # Each proxy registers at its next heartbeat (every 2 s) once the schema exists.
