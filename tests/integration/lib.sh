@@ -2,7 +2,7 @@
 # Source it after `set -euo pipefail`, from the repository root (run.sh's working
 # directory). It owns the EXIT trap (a test with more to clean up sets its own, ending
 # in lib_cleanup): everything it started is stopped by PID, the database dropped and
-# the scratch folder $work removed, whatever happens.
+# the scratch folder $work removed, whatever happens, on SIGINT and SIGTERM too.
 #
 #   own_database NAME        a database owned by shunt_trust with the ingest table;
 #                            sets $direct (its conninfo, straight to PostgreSQL)
@@ -47,6 +47,8 @@ lib_cleanup() {
 	rm -rf "$work"
 }
 trap lib_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 fail() {
 	echo "FAIL: $*" >&2
@@ -68,6 +70,11 @@ show_logs() {
 			tail -n 20 "$f" >&2
 		fi
 	done
+}
+
+# expect_eq WHAT GOT WANT: fail unless GOT is WANT.
+expect_eq() {
+	[ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
 }
 
 own_database() {
