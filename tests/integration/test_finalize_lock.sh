@@ -9,9 +9,7 @@ set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
 
-own_database "finlock_$$"
-psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(100)" >/dev/null
-fleet_start
+fleet_start "finlock_$$" 100
 fleet_to_cutover
 
 # Released and answered: a statement on the table sent during the hold.
@@ -19,13 +17,6 @@ probe_during() { # conninfo outfile: background, sets $probe
 	psql -X -qtA "$1" -c "SELECT 'ingest_idempotency probe'" >"$2" 2>&1 &
 	probe=$!
 	fleet_pids+=("$probe")
-}
-wait_hold() {
-	for _ in $(seq 50); do
-		[ "$(q "SELECT hold_until IS NOT NULL FROM pgshunt.state")" = t ] && return 0
-		sleep 0.1
-	done
-	fail "no hold"
 }
 after_failure() { # what
 	[ "$(q "SELECT phase || '/' || (hold_until IS NULL) FROM pgshunt.state")" = "cutover/true" ] ||
