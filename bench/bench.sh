@@ -50,16 +50,18 @@ MAX_CONNECTIONS=200
 PROXY_MAX_CLIENT_CONN=200
 ((IDLE_CONNS > PROXY_MAX_CLIENT_CONN)) && PROXY_MAX_CLIENT_CONN=$IDLE_CONNS
 
-for n in SECONDS_PER_RUN ROUNDS SCALE IDLE_CONNS CG_TX; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make, or make bench)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+bench_int BENCH_SECONDS "$SECONDS_PER_RUN"
+bench_int BENCH_ROUNDS "$ROUNDS"
+bench_int BENCH_SCALE "$SCALE"
+bench_int BENCH_IDLE_CONNS "$IDLE_CONNS"
+bench_int BENCH_CG_TX "$CG_TX"
+bench_require pgbench psql "$PY"
 [ -x "$PGBOUNCER" ] || die "PgBouncer not found at $PGBOUNCER"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-"$PY" -c 'import psycopg' 2>/dev/null || die "$PY cannot import psycopg (python3-psycopg)"
+bench_require_psycopg
 if [ "$DO_CALLGRIND" != 0 ] && ! command -v valgrind >/dev/null; then
 	echo "bench: valgrind not found, skipping P2" >&2
 	DO_CALLGRIND=0
@@ -67,36 +69,16 @@ fi
 
 # ---------------------------------------------------------------- processes, cleanup
 
-BENCH_NAME=bench
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 bench_begin bench/results/latest.txt
 
-# wait_sql PORT NAME PID: wait until `SELECT 1` as bench works on PORT; 1 if PID dies
-# or nothing answers within 30 s.
-wait_sql() {
-	local port=$1 name=$2 pid=${3:-} i
-	for ((i = 0; i < 300; i++)); do
-		if psql -X -At -h 127.0.0.1 -p "$port" -U bench -d bench -c 'SELECT 1' >/dev/null 2>&1; then
-			return 0
-		fi
-		if [ -n "$pid" ] && ! alive "$pid"; then
-			echo "bench: $name (pid $pid) exited during start-up" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	echo "bench: $name on port $port does not answer" >&2
-	return 1
-}
+# bench_sql PORT: `SELECT 1` as bench, to see that a proxy answers on PORT.
+bench_sql() { psql -X -At -h 127.0.0.1 -p "$1" -U bench -d bench -c 'SELECT 1'; }
 
 vmrss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark"
 echo "pgbench:     $(pgbench --version)"
 echo "pgbouncer:   $("$PGBOUNCER" --version 2>&1 | head -n1)"
 echo "cc:          $(${CC:-cc} --version 2>/dev/null | head -n1)"
@@ -159,10 +141,7 @@ EOF
 	[ "$(id -u)" = 0 ] && user_opt=(-u postgres)
 	"$@" "$PGBOUNCER" "${user_opt[@]}" "$ini" >"$TMP/$name.out" 2>&1 &
 	PIDS[$name]=$!
-	wait_sql "$BOUNCER_PORT" "$name" "${PIDS[$name]}" || {
-		cat "$TMP/$name.out" "$TMP/$name.log" 2>/dev/null || true
-		die "could not start $name"
-	}
+	wait_up "$name" "$BOUNCER_PORT" bench_sql "$BOUNCER_PORT"
 }
 
 # start_pgshunt NAME [WRAPPER...]: start pgshunt on a new port; sets SHUNT_PORT and
@@ -172,22 +151,10 @@ start_pgshunt() {
 	shift
 	freeport SHUNT_PORT
 	ini=$TMP/$name.ini
-	cat >"$ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = $SHUNT_PORT
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-log_level = warning
-max_client_conn = $PROXY_MAX_CLIENT_CONN
-EOF
+	shunt_ini "$ini" "$SHUNT_PORT" "log_level = warning" "max_client_conn = $PROXY_MAX_CLIENT_CONN"
 	"$@" "$ROOT/pgshunt" "$ini" >"$TMP/$name.log" 2>&1 &
 	PIDS[$name]=$!
-	wait_sql "$SHUNT_PORT" "$name" "${PIDS[$name]}" || {
-		cat "$TMP/$name.log" || true
-		die "could not start $name"
-	}
+	wait_up "$name" "$SHUNT_PORT" bench_sql "$SHUNT_PORT"
 }
 
 start_pgbouncer pgbouncer 20
@@ -404,12 +371,4 @@ if [ "$DO_CALLGRIND" != 0 ]; then
 	echo
 fi
 
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "bench: results written to $RESULTS"
+bench_end

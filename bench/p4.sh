@@ -65,34 +65,27 @@ DB_A=p4_shunt
 DB_B=p4_trigger
 DB_C=p4_plain
 
-for n in SECONDS_PER_RUN ROUNDS SEED; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[[ $WARMUP =~ ^[0-9]+$ ]] || die "P4_WARMUP must be a non-negative integer, not '$WARMUP'"
-[[ $REWRITTEN =~ ^[01]$ ]] || die "P4_REWRITTEN must be 0 or 1, not '$REWRITTEN'"
-[[ $BACKFILL =~ ^[01]$ ]] || die "P4_BACKFILL must be 0 or 1, not '$BACKFILL'"
-[[ $AUTOVACUUM =~ ^[01]$ ]] || die "P4_AUTOVACUUM must be 0 or 1, not '$AUTOVACUUM'"
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-for f in tests/fixtures/ingest_schema.sql proxy/sql/schema.sql proxy/sql/prepare.sql; do
-	[ -r "$f" ] || die "$f not found"
-done
-
-# ---------------------------------------------------------------- processes, cleanup
-
 BENCH_NAME=p4
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+
+bench_int P4_SECONDS "$SECONDS_PER_RUN"
+bench_int P4_ROUNDS "$ROUNDS"
+bench_int P4_SEED "$SEED"
+bench_int P4_WARMUP "$WARMUP" 0
+bench_bool P4_REWRITTEN "$REWRITTEN"
+bench_bool P4_BACKFILL "$BACKFILL"
+bench_bool P4_AUTOVACUUM "$AUTOVACUUM"
+bench_require pgbench psql "$PY"
+bench_readable tests/fixtures/ingest_schema.sql proxy/sql/schema.sql proxy/sql/prepare.sql
+
+# ---------------------------------------------------------------- processes, cleanup
+
 bench_begin bench/results/p4.txt
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark P4 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark P4"
 echo "pgbench:     $(pgbench --version)"
 echo "settings:    P4_SECONDS=$SECONDS_PER_RUN P4_ROUNDS=$ROUNDS P4_WARMUP=$WARMUP P4_SEED=$SEED P4_BACKFILL=$BACKFILL P4_AUTOVACUUM=$AUTOVACUUM P4_REWRITTEN=$REWRITTEN"
 echo
@@ -117,13 +110,7 @@ echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=256M
 
 t0=$(date +%s)
 for db in "$DB_A" "$DB_B" "$DB_C"; do
-	sql "$PGPORT_" postgres "CREATE DATABASE $db"
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$db" \
-		-f tests/fixtures/ingest_schema.sql >"$TMP/schema-$db.log" 2>&1 || {
-		cat "$TMP/schema-$db.log"
-		die "tests/fixtures/ingest_schema.sql failed in $db"
-	}
-	sql "$PGPORT_" "$db" "SELECT seed_ingest_idempotency($SEED)" >/dev/null
+	ingest_db "$db" "$SEED"
 done
 echo "databases: $DB_A (pgshunt), $DB_B (trigger), $DB_C (plain), each seeded with seed_ingest_idempotency($SEED) in $(($(date +%s) - t0)) s:" \
 	"$(for db in "$DB_A" "$DB_B" "$DB_C"; do sql "$PGPORT_" "$db" 'SELECT count(*) FROM ingest_idempotency'; done | paste -sd/) rows"
@@ -131,42 +118,17 @@ echo "databases: $DB_A (pgshunt), $DB_B (trigger), $DB_C (plain), each seeded wi
 # ------------------------------------------------------------------ A: pgshunt in dual_write
 
 freeport SHUNT_PORT
-cat >"$TMP/pgshunt.ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = $SHUNT_PORT
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-admin_users = postgres
-control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB_A user=postgres
-log_level = warning
-EOF
+shunt_ini "$TMP/pgshunt.ini" "$SHUNT_PORT" "admin_users = postgres" \
+	"control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB_A user=postgres" "log_level = warning"
 "$ROOT/pgshunt" "$TMP/pgshunt.ini" >"$TMP/pgshunt.log" 2>&1 &
 PIDS[pgshunt]=$!
-for ((i = 0; i < 300; i++)); do
-	sql "$SHUNT_PORT" "$DB_A" 'SELECT 1' >/dev/null 2>&1 && break
-	alive "${PIDS[pgshunt]}" || {
-		cat "$TMP/pgshunt.log"
-		die "pgshunt exited during start-up"
-	}
-	sleep 0.1
-done
-((i < 300)) || die "pgshunt on port $SHUNT_PORT does not answer"
+wait_up pgshunt "$SHUNT_PORT" sql "$SHUNT_PORT" "$DB_A" 'SELECT 1'
 
 # console CMD: run one command on pgshunt's admin console.
 console() {
 	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$SHUNT_PORT" -U postgres -d pgshunt -c "$1"
 }
-# The control connection comes up asynchronously: retry MIGRATE PREPARE for 15 s.
-for ((i = 0; i < 150; i++)); do
-	console 'MIGRATE PREPARE' >"$TMP/prepare-a.out" 2>&1 && break
-	sleep 0.1
-done
-((i < 150)) || {
-	cat "$TMP/prepare-a.out" "$TMP/pgshunt.log"
-	die "MIGRATE PREPARE on pgshunt's console failed"
-}
+console_retry pgshunt "$TMP/prepare-a.out" console 'MIGRATE PREPARE'
 console 'SET PHASE dual_write' >"$TMP/phase.out" 2>&1 || {
 	cat "$TMP/phase.out" "$TMP/pgshunt.log"
 	die "SET PHASE dual_write failed"
@@ -474,16 +436,5 @@ else
 	echo "P4 (pgshunt/trigger >= $P4_TARGET): NOT MET"
 fi
 echo
-if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt.log"; then
-	echo "# pgshunt logged errors:"
-	grep -iE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt.log" | tail -n 10 | sed 's/^/#   /'
-fi
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "p4: results written to $RESULTS"
+log_errors pgshunt
+bench_end

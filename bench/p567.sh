@@ -62,20 +62,14 @@ BENCH_NAME=p567
 . bench/lib.sh
 
 for n in P5_SEED P5_FG_TPS P5_BATCH P6_SEED P6_SECONDS P6_ROUNDS P7_ROWS P7_RATE P7_BATCH; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
+	bench_int "$n" "${!n}"
 done
 [[ -z $ONLY || $ONLY =~ ^p[567]$ ]] || die "P567_ONLY must be p5, p6 or p7, not '$ONLY'"
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make pgshunt)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in pgbench psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
+bench_require pgbench psql "$PY"
 
 bench_begin bench/results/p567.txt
 
-echo "# pgshunt benchmarks P5, P6, P7 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmarks P5, P6, P7"
 echo "pgbench:     $(pgbench --version)"
 echo "settings:    P567_ONLY=${ONLY:-all} P5_SEED=$P5_SEED P5_FG_TPS=$P5_FG_TPS P5_BATCH=$P5_BATCH P6_SEED=$P6_SEED P6_SECONDS=$P6_SECONDS P6_ROUNDS=$P6_ROUNDS P7_ROWS=$P7_ROWS P7_RATE=$P7_RATE P7_BATCH=$P7_BATCH"
 echo
@@ -94,12 +88,7 @@ new_server() {
 		rm -rf "$TMP/data"
 	fi
 	pg_start PGPORT_
-	sql "$PGPORT_" postgres "CREATE DATABASE $DB"
-	psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$DB" \
-		-f tests/fixtures/ingest_schema.sql >"$TMP/schema.log" 2>&1 || {
-		cat "$TMP/schema.log"
-		die "tests/fixtures/ingest_schema.sql failed"
-	}
+	ingest_db "$DB"
 	t0=$(date +%s)
 	sql "$PGPORT_" "$DB" "SELECT seed_ingest_idempotency($seed)" "VACUUM ANALYZE" "CHECKPOINT" >/dev/null
 	echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), $(sql "$PGPORT_" "$DB" "SELECT count(*) || ' rows, table ' || pg_size_pretty(pg_table_size('ingest_idempotency')) || ', indexes ' || pg_size_pretty(pg_indexes_size('ingest_idempotency')) || ', shared_buffers ' || current_setting('shared_buffers') FROM ingest_idempotency"), seeded in $(($(date +%s) - t0)) s"
@@ -107,49 +96,21 @@ new_server() {
 
 # start_shunt EXTRA_LINE...: pgshunt in front of $DB with a control connection.
 start_shunt() {
-	local i line
 	freeport SHUNT_PORT
-	{
-		echo "[pgshunt]"
-		echo "listen_addr = 127.0.0.1"
-		echo "listen_port = $SHUNT_PORT"
-		echo "server_host = 127.0.0.1"
-		echo "server_port = $PGPORT_"
-		echo "server_tls_sslmode = disable"
-		echo "control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres"
-		echo "admin_users = postgres"
-		echo "log_level = info"
-		for line in "$@"; do echo "$line"; done
-	} >"$TMP/pgshunt.ini"
-	./pgshunt "$TMP/pgshunt.ini" 2>>"$TMP/pgshunt.log" &
+	shunt_ini "$TMP/pgshunt.ini" "$SHUNT_PORT" "control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres" \
+		"admin_users = postgres" "log_level = info" "$@"
+	# Its stdout too, not the terminal: bench_end waits for the end of the tee.
+	./pgshunt "$TMP/pgshunt.ini" >>"$TMP/pgshunt.log" 2>&1 &
 	PIDS[pgshunt]=$!
-	for ((i = 0; i < 300; i++)); do
-		psql -X -qAt -h 127.0.0.1 -p "$SHUNT_PORT" -U postgres -d pgshunt -c 'SHOW PHASE' \
-			>/dev/null 2>&1 && break
-		alive "${PIDS[pgshunt]}" || {
-			tail -n 20 "$TMP/pgshunt.log"
-			die "pgshunt exited during start-up"
-		}
-		sleep 0.1
-	done
-	((i < 300)) || die "pgshunt on port $SHUNT_PORT does not answer"
+	wait_up pgshunt "$SHUNT_PORT" console 'SHOW PHASE'
 }
 
 console() {
 	psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$SHUNT_PORT" -U postgres -d pgshunt -c "$1"
 }
 
-# console_retry CMD: the control connection comes up asynchronously.
-console_retry() {
-	local i
-	for ((i = 0; i < 150; i++)); do
-		console "$1" >"$TMP/console.out" 2>&1 && return 0
-		sleep 0.1
-	done
-	cat "$TMP/console.out"
-	tail -n 20 "$TMP/pgshunt.log"
-	die "$1 failed"
-}
+# migrate_prepare: MIGRATE PREPARE on the console of the pgshunt of start_shunt.
+migrate_prepare() { console_retry pgshunt "$TMP/console.out" console "MIGRATE PREPARE"; }
 
 now_ms() { date +%s%3N; }
 
@@ -182,7 +143,7 @@ p5() {
 		checkpoint_timeout = 1h
 	EOF
 	start_shunt "backfill_batch_rows = $P5_BATCH" "backfill_max_rows_per_sec = 10000000"
-	console_retry "MIGRATE PREPARE"
+	migrate_prepare
 
 	local t0 t1 bulk_ms rows
 	t0=$(now_ms)
@@ -247,7 +208,7 @@ p6() {
 		autovacuum = off
 	EOF
 	start_shunt
-	console_retry "MIGRATE PREPARE"
+	migrate_prepare
 	cat >"$TMP/buffer.pgbench" <<-'EOF'
 		\set k random(1, 1000000000)
 		INSERT INTO ingest_fallback_buffer (pgshunt_conflict, site_id, idempotency_key, request_hash) VALUES ('nothing', 'site-' || (:k % 500), 'bench-' || :k, '\x00') RETURNING created_at;
@@ -327,7 +288,7 @@ p7() {
 		checkpoint_timeout = 1h
 	EOF
 	start_shunt "drain_batch_rows = $P7_BATCH" "drain_max_rows_per_sec = 1000000"
-	console_retry "MIGRATE PREPARE"
+	migrate_prepare
 	local rows ms rate dups
 	fill_buffer "$P7_ROWS"
 	read -r rows ms <<<"$(drain_once)"
@@ -354,7 +315,4 @@ for b in p5 p6 p7; do
 	fi
 done
 
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-cp "$PARTIAL" "$RESULTS"
-echo "p567: results written to $RESULTS"
+bench_end

@@ -50,22 +50,19 @@ NPROXIES=4
 P8_TARGET_MS=1000
 DB=p8
 
-for n in ROUNDS SEED HOLD; do
-	[[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n must be a positive integer, not '${!n}'"
-done
-[ -x ./pgshunt ] || die "./pgshunt not found: build it first (make pgshunt)"
-[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not found in $PGBIN"
-for c in psql "$PY"; do
-	command -v "$c" >/dev/null || die "$c not found"
-done
-"$PY" -c 'import psycopg' 2>/dev/null || die "python3-psycopg not found (tests/install-deps.sh)"
-[ -r tests/fixtures/ingest_schema.sql ] || die "tests/fixtures/ingest_schema.sql not found"
-
-# ---------------------------------------------------------------- processes, cleanup
-
 BENCH_NAME=p8
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+
+bench_int P8_ROUNDS "$ROUNDS"
+bench_int P8_SEED "$SEED"
+bench_int P8_HOLD "$HOLD"
+bench_require psql "$PY"
+bench_require_psycopg
+bench_readable tests/fixtures/ingest_schema.sql
+
+# ---------------------------------------------------------------- processes, cleanup
+
 bench_begin bench/results/p8.txt
 
 # console N CMD: run one command on the admin console of proxy N (1..4).
@@ -75,9 +72,7 @@ console() {
 
 # ------------------------------------------------------------------ machine info
 
-echo "# pgshunt benchmark P8 — $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo
-machine_info
+bench_header "pgshunt benchmark P8"
 echo "python:      $("$PY" --version 2>&1), psycopg $("$PY" -c 'import psycopg; print(psycopg.__version__)')"
 echo "settings:    P8_ROUNDS=$ROUNDS P8_SEED=$SEED P8_HOLD=$HOLD, $NPROXIES proxies"
 echo
@@ -94,13 +89,7 @@ full_page_writes = off
 EOF
 echo "postgres:  127.0.0.1:$PGPORT_ (pid $(postmaster_pid)), shared_buffers=128MB fsync=off synchronous_commit=off full_page_writes=off"
 
-sql "$PGPORT_" postgres "CREATE DATABASE $DB"
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres -d "$DB" \
-	-f tests/fixtures/ingest_schema.sql >"$TMP/schema.log" 2>&1 || {
-	cat "$TMP/schema.log"
-	die "tests/fixtures/ingest_schema.sql failed in $DB"
-}
-sql "$PGPORT_" "$DB" "SELECT seed_ingest_idempotency($SEED)" >/dev/null
+ingest_db "$DB" "$SEED"
 echo "database:  $DB from tests/fixtures/ingest_schema.sql, seed_ingest_idempotency($SEED): $(sql "$PGPORT_" "$DB" 'SELECT count(*) FROM ingest_idempotency') rows"
 
 # ------------------------------------------------------------------ 4 proxies
@@ -108,42 +97,17 @@ echo "database:  $DB from tests/fixtures/ingest_schema.sql, seed_ingest_idempote
 declare -a SHUNT_PORT=()
 for ((n = 1; n <= NPROXIES; n++)); do
 	freeport SHUNT_PORT[n]
-	cat >"$TMP/pgshunt$n.ini" <<EOF
-[pgshunt]
-listen_addr = 127.0.0.1
-listen_port = ${SHUNT_PORT[n]}
-server_host = 127.0.0.1
-server_port = $PGPORT_
-server_tls_sslmode = disable
-admin_users = postgres
-control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres
-log_level = warning
-EOF
+	shunt_ini "$TMP/pgshunt$n.ini" "${SHUNT_PORT[n]}" "admin_users = postgres" \
+		"control_dsn = host=127.0.0.1 port=$PGPORT_ dbname=$DB user=postgres" "log_level = warning"
 	"$ROOT/pgshunt" "$TMP/pgshunt$n.ini" >"$TMP/pgshunt$n.log" 2>&1 &
 	PIDS[pgshunt$n]=$!
 done
 for ((n = 1; n <= NPROXIES; n++)); do
-	for ((i = 0; i < 300; i++)); do
-		sql "${SHUNT_PORT[n]}" "$DB" 'SELECT 1' >/dev/null 2>&1 && break
-		alive "${PIDS[pgshunt$n]}" || {
-			cat "$TMP/pgshunt$n.log"
-			die "pgshunt $n exited during start-up"
-		}
-		sleep 0.1
-	done
-	((i < 300)) || die "pgshunt $n on port ${SHUNT_PORT[n]} does not answer"
+	wait_up "pgshunt$n" "${SHUNT_PORT[n]}" sql "${SHUNT_PORT[n]}" "$DB" 'SELECT 1'
 	echo "pgshunt $n: 127.0.0.1:${SHUNT_PORT[n]} (pid ${PIDS[pgshunt$n]}) -> $DB, control_dsn to $DB"
 done
 
-# The control connection comes up asynchronously: retry MIGRATE PREPARE for 15 s.
-for ((i = 0; i < 150; i++)); do
-	console 1 'MIGRATE PREPARE' >"$TMP/prepare.out" 2>&1 && break
-	sleep 0.1
-done
-((i < 150)) || {
-	cat "$TMP/prepare.out" "$TMP/pgshunt1.log"
-	die "MIGRATE PREPARE on pgshunt 1's console failed"
-}
+console_retry pgshunt1 "$TMP/prepare.out" console 1 'MIGRATE PREPARE'
 echo "prepare:   MIGRATE PREPARE on pgshunt 1's console ($(wc -l <"$TMP/prepare.out") steps)"
 
 # Each proxy registers at its next heartbeat (every 2 s) once the schema exists.
@@ -339,17 +303,6 @@ echo "context: psql -c 'SHOW PHASE' on a console, whole process, 5 runs (date +%
 	"(not in the P8 figures)"
 
 for ((n = 1; n <= NPROXIES; n++)); do
-	if grep -qiE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt$n.log"; then
-		echo "# pgshunt $n logged errors:"
-		grep -iE 'level=(error|fatal)|Sanitizer' "$TMP/pgshunt$n.log" | tail -n 10 | sed 's/^/#   /'
-	fi
+	log_errors "pgshunt$n"
 done
-echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# done $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-
-# Publish the results (the tee is flushed by closing our end of it first).
-exec 1>&4 2>&3
-wait "$TEE_PID" 2>/dev/null || true
-TEE_PID=
-cp "$PARTIAL" "$RESULTS"
-echo "p8: results written to $RESULTS"
+bench_end

@@ -1,12 +1,16 @@
 # Two pgshunts on one database, for the fleet tests (test_finalize*.sh,
 # test_fleet_faults.sh, test_rollback.sh).  Source after lib.sh.
 #
-#   fleet_start          proxies A and B with control_dsn; sets $pid_a $pid_b, $app_a
+#   fleet_start DB ROWS  own_database DB with ROWS rows (seed_ingest_idempotency), then
+#                        proxies A and B with control_dsn; sets $pid_a $pid_b, $app_a
 #                        $app_b, $console_a $console_b; the EXIT trap stops both
 #   fleet_restart_b      start B again (after it was killed); sets $pid_b and the rest
 #   q SQL                a query straight to the database, tuples only
 #   on CONNINFO SQL      a query through a pgshunt, tuples only, errors on stdout
 #   wait_acked           until every live proxy acknowledged pgshunt.state's epoch
+#   fleet_prepare        MIGRATE PREPARE on A's console, then both proxies registered
+#   fleet_to_cutover     fleet_prepare, then dual_write, read_next and cutover
+#   wait_hold            until pgshunt.state has a hold (SET PHASE finalized's)
 #   expect_fail CONN SQL SQLSTATE PATTERN   the statement fails that way
 
 fleet_pids=()
@@ -41,7 +45,9 @@ fleet_start_one() { # name
 	pid=
 }
 
-fleet_start() {
+fleet_start() { # db rows
+	own_database "$1"
+	psql -X -q "$direct" -c "SELECT seed_ingest_idempotency($2)" >/dev/null
 	trap fleet_cleanup EXIT
 	fleet_start_one a
 	fleet_start_one b
@@ -74,11 +80,25 @@ wait_registered() { # count
 # The table's key set and row count, to compare two tables.
 keyset() { q "SELECT count(*) || ':' || coalesce(md5(string_agg(site_id || '/' || idempotency_key, ',' ORDER BY site_id, idempotency_key)), '') FROM $1"; }
 
-# MIGRATE PREPARE, then dual_write, read_next (FORCE: no backfill) and cutover, next
-# holding every row of the table (copied, standing in for the backfill).
-fleet_to_cutover() {
+# MIGRATE PREPARE on A's console; then both proxies have registered in pgshunt.proxies.
+fleet_prepare() {
 	on "$console_a" 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE"
 	wait_registered 2
+}
+
+# A hold in pgshunt.state (SET PHASE finalized holds the fleet), within 5 s.
+wait_hold() {
+	for _ in $(seq 50); do
+		[ "$(q "SELECT hold_until IS NOT NULL FROM pgshunt.state")" = t ] && return 0
+		sleep 0.1
+	done
+	fail "no hold in pgshunt.state"
+}
+
+# fleet_prepare, then dual_write, read_next (FORCE: no backfill) and cutover, next
+# holding every row of the table (copied, standing in for the backfill).
+fleet_to_cutover() {
+	fleet_prepare
 	on "$console_a" 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
 	q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency ON CONFLICT DO NOTHING" >/dev/null
 	on "$console_a" 'SET PHASE read_next FORCE' >/dev/null || fail "SET PHASE read_next"

@@ -7,70 +7,18 @@
 # private mount namespace (skipped, with a note, where unshare/overlayfs are refused).
 # Each pgshunt here is one of our own, in front of SHUNT_SERVER_PORT.
 set -euo pipefail
+. tests/integration/lib.sh
 
-bin=${PGSHUNT_BIN:-./pgshunt}
-case $bin in /*) ;; *) bin=$PWD/${bin#./} ;; esac
-harness=tests/harness/pgserver.sh
+case $shunt_bin in /*) ;; *) shunt_bin=$PWD/${shunt_bin#./} ;; esac
 py=/usr/bin/python3
-work=$(mktemp -d /tmp/pgshunt-daemon.XXXXXX)
-pids=()
-
-cleanup() {
-	local p
-	trap - EXIT
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
 
 fail() {
 	echo "FAIL: $*" >&2
-	for f in "$work"/*.log "$work"/*.msgs; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
+	show_logs "$work"/*.log "$work"/*.msgs
 	exit 1
 }
-ok() { echo "ok: $*"; }
 
-write_conf() { # file port [extra lines...]
-	local file=$1 p=$2
-	shift 2
-	{
-		echo "[pgshunt]"
-		echo "listen_addr = 127.0.0.1"
-		echo "listen_port = $p"
-		echo "server_host = 127.0.0.1"
-		echo "server_port = $SHUNT_SERVER_PORT"
-		echo "server_tls_sslmode = disable"
-		echo "admin_users = shunt_admin"
-		echo "shutdown_timeout = 5"
-		for line in "$@"; do echo "$line"; done
-	} >"$file"
-}
-
-wait_listening() { # port pid log
-	for _ in $(seq 100); do
-		pg_isready -q -h 127.0.0.1 -p "$1" && return 0
-		kill -0 "$2" 2>/dev/null || fail "pgshunt exited at start: $(cat "$3")"
-		sleep 0.1
-	done
-	fail "pgshunt did not start listening on $1"
-}
-
-wait_gone() { # pid seconds
-	for _ in $(seq $(($2 * 10))); do
-		kill -0 "$1" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	fail "process $1 still running after $2 s"
-}
+write_conf() { shunt_conf "$1" "$2" "shutdown_timeout = 5" "${@:3}"; } # file port [extra lines...]
 
 # A unix datagram socket that appends every line it receives to a file: the
 # service manager's NOTIFY_SOCKET, or syslog's /dev/log.
@@ -89,7 +37,7 @@ EOF
 start_listener() { # socket-path messages-file -> sets $lpid
 	"$py" "$work/dgram.py" "$1" "$2" &
 	lpid=$!
-	pids+=("$lpid")
+	own_pids+=("$lpid")
 	for _ in $(seq 50); do
 		grep -q '^#listening$' "$2" 2>/dev/null && return 0
 		sleep 0.1
@@ -112,12 +60,12 @@ lines() { wc -l <"$1"; }
 # --- sd_notify: READY=1, STATUS=, RELOADING=1/READY=1, STOPPING=1 ---
 msgs=$work/notify.msgs
 start_listener "$work/notify.sock" "$msgs"
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 write_conf "$work/notify.ini" "$port" \
 	"control_dsn = host=127.0.0.1 port=$SHUNT_SERVER_PORT dbname=shunt_test user=shunt_admin password=admin-secret"
-NOTIFY_SOCKET=$work/notify.sock "$bin" "$work/notify.ini" 2>"$work/notify.log" &
+NOTIFY_SOCKET=$work/notify.sock "$shunt_bin" "$work/notify.ini" 2>"$work/notify.log" &
 pid=$!
-pids+=("$pid")
+own_pids+=("$pid")
 r=$(wait_msg "$msgs" 0 '^READY=1$' 10) || fail "no READY=1 within 10 s"
 pg_isready -q -h 127.0.0.1 -p "$port" || fail "READY=1 came before the listener accepts"
 grep -qE '^STATUS=phase [a-z_]+, epoch [0-9]+, degraded (on|off)' "$msgs" || fail "no STATUS= with the phase"
@@ -139,50 +87,41 @@ ok "rejected reload: RELOADING=1, then READY=1"
 from=$(lines "$msgs")
 kill -TERM "$pid"
 wait_msg "$msgs" "$from" '^STOPPING=1$' 10 >/dev/null || fail "no STOPPING=1 after SIGTERM"
-wait_gone "$pid" 10
-rc=0
-wait "$pid" || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+exited_ok "$pid" 10 "after SIGTERM"
 ok "SIGTERM: STOPPING=1, exit 0"
 
 # READY=1 waits for the phase: with control_dsn unreachable, pgshunt listens but is
 # not ready, and says why in STATUS=.
 : >"$msgs"
 echo "#listening" >"$msgs"
-dead=$(bash "$harness" freeport)
-port=$(bash "$harness" freeport)
+dead=$(bash "$shunt_harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 write_conf "$work/noctl.ini" "$port" "control_dsn = host=127.0.0.1 port=$dead dbname=x user=x connect_timeout=1"
-NOTIFY_SOCKET=$work/notify.sock "$bin" "$work/noctl.ini" 2>"$work/noctl.log" &
-pid=$!
-pids+=("$pid")
-wait_listening "$port" "$pid" "$work/noctl.log"
+NOTIFY_SOCKET=$work/notify.sock run_pgshunt "$work/noctl.ini" "$work/noctl.log" "$port"
 wait_msg "$msgs" 0 '^STATUS=.*migration phase' 5 >/dev/null || fail "no STATUS= saying the phase is awaited"
 sleep 1
 ! grep -q '^READY=1$' "$msgs" || fail "READY=1 sent while the phase is unknown"
 from=$(lines "$msgs")
 kill -INT "$pid"
 wait_msg "$msgs" "$from" '^STOPPING=1$' 10 >/dev/null || fail "no STOPPING=1 after SIGINT"
-wait_gone "$pid" 10
-rc=0
-wait "$pid" || rc=$?
-[ "$rc" = 0 ] || fail "exit status $rc after SIGINT"
+exited_ok "$pid" 10 "after SIGINT"
 ok "no READY=1 while the phase cannot be read; $(grep -m1 '^STATUS=' "$msgs"); SIGINT: STOPPING=1"
 kill -TERM "$lpid"
 
 # --- -d: detached, with a pidfile ---
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 pidfile=$work/run/pgshunt.pid
 mkdir "$work/run"
 write_conf "$work/d.ini" "$port" "pidfile = $pidfile"
 start=$SECONDS
 rc=0
-timeout 10 "$bin" -d "$work/d.ini" >"$work/d.out" 2>&1 || rc=$?
+timeout 10 "$shunt_bin" -d "$work/d.ini" >"$work/d.out" 2>&1 || rc=$?
 [ "$rc" = 0 ] || fail "pgshunt -d exited with $rc: $(cat "$work/d.out")"
 ((SECONDS - start <= 3)) || fail "pgshunt -d took $((SECONDS - start)) s to return"
 [ -s "$pidfile" ] || fail "no pidfile once pgshunt -d returned"
 dpid=$(cat "$pidfile")
 [[ $dpid =~ ^[0-9]+$ ]] || fail "pidfile holds '$dpid'"
-pids+=("$dpid")
+own_pids+=("$dpid")
 kill -0 "$dpid" 2>/dev/null || fail "pidfile names $dpid, which is not running"
 [ ! -e "$pidfile.tmp" ] || fail "$pidfile.tmp left behind"
 [ "$(ps -o sid= -p "$dpid" | tr -d ' ')" = "$dpid" ] || fail "the daemon is not a session leader"
@@ -193,16 +132,16 @@ pg_isready -q -h 127.0.0.1 -p "$port" || fail "the daemon does not accept connec
 ok "-d returned in $((SECONDS - start)) s; pidfile names $dpid, a session leader that serves queries"
 
 # A second start on the same pidfile fails, naming it, and leaves it alone.
-port2=$(bash "$harness" freeport)
+port2=$(bash "$shunt_harness" freeport)
 write_conf "$work/d2.ini" "$port2" "pidfile = $pidfile"
 rc=0
-timeout 10 "$bin" -d "$work/d2.ini" >"$work/d2.out" 2>&1 || rc=$?
+timeout 10 "$shunt_bin" -d "$work/d2.ini" >"$work/d2.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] || fail "second start: exit $rc, want 1: $(cat "$work/d2.out")"
 grep -qF "$pidfile" "$work/d2.out" || fail "second start does not name the pidfile: $(cat "$work/d2.out")"
 ! pg_isready -q -h 127.0.0.1 -p "$port2" || fail "the second instance listens"
 [ "$(cat "$pidfile")" = "$dpid" ] || fail "the second start changed the pidfile"
 rc=0
-"$bin" "$work/d2.ini" >"$work/d3.out" 2>&1 || rc=$?
+"$shunt_bin" "$work/d2.ini" >"$work/d3.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] || fail "second start without -d: exit $rc, want 1"
 ok "a second start on the pidfile: exit 1, $(head -n1 "$work/d2.out")"
 
@@ -219,10 +158,10 @@ kill -KILL "$dead"
 wait "$dead" 2>/dev/null || true
 echo "$dead" >"$pidfile"
 rc=0
-timeout 10 "$bin" -d "$work/d.ini" >"$work/d4.out" 2>&1 || rc=$?
+timeout 10 "$shunt_bin" -d "$work/d.ini" >"$work/d4.out" 2>&1 || rc=$?
 [ "$rc" = 0 ] || fail "start over a stale pidfile: exit $rc: $(cat "$work/d4.out")"
 dpid=$(cat "$pidfile")
-pids+=("$dpid")
+own_pids+=("$dpid")
 if [ "$dpid" = "$dead" ] || ! kill -0 "$dpid" 2>/dev/null; then
 	fail "the stale pidfile was not replaced ($dpid)"
 fi
@@ -235,14 +174,14 @@ ok "a stale pidfile (pid $dead) is replaced (pid $dpid); SIGINT removes it too"
 # Start-up errors reach stderr before detaching, and the exit status says so.
 write_conf "$work/busy.ini" "$SHUNT_SERVER_PORT" "pidfile = $pidfile"
 rc=0
-timeout 10 "$bin" -d "$work/busy.ini" >"$work/busy.out" 2>&1 || rc=$?
+timeout 10 "$shunt_bin" -d "$work/busy.ini" >"$work/busy.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] || fail "-d on a port in use: exit $rc, want 1: $(cat "$work/busy.out")"
 grep -q 'cannot listen on 127.0.0.1:'"$SHUNT_SERVER_PORT" "$work/busy.out" ||
 	fail "-d on a port in use: stderr lacks the reason: $(cat "$work/busy.out")"
 [ ! -e "$pidfile" ] || fail "pidfile written although start-up failed"
 write_conf "$work/nodir.ini" "$port" "pidfile = $work/missing/dir/pgshunt.pid"
 rc=0
-timeout 10 "$bin" -d "$work/nodir.ini" >"$work/nodir.out" 2>&1 || rc=$?
+timeout 10 "$shunt_bin" -d "$work/nodir.ini" >"$work/nodir.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] || fail "-d with an unwritable pidfile: exit $rc, want 1"
 grep -q 'cannot write pidfile' "$work/nodir.out" || fail "no reason for the pidfile failure: $(cat "$work/nodir.out")"
 ! pg_isready -q -h 127.0.0.1 -p "$port" || fail "still listening after a pidfile failure"
@@ -250,16 +189,9 @@ ok "-d failures on stderr with exit 1: $(grep -o 'cannot listen.*' "$work/busy.o
 
 # --- the pidfile without -d (a service manager's PIDFile=) ---
 write_conf "$work/fg.ini" "$port" "pidfile = $pidfile"
-"$bin" "$work/fg.ini" 2>"$work/fg.log" &
-pid=$!
-pids+=("$pid")
-wait_listening "$port" "$pid" "$work/fg.log"
+run_pgshunt "$work/fg.ini" "$work/fg.log" "$port"
 [ "$(cat "$pidfile" 2>/dev/null)" = "$pid" ] || fail "foreground pidfile holds '$(cat "$pidfile" 2>/dev/null)', want $pid"
-kill -TERM "$pid"
-wait_gone "$pid" 10
-rc=0
-wait "$pid" || rc=$?
-[ "$rc" = 0 ] || fail "foreground pgshunt with a pidfile exited with $rc"
+stop_ok "$pid"
 [ ! -e "$pidfile" ] || fail "foreground pidfile left after SIGTERM"
 ok "without -d: the pidfile holds the PID while it runs"
 
@@ -275,10 +207,7 @@ syslog_test() {
 	rm -f /dev/log
 	start_listener /dev/log "$msgs"
 	write_conf "$work/sys.ini" "$port" "log_syslog = on"
-	"$bin" "$work/sys.ini" 2>"$work/sys.log" &
-	pid=$!
-	pids+=("$pid")
-	wait_listening "$port" "$pid" "$work/sys.log"
+	run_pgshunt "$work/sys.ini" "$work/sys.log" "$port"
 	kill -TERM "$pid"
 	wait_gone "$pid" 10
 	# Markers go in once the lines before them have arrived, so each run has its part.
@@ -286,24 +215,24 @@ syslog_test() {
 	echo "#foreground-done" >>"$msgs"
 	n=$(wc -l <"$msgs")
 	write_conf "$work/sysd.ini" "$port" "pidfile = $work/sysd.pid"
-	timeout 10 "$bin" -d "$work/sysd.ini" 2>"$work/sysd.log" || fail "pgshunt -d in the namespace"
+	timeout 10 "$shunt_bin" -d "$work/sysd.ini" 2>"$work/sysd.log" || fail "pgshunt -d in the namespace"
 	pid=$(cat "$work/sysd.pid")
-	pids+=("$pid")
+	own_pids+=("$pid")
 	kill -TERM "$pid"
 	wait_gone "$pid" 10
 	wait_msg "$msgs" "$n" 'pgshunt stopped' 5 >/dev/null || fail "-d: no 'stopped' line in syslog"
 	echo "#daemon-done" >>"$msgs"
 	n=$(wc -l <"$msgs")
 	write_conf "$work/sysbusy.ini" "$SHUNT_SERVER_PORT" "log_syslog = on"
-	! "$bin" "$work/sysbusy.ini" 2>"$work/sysbusy.log" || fail "pgshunt started on a port in use"
+	! "$shunt_bin" "$work/sysbusy.ini" 2>"$work/sysbusy.log" || fail "pgshunt started on a port in use"
 	wait_msg "$msgs" "$n" 'cannot listen' 5 >/dev/null || fail "a start-up error did not reach syslog"
 }
 
 # The namespace's shell: our processes there are killed with it, whatever happens.
 ns_main() {
 	set -euo pipefail
-	pids=()
-	trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done' EXIT
+	own_pids=()
+	trap 'for p in "${own_pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done' EXIT
 	syslog_test "$1"
 }
 
@@ -318,9 +247,10 @@ ns_works() {
 }
 
 if ns_works; then
-	port=$(bash "$harness" freeport)
-	export -f ns_main syslog_test start_listener write_conf wait_listening wait_gone wait_msg fail
-	export bin work py SHUNT_SERVER_PORT
+	port=$(bash "$shunt_harness" freeport)
+	export -f ns_main syslog_test start_listener write_conf shunt_conf run_pgshunt wait_listening wait_gone \
+		wait_msg fail show_logs
+	export shunt_bin work py SHUNT_SERVER_PORT
 	# shellcheck disable=SC2016 # $1 is the inner shell's
 	unshare -m --propagation private bash -c 'ns_main "$1"' ns_main "$port" ||
 		fail "the syslog run in a private mount namespace failed"

@@ -12,19 +12,10 @@ set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
 
-own_database "fin_$$"
-psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(300)" >/dev/null
-fleet_start
-on "$console_a" 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE"
-wait_registered 2
-[ "$(q "SELECT version FROM pgshunt.schema_version")" = 2 ] || fail "schema version"
-
+fleet_start "fin_$$" 300
 # To cutover with next holding every row (standing in for the backfill).
-on "$console_a" 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
-q "INSERT INTO ingest_idempotency_next SELECT * FROM ingest_idempotency ON CONFLICT DO NOTHING" >/dev/null
-on "$console_a" 'SET PHASE read_next FORCE' >/dev/null || fail "SET PHASE read_next"
-out=$(on "$console_b" 'SET PHASE cutover') || fail "SET PHASE cutover: $out"
-wait_acked
+fleet_to_cutover
+[ "$(q "SELECT version FROM pgshunt.schema_version")" = 2 ] || fail "schema version"
 before_next=$(keyset ingest_idempotency_next)
 before_old=$(keyset ingest_idempotency)
 ok "cutover, next_table complete ($before_next)"
@@ -67,11 +58,7 @@ start=$(date +%s%N)
 psql -X -qtA -v VERBOSITY=verbose "$console_a" -c 'SET PHASE finalized' >"$work/set.out" 2>&1 &
 setter=$!
 fleet_pids+=("$setter")
-for _ in $(seq 50); do
-	[ -n "$(q "SELECT hold_until FROM pgshunt.state")" ] && break
-	sleep 0.1
-done
-[ -n "$(q "SELECT hold_until FROM pgshunt.state")" ] || fail "no hold in pgshunt.state"
+wait_hold
 # A transaction begun during the hold is served until it names the table; then it
 # waits, and is re-pinned to finalized when the hold ends (it must not hold back the
 # fleet's acknowledgement of finalized: it stays open past SET PHASE's return).

@@ -9,23 +9,26 @@ set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
 
-own_database "finlock_$$"
-psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(100)" >/dev/null
-fleet_start
+fleet_start "finlock_$$" 100
 fleet_to_cutover
 
-# Released and answered: a statement on the table sent during the hold.
-probe_during() { # conninfo outfile: background, sets $probe
-	psql -X -qtA "$1" -c "SELECT 'ingest_idempotency probe'" >"$2" 2>&1 &
+# finalize_fails WHILE CONNINFO OUTFILE: SET PHASE finalized on A's console fails 55000
+# (its output in $work/set.out, its time in $elapsed_ms), and a statement on the table
+# sent through CONNINFO during its hold is released and answered (in OUTFILE).
+finalize_fails() {
+	local start probe setter
+	start=$(date +%s%N)
+	psql -X -qtA -v VERBOSITY=verbose "$console_a" -c 'SET PHASE finalized' >"$work/set.out" 2>&1 &
+	setter=$!
+	wait_hold
+	psql -X -qtA "$2" -c "SELECT 'ingest_idempotency probe'" >"$3" 2>&1 &
 	probe=$!
 	fleet_pids+=("$probe")
-}
-wait_hold() {
-	for _ in $(seq 50); do
-		[ "$(q "SELECT hold_until IS NOT NULL FROM pgshunt.state")" = t ] && return 0
-		sleep 0.1
-	done
-	fail "no hold"
+	if wait "$setter"; then fail "SET PHASE finalized succeeded $1: $(cat "$work/set.out")"; fi
+	elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+	grep -q 'ERROR:  55000:' "$work/set.out" || fail "want 55000: $(cat "$work/set.out")"
+	wait "$probe" || fail "the held statement failed: $(cat "$3")"
+	[ "$(cat "$3")" = "ingest_idempotency probe" ] || fail "held statement: $(cat "$3")"
 }
 after_failure() { # what
 	[ "$(q "SELECT phase || '/' || (hold_until IS NULL) FROM pgshunt.state")" = "cutover/true" ] ||
@@ -60,20 +63,11 @@ coproc TXB { psql -X -qtA "$app_b" 2>&1; }
 exec {txb_in}>&"${TXB[1]}" {txb_out}<&"${TXB[0]}"
 echo "BEGIN; SELECT 'open';" >&"$txb_in"
 read -r -t 10 line <&"$txb_out" || fail "no answer in B's transaction"
-start=$(date +%s%N)
-psql -X -qtA -v VERBOSITY=verbose "$console_a" -c 'SET PHASE finalized' >"$work/set.out" 2>&1 &
-setter=$!
-wait_hold
-probe_during "$app_a" "$work/probe1"
-if wait "$setter"; then fail "SET PHASE finalized succeeded with B's transaction open: $(cat "$work/set.out")"; fi
-elapsed_ms=$((($(date +%s%N) - start) / 1000000))
-grep -q 'ERROR:  55000:' "$work/set.out" || fail "want 55000: $(cat "$work/set.out")"
+finalize_fails "with B's transaction open" "$app_a" "$work/probe1"
 grep -q "did not acknowledge the hold" "$work/set.out" || fail "message: $(cat "$work/set.out")"
 grep -qF "$proxy_b" "$work/set.out" || fail "B ($proxy_b) not named: $(cat "$work/set.out")"
 grep -q "the phase stays cutover and the hold is released" "$work/set.out" || fail "message: $(cat "$work/set.out")"
 [ "$elapsed_ms" -lt 11000 ] || fail "gave up after $elapsed_ms ms, more than the hold's limit"
-wait "$probe" || fail "the held statement failed: $(cat "$work/probe1")"
-[ "$(cat "$work/probe1")" = "ingest_idempotency probe" ] || fail "held statement: $(cat "$work/probe1")"
 after_failure "open transaction"
 # B's transaction was never disturbed: it goes on under cutover, then ends.
 echo "SELECT 'ingest_idempotency still'; COMMIT;" >&"$txb_in"
@@ -90,19 +84,10 @@ exec {lk_in}>&"${LOCKER[1]}" {lk_out}<&"${LOCKER[0]}"
 echo "BEGIN; LOCK TABLE ingest_idempotency IN ACCESS SHARE MODE; SELECT 'locked';" >&"$lk_in"
 read -r -t 10 line <&"$lk_out" || fail "no lock"
 [ "$line" = locked ] || fail "locker: $line"
-start=$(date +%s%N)
-psql -X -qtA -v VERBOSITY=verbose "$console_a" -c 'SET PHASE finalized' >"$work/set.out" 2>&1 &
-setter=$!
-wait_hold
-probe_during "$app_b" "$work/probe2"
-if wait "$setter"; then fail "SET PHASE finalized succeeded under the lock: $(cat "$work/set.out")"; fi
-elapsed_ms=$((($(date +%s%N) - start) / 1000000))
-grep -q 'ERROR:  55000:' "$work/set.out" || fail "want 55000: $(cat "$work/set.out")"
+finalize_fails "under the lock" "$app_b" "$work/probe2"
 grep -q "could not lock public.ingest_idempotency" "$work/set.out" || fail "message: $(cat "$work/set.out")"
 grep -q 'rename attempt 5/5 failed' "$work/pgshunt.log" || fail "five attempts not logged"
 [ "$elapsed_ms" -lt 10000 ] || fail "gave up after $elapsed_ms ms"
-wait "$probe" || fail "the held statement failed: $(cat "$work/probe2")"
-[ "$(cat "$work/probe2")" = "ingest_idempotency probe" ] || fail "held statement: $(cat "$work/probe2")"
 after_failure "lock"
 [ "$(q "SELECT to_regclass('public.ingest_idempotency_old') IS NULL AND to_regclass('public.ingest_idempotency_next') IS NOT NULL")" = t ] ||
 	fail "names changed although the rename failed"

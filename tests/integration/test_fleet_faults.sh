@@ -14,11 +14,8 @@ set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
 
-own_database "faults_$$"
-psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(50)" >/dev/null
-fleet_start
-on "$console_a" 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE"
-wait_registered 2
+fleet_start "faults_$$" 50
+fleet_prepare
 on "$console_a" 'SET PHASE dual_write' >/dev/null || fail "SET PHASE dual_write"
 proxy_b=$(q "SELECT proxy_id FROM pgshunt.proxies WHERE proxy_id LIKE '%:$port_b:%'")
 
@@ -85,10 +82,7 @@ read -r -t 10 line <&"$tx2_out" || fail "no answer in B's transaction"
 psql -X -qtA "$console_a" -c 'SET PHASE finalized' >"$work/set2.out" 2>&1 &
 setter=$!
 fleet_pids+=("$setter")
-for _ in $(seq 50); do
-	[ "$(q "SELECT hold_until IS NOT NULL FROM pgshunt.state")" = t ] && break
-	sleep 0.1
-done
+wait_hold
 hold_until=$(q "SELECT hold_until FROM pgshunt.state")
 [ -n "$hold_until" ] || fail "no hold"
 psql -X -qtA "$app_b" -c "SELECT 'ingest_idempotency held'" >"$work/held.out" 2>&1 &

@@ -3,70 +3,23 @@
 # console RELOAD/SHUTDOWN: each on a pgshunt instance of its own, in front of the
 # harness's PostgreSQL (SHUNT_SERVER_PORT).
 set -euo pipefail
-
-bin=${PGSHUNT_BIN:-./pgshunt}
-harness=tests/harness/pgserver.sh
-work=$(mktemp -d /tmp/pgshunt-lifecycle.XXXXXX)
-pids=()
-
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/integration/lib.sh
 
 fail() {
 	echo "FAIL: $*" >&2
-	for f in "$work"/*.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
+	show_logs "$work"/*.log
 	exit 1
 }
 
 expect_exit() { # expected-status config-file stderr-pattern
 	local want=$1 file=$2 pattern=$3 rc=0
-	"$bin" "$file" >"$work/out" 2>&1 || rc=$?
+	"$shunt_bin" "$file" >"$work/out" 2>&1 || rc=$?
 	[ "$rc" = "$want" ] || fail "$file: exit $rc, want $want: $(cat "$work/out")"
 	grep -qE -- "$pattern" "$work/out" || fail "$file: output lacks /$pattern/: $(cat "$work/out")"
 }
 
-write_conf() { # file port [extra lines...]
-	local file=$1 port=$2
-	shift 2
-	{
-		echo "[pgshunt]"
-		echo "listen_addr = 127.0.0.1"
-		echo "listen_port = $port"
-		echo "server_host = 127.0.0.1"
-		echo "server_port = $SHUNT_SERVER_PORT"
-		echo "server_tls_sslmode = disable"
-		echo "admin_users = shunt_admin"
-		echo "shutdown_timeout = 20"
-		for line in "$@"; do echo "$line"; done
-	} >"$file"
-}
-
-start() { # config log -> sets $pid
-	"$bin" "$1" 2>"$2" &
-	pid=$!
-	pids+=("$pid")
-	for _ in $(seq 100); do
-		pg_isready -q -h 127.0.0.1 -p "$port" && return 0
-		kill -0 "$pid" 2>/dev/null || fail "pgshunt exited at start: $(cat "$2")"
-		sleep 0.1
-	done
-	fail "pgshunt did not start listening"
-}
-
-wait_exit() { # pid seconds
-	for _ in $(seq $(($2 * 10))); do
-		kill -0 "$1" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	fail "process $1 still running after $2 s"
-}
+# The first extra line is line 9: the configuration errors below name it.
+write_conf() { shunt_conf "$1" "$2" "shutdown_timeout = 20" "${@:3}"; } # file port [extra lines...]
 
 app() { psql -X -qtA "host=127.0.0.1 port=$port dbname=shunt_test user=shunt_trust" "$@"; }
 console() {
@@ -74,13 +27,13 @@ console() {
 }
 
 # --- command line ---
-"$bin" --version | grep -qE '^pgshunt [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
-"$bin" --help | grep -q 'Usage: pgshunt' || fail "--help"
-rc=0; "$bin" >/dev/null 2>&1 || rc=$?
+"$shunt_bin" --version | grep -qE '^pgshunt [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
+"$shunt_bin" --help | grep -q 'Usage: pgshunt' || fail "--help"
+rc=0; "$shunt_bin" >/dev/null 2>&1 || rc=$?
 [ "$rc" = 2 ] || fail "no config argument: exit $rc, want 2"
 
 # --- configuration errors stop start-up with FILE:LINE: KEY and status 2 ---
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 write_conf "$work/unknown.ini" "$port" "max_clients = 5"
 expect_exit 2 "$work/unknown.ini" "unknown.ini:9: max_clients: unknown key"
 write_conf "$work/badval.ini" "$port" "max_client_conn = lots"
@@ -95,10 +48,10 @@ write_conf "$work/tls.ini" "$port" "client_tls_sslmode = require" "client_tls_ce
 expect_exit 2 "$work/tls.ini" "nonexistent.crt"
 
 # --- SIGHUP: reloadable keys apply, others are reported and kept, bad files rejected ---
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 conf=$work/reload.ini
 write_conf "$conf" "$port" "max_client_conn = 40"
-start "$conf" "$work/reload.log"
+run_pgshunt "$conf" "$work/reload.log" "$port"
 [ "$(app -c 'select 42')" = 42 ] || fail "query through the fresh instance"
 [ "$(console -c 'SHOW CONFIG' | grep '^max_client_conn|' | cut -d'|' -f2)" = 40 ] || fail "SHOW CONFIG max_client_conn"
 write_conf "$conf" "$port" "max_client_conn = 7" "admin_database = other"
@@ -119,7 +72,7 @@ write_conf "$conf" "$port" "max_client_conn = 9"
 table=lifecycle_$$
 app -c "CREATE TABLE $table (v int)"
 coproc TX { psql -X -qtA "host=127.0.0.1 port=$port dbname=shunt_test user=shunt_trust" 2>&1; }
-pids+=("$TX_PID")
+own_pids+=("$TX_PID")
 exec {tx_in}>&"${TX[1]}" {tx_out}<&"${TX[0]}" # bash drops TX[] when psql exits
 echo "BEGIN; INSERT INTO $table VALUES (1); SELECT 'in-tx';" >&"$tx_in"
 read -r -t 10 line <&"$tx_out" || fail "no answer inside the transaction"
@@ -135,20 +88,20 @@ printf 'INSERT INTO %s VALUES (2); COMMIT;\n\\echo committed\n' "$table" >&"$tx_
 exec {tx_in}>&- {TX[1]}>&-
 out=$(timeout 10 cat <&"$tx_out") || true
 grep -q '^committed$' <<<"$out" || fail "COMMIT during shutdown did not complete: $out"
-wait_exit "$pid" 10
+wait_gone "$pid" 10
 direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT dbname=shunt_test user=shunt_trust"
 [ "$(psql -X -qtA "$direct" -c "SELECT count(*) FROM $table")" = 2 ] || fail "rows of the transaction lost"
 psql -X -qtA "$direct" -c "DROP TABLE $table"
 
 # --- console SHUTDOWN and SIGINT ---
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 write_conf "$work/shut.ini" "$port"
-start "$work/shut.ini" "$work/shut.log"
+run_pgshunt "$work/shut.ini" "$work/shut.log" "$port"
 console -c 'SHUTDOWN' >/dev/null 2>&1 || true
-wait_exit "$pid" 10
-port=$(bash "$harness" freeport)
+wait_gone "$pid" 10
+port=$(bash "$shunt_harness" freeport)
 write_conf "$work/int.ini" "$port"
-start "$work/int.ini" "$work/int.log"
+run_pgshunt "$work/int.ini" "$work/int.log" "$port"
 kill -INT "$pid"
-wait_exit "$pid" 5
+wait_gone "$pid" 5
 echo "lifecycle: ok"

@@ -4,38 +4,17 @@
 # 503 with a dead one), 404 and 405, and start-up failing on a taken or bad
 # metrics_addr.  Each pgshunt here is one of our own, in front of SHUNT_SERVER_PORT.
 set -euo pipefail
+. tests/integration/lib.sh
 
-bin=${PGSHUNT_BIN:-./pgshunt}
-harness=tests/harness/pgserver.sh
-work=$(mktemp -d /tmp/pgshunt-metrics.XXXXXX)
-pids=()
 hold_fd=
-
-cleanup() {
-	local p
-	trap - EXIT
-	[ -n "$hold_fd" ] && exec {hold_fd}>&- 2>/dev/null
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+# The held session's FIFO is closed first, so that its psql ends by itself.
+trap '[ -z "$hold_fd" ] || exec {hold_fd}>&- 2>/dev/null; lib_cleanup' EXIT
 
 fail() {
 	echo "FAIL: $*" >&2
-	for f in "$work"/*.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
+	show_logs "$work"/*.log
 	exit 1
 }
-
-ok() { echo "ok: $*"; }
 
 # --- HTTP: curl when it is there, else python3's urllib (nothing gets installed) ---
 
@@ -252,30 +231,32 @@ write_conf() { # file listen-port server-port metrics-addr
 	EOF
 }
 
-start() { # config log listen-port metrics-port -> $pid
-	"$bin" "$1" 2>"$2" &
+# start NAME SERVER-PORT: a pgshunt in front of SERVER-PORT, with $work/NAME.ini and
+# $work/NAME.log, listening on new ports; sets $port, $mport (metrics), $base (its URL)
+# and $pid once both ports accept connections.
+start() {
+	port=$(bash "$shunt_harness" freeport)
+	mport=$(bash "$shunt_harness" freeport)
+	base=http://127.0.0.1:$mport
+	write_conf "$work/$1.ini" "$port" "$2" "127.0.0.1:$mport"
+	"$shunt_bin" "$work/$1.ini" 2>"$work/$1.log" &
 	pid=$!
-	pids+=("$pid")
+	own_pids+=("$pid")
 	for _ in $(seq 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null &&
-			(exec 3<>"/dev/tcp/127.0.0.1/$4") 2>/dev/null; then
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+			(exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null; then
 			return 0
 		fi
-		kill -0 "$pid" 2>/dev/null || fail "pgshunt exited at start: $(cat "$2")"
+		kill -0 "$pid" 2>/dev/null || fail "pgshunt exited at start: $(cat "$work/$1.log")"
 		sleep 0.1
 	done
-	fail "pgshunt did not listen on $3 and $4 (metrics) within 10 s"
+	fail "pgshunt did not listen on $port and $mport (metrics) within 10 s"
 }
 
 # SIGTERM, then a clean exit: status 0 and no sanitizer report (an ASan build checks
 # leaks at exit, metrics_stop() included).
 stop_clean() { # pid log
-	local rc=0
-	kill -TERM "$1"
-	for _ in $(seq 150); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-	kill -0 "$1" 2>/dev/null && fail "pgshunt $1 still running 15 s after SIGTERM"
-	wait "$1" || rc=$?
-	[ "$rc" = 0 ] || fail "pgshunt $1 exited with status $rc after SIGTERM"
+	stop_ok "$1" 15
 	if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$2"; then
 		fail "sanitizer report in $2"
 	fi
@@ -283,18 +264,14 @@ stop_clean() { # pid log
 
 expect_exit() { # status config pattern
 	local rc=0
-	timeout 10 "$bin" "$2" >"$work/exit.out" 2>&1 || rc=$?
+	timeout 10 "$shunt_bin" "$2" >"$work/exit.out" 2>&1 || rc=$?
 	[ "$rc" = "$1" ] || fail "$2: exit $rc, want $1: $(tail -n 5 "$work/exit.out")"
 	grep -qE -- "$3" "$work/exit.out" || fail "$2: output lacks /$3/: $(tail -n 5 "$work/exit.out")"
 }
 
 # --- a healthy instance ---
 
-port=$(bash "$harness" freeport)
-mport=$(bash "$harness" freeport)
-base=http://127.0.0.1:$mport
-write_conf "$work/good.ini" "$port" "$SHUNT_SERVER_PORT" "127.0.0.1:$mport"
-start "$work/good.ini" "$work/good.log" "$port" "$mport"
+start good "$SHUNT_SERVER_PORT"
 good_pid=$pid
 ok "pgshunt $good_pid with metrics on 127.0.0.1:$mport"
 
@@ -317,7 +294,7 @@ ok "$queries queries through pgshunt in 4 connections"
 # Hold one idle session open: psql waits on a FIFO we keep open.
 mkfifo "$work/hold.in"
 psql -X -qtA "$app" <"$work/hold.in" >"$work/hold.out" 2>&1 &
-pids+=("$!")
+own_pids+=("$!")
 exec {hold_fd}>"$work/hold.in"
 echo "select 'held';" >&"$hold_fd"
 for _ in $(seq 50); do
@@ -368,7 +345,7 @@ done
 [ "$(val pgshunt_auto_degrade_leader)" = 0 ] || fail "a decider without control_dsn"
 ok "thresholds, jobs, buffer and auto-DEGRADED families without control_dsn"
 
-version=$("$bin" --version | cut -d' ' -f2)
+version=$("$shunt_bin" --version | cut -d' ' -f2)
 [ "$(val pgshunt_up)" = 1 ] || fail "pgshunt_up $(val pgshunt_up)"
 [ "$(val "pgshunt_build_info{version=\"$version\"}")" = 1 ] || fail "no build_info for $version"
 started=$(val pgshunt_start_time_seconds)
@@ -431,12 +408,8 @@ ok "SIGTERM: clean exit"
 
 # --- a dead server: alive, not ready ---
 
-dead=$(bash "$harness" freeport)
-port=$(bash "$harness" freeport)
-mport=$(bash "$harness" freeport)
-base=http://127.0.0.1:$mport
-write_conf "$work/dead.ini" "$port" "$dead" "127.0.0.1:$mport"
-start "$work/dead.ini" "$work/dead.log" "$port" "$mport"
+dead=$(bash "$shunt_harness" freeport)
+start dead "$dead"
 dead_pid=$pid
 for _ in $(seq 50); do
 	http GET "$base/readyz" "$work/body" >/dev/null
@@ -452,7 +425,7 @@ stop_clean "$dead_pid" "$work/dead.log"
 
 # --- start-up refuses a metrics_addr it cannot use (status 1, naming metrics_addr) ---
 
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 # The harness's PostgreSQL holds its port on 127.0.0.1.
 write_conf "$work/taken.ini" "$port" "$SHUNT_SERVER_PORT" "127.0.0.1:$SHUNT_SERVER_PORT"
 expect_exit 1 "$work/taken.ini" "metrics_addr.*127\\.0\\.0\\.1:$SHUNT_SERVER_PORT.*(in use|cannot listen)"

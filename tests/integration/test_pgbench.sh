@@ -7,33 +7,25 @@ set -euo pipefail
 
 : "${PGHOST:?}" "${PGPORT:?}" "${PGDATABASE:?}"
 export PGUSER=shunt_scram PGPASSWORD=scram-secret PGCONNECT_TIMEOUT=10
+. tests/integration/lib.sh
 
-tmp=$(mktemp -d)
 cleanup() {
 	# Drop what pgbench -i made (pgbench_accounts, _branches, _history, _tellers).
 	pgbench -i -I d >/dev/null 2>&1 || true
-	rm -rf "$tmp"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	exit 1
-}
+trap 'cleanup; lib_cleanup' EXIT
 
 q() { psql -X -At -v ON_ERROR_STOP=1 "$@"; }
 
-pgbench -i -s 1 -q >"$tmp/init.out" 2>&1 || fail "pgbench -i failed: $(cat "$tmp/init.out")"
+pgbench -i -s 1 -q >"$work/init.out" 2>&1 || fail "pgbench -i failed: $(cat "$work/init.out")"
 n=$(q -c "SELECT count(*) FROM pgbench_accounts")
 [ "$n" = 100000 ] || fail "pgbench_accounts has $n rows after -i -s 1, want 100000"
 echo "ok - pgbench -i -s 1 (100000 accounts)"
 
 for mode in simple extended prepared; do
 	rc=0
-	pgbench -n -T 5 -c 4 -j 2 -M "$mode" >"$tmp/$mode.out" 2>&1 || rc=$?
-	out=$(cat "$tmp/$mode.out")
+	pgbench -n -T 5 -c 4 -j 2 -M "$mode" >"$work/$mode.out" 2>&1 || rc=$?
+	out=$(cat "$work/$mode.out")
 	[ "$rc" -eq 0 ] || fail "pgbench -M $mode exited with $rc: $out"
 	processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
 	[ -n "$processed" ] || fail "pgbench -M $mode printed no transaction count: $out"

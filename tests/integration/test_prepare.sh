@@ -16,34 +16,21 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 dsn="host=127.0.0.1 port=$SHUNT_SERVER_PORT dbname=shunt_test user=shunt_admin password=admin-secret"
 s=prep_$$
 role=prep_app_$$
-tmp=$(mktemp -d)
 export PGCONNECT_TIMEOUT=10
 # Unqualified names in this test are the test schema's.
 export PGOPTIONS="-c search_path=$s,public"
+. tests/integration/lib.sh
 
 cleanup() {
 	psql -X -q "$dsn" -c "DROP SCHEMA IF EXISTS $s CASCADE" -c "DROP ROLE IF EXISTS $role" \
 		>/dev/null 2>&1 || true
-	rm -rf "$tmp"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	exit 1
-}
-ok() { echo "ok - $*"; }
+trap 'cleanup; lib_cleanup' EXIT
 
 # q ARGS...: psql on the server, unaligned, tuples only, quiet, stop on error.
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$dsn" "$@"; }
 # qf: the same with the SQL on stdin.
 qf() { q -f -; }
-
-expect_eq() { # what got want
-	[ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
-}
 
 # expect_error NAME SQLSTATE MESSAGE-PART SQL: SQL fails with that SQLSTATE and message.
 expect_error() {
@@ -112,16 +99,16 @@ expect_error "runbook LIKE ... INCLUDING ALL refused" 0A000 \
 
 prepare_prod="SELECT step, detail FROM pgshunt.migrate_prepare('ingest_idempotency', 'ingest_idempotency_next',
 	'ingest_fallback_buffer', 'created_at', 'month', 3, '{site_id,idempotency_key}')"
-q -c "$prepare_prod" >"$tmp/prepare1"
-sed 's/^/    /' "$tmp/prepare1"
+q -c "$prepare_prod" >"$work/prepare1"
+sed 's/^/    /' "$work/prepare1"
 # step counts; key_lock(oid, <key types>) is shared by every table with the same key
 # types, so it may be there already.
 steps() {
 	grep -v '|function pgshunt.key_lock(' "$1" | cut -d'|' -f1 | sort | uniq -c | awk '{print $2 "=" $1}' | paste -sd' '
 }
-expect_eq "first prepare: steps" "$(steps "$tmp/prepare1")" \
+expect_eq "first prepare: steps" "$(steps "$work/prepare1")" \
 	"create_constraint=1 create_function=4 create_index=1 create_partitions=1 create_table=2 create_view=9"
-grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, text\)$' "$tmp/prepare1" ||
+grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, text\)$' "$work/prepare1" ||
 	fail "no key_lock(oid, text, text) step"
 ok "migrate_prepare on the production shape"
 
@@ -305,9 +292,9 @@ catalog_sql="SELECT md5(string_agg(x, E'\n' ORDER BY x)) FROM (
 	UNION ALL SELECT conname || conrelid::text || pg_get_constraintdef(oid) FROM pg_constraint
 	 WHERE connamespace = '$s'::regnamespace) t"
 before=$(q -c "$catalog_sql")
-q -c "$prepare_prod" >"$tmp/prepare2"
-expect_eq "second prepare: only 'exists'" "$(cut -d'|' -f1 "$tmp/prepare2" | sort -u)" exists
-expect_eq "second prepare: as many steps" "$(wc -l <"$tmp/prepare2")" "$(wc -l <"$tmp/prepare1")"
+q -c "$prepare_prod" >"$work/prepare2"
+expect_eq "second prepare: only 'exists'" "$(cut -d'|' -f1 "$work/prepare2" | sort -u)" exists
+expect_eq "second prepare: as many steps" "$(wc -l <"$work/prepare2")" "$(wc -l <"$work/prepare1")"
 expect_eq "second prepare changed nothing" "$(q -c "$catalog_sql")" "$before"
 ok "a second migrate_prepare reports only 'exists' and changes nothing"
 
@@ -390,13 +377,13 @@ SELECT 't' || (g % 5), jsonb_build_object('n', g), g * 10, now() - g * interval 
 FROM generate_series(1, 100) AS g;
 SQL
 q -c "SELECT step, detail FROM pgshunt.migrate_prepare('payments', 'payments_next', 'payments_buffer',
-	'inserted_at', 'day', 2, '{tenant,request_id}')" >"$tmp/prepare3" 2>"$tmp/prepare3.err"
-sed 's/^/    /' "$tmp/prepare3"
-grep -q 'WARNING:  partition column "inserted_at" of table '"$s"'.payments allows NULL' "$tmp/prepare3.err" ||
-	fail "no warning about the nullable inserted_at: $(cat "$tmp/prepare3.err")"
-expect_eq "second shape: steps" "$(steps "$tmp/prepare3")" \
+	'inserted_at', 'day', 2, '{tenant,request_id}')" >"$work/prepare3" 2>"$work/prepare3.err"
+sed 's/^/    /' "$work/prepare3"
+grep -q 'WARNING:  partition column "inserted_at" of table '"$s"'.payments allows NULL' "$work/prepare3.err" ||
+	fail "no warning about the nullable inserted_at: $(cat "$work/prepare3.err")"
+expect_eq "second shape: steps" "$(steps "$work/prepare3")" \
 	"create_constraint=1 create_function=4 create_index=2 create_partitions=1 create_table=2 create_view=9"
-grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, uuid\)$' "$tmp/prepare3" ||
+grep -Eq '^(create_function|exists)\|function pgshunt.key_lock\(oid, text, uuid\)$' "$work/prepare3" ||
 	fail "no key_lock(oid, text, uuid) step"
 ok "migrate_prepare on the second shape (key tenant, request_id; daily partitions)"
 
@@ -449,8 +436,8 @@ expect_eq "update mirrored" "$(q -c "SELECT amount FROM payments_next WHERE tena
 ok "next shares the id sequence; put_next keeps the id, the uuid and the timestamp"
 
 q -c "SELECT step FROM pgshunt.migrate_prepare('payments', 'payments_next', 'payments_buffer',
-	'inserted_at', 'day', 2, '{tenant,request_id}')" >"$tmp/prepare4" 2>/dev/null
-expect_eq "second shape, second run" "$(sort -u "$tmp/prepare4")" exists
+	'inserted_at', 'day', 2, '{tenant,request_id}')" >"$work/prepare4" 2>/dev/null
+expect_eq "second shape, second run" "$(sort -u "$work/prepare4")" exists
 ok "the second shape's second run reports only 'exists'"
 
 # ------------------------------------------------------------------ set_phase
@@ -468,11 +455,11 @@ ok "set_phase moves the phase, bumps the epoch and writes phase_log"
 # Committed, with the current phase (an epoch bump only), while a session listens.
 out=$(psql -X -q -At "$dsn" 2>&1 <<EOF
 LISTEN pgshunt_phase;
-\\! psql -X -q -At "$dsn" -c "SELECT pgshunt.set_phase('$phase0', '$deg0'::boolean, false, 'test_prepare', 'epoch bump')" >$tmp/epoch
+\\! psql -X -q -At "$dsn" -c "SELECT pgshunt.set_phase('$phase0', '$deg0'::boolean, false, 'test_prepare', 'epoch bump')" >$work/epoch
 SELECT 'after';
 EOF
 )
-epoch1=$(cat "$tmp/epoch")
+epoch1=$(cat "$work/epoch")
 expect_eq "set_phase returns the new epoch" "$epoch1" "$((epoch0 + 1))"
 deg_json=false
 [ "$deg0" = t ] && deg_json=true

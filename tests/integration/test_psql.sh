@@ -8,8 +8,8 @@ set -euo pipefail
 : "${PGHOST:?}" "${PGPORT:?}" "${PGDATABASE:?}" "${SHUNT_CA_FILE:?}"
 export PGUSER=shunt_trust PGCONNECT_TIMEOUT=10
 unset PGPASSWORD
+. tests/integration/lib.sh
 
-tmp=$(mktemp -d)
 table="t_psql_$$_$RANDOM"
 listener_pid=""
 
@@ -19,24 +19,11 @@ cleanup() {
 		wait "$listener_pid" 2>/dev/null || true
 	fi
 	psql -X -q -c "DROP TABLE IF EXISTS $table" >/dev/null 2>&1 || true
-	rm -rf "$tmp"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	exit 1
-}
-ok() { echo "ok - $*"; }
+trap 'cleanup; lib_cleanup' EXIT
 
 # q SQL...: run with psql, unaligned, tuples only, stop on error.
 q() { psql -X -At -v ON_ERROR_STOP=1 "$@"; }
-
-expect_eq() { # what got want
-	[ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
-}
 
 # --- simple queries and command tags ---
 expect_eq "SELECT 1+1" "$(q -c 'SELECT 1+1')" 2
@@ -50,14 +37,14 @@ expect_eq "unicode" "$(q -c "SELECT 'h€llo ☃' || chr(9731)")" 'h€llo ☃�
 ok "simple queries"
 
 # --- \copy in and out ---
-seq 10 1009 | awk '{ printf "%d,row %d\n", $1, $1 }' >"$tmp/in.csv"
-out=$(q -c "\\copy $table (id, v) FROM '$tmp/in.csv' WITH (FORMAT csv)")
+seq 10 1009 | awk '{ printf "%d,row %d\n", $1, $1 }' >"$work/in.csv"
+out=$(q -c "\\copy $table (id, v) FROM '$work/in.csv' WITH (FORMAT csv)")
 expect_eq "\\copy in tag" "$out" "COPY 1000"
 expect_eq "count after \\copy in" "$(q -c "SELECT count(*) FROM $table")" 1002
-out=$(q -c "\\copy (SELECT id, v FROM $table WHERE id >= 10 ORDER BY id) TO '$tmp/out.csv' WITH (FORMAT csv)")
+out=$(q -c "\\copy (SELECT id, v FROM $table WHERE id >= 10 ORDER BY id) TO '$work/out.csv' WITH (FORMAT csv)")
 expect_eq "\\copy out tag" "$out" "COPY 1000"
-expect_eq "\\copy out lines" "$(wc -l <"$tmp/out.csv")" 1000
-cmp -s "$tmp/in.csv" "$tmp/out.csv" || fail "\\copy out does not match what was copied in"
+expect_eq "\\copy out lines" "$(wc -l <"$work/out.csv")" 1000
+cmp -s "$work/in.csv" "$work/out.csv" || fail "\\copy out does not match what was copied in"
 # COPY TO STDOUT of a big result (several MB) in one go.
 expect_eq "big COPY TO STDOUT" \
 	"$(q -c "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g) TO STDOUT" | wc -l)" 50000
@@ -95,16 +82,16 @@ ok "multi-statement strings"
 # --- LISTEN/NOTIFY between two sessions ---
 channel="ch_psql_$$"
 app="listener_$$_$RANDOM"
-mkfifo "$tmp/fifo"
-PGAPPNAME=$app psql -X -At <"$tmp/fifo" >"$tmp/listener.out" 2>&1 &
+mkfifo "$work/fifo"
+PGAPPNAME=$app psql -X -At <"$work/fifo" >"$work/listener.out" 2>&1 &
 listener_pid=$!
-exec 3>"$tmp/fifo"
+exec 3>"$work/fifo"
 echo "LISTEN $channel;" >&3
 # Wait until the listener has run LISTEN (it is idle with LISTEN as its last query).
 for ((i = 0; ; i++)); do
 	n=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$app' AND state = 'idle' AND query LIKE 'LISTEN%'")
 	[ "$n" = 1 ] && break
-	((i < 100)) || fail "the listener session did not LISTEN within 10 s: $(cat "$tmp/listener.out")"
+	((i < 100)) || fail "the listener session did not LISTEN within 10 s: $(cat "$work/listener.out")"
 	sleep 0.1
 done
 expect_eq "NOTIFY tag" "$(q -c "NOTIFY $channel, 'hello $$'")" NOTIFY
@@ -115,20 +102,20 @@ for ((i = 0; i < 100; i++)); do
 	sleep 0.1
 done
 kill -0 "$listener_pid" 2>/dev/null && fail "the listener psql did not exit"
-wait "$listener_pid" || fail "the listener psql failed: $(cat "$tmp/listener.out")"
+wait "$listener_pid" || fail "the listener psql failed: $(cat "$work/listener.out")"
 listener_pid=""
 grep -q "^Asynchronous notification \"$channel\" with payload \"hello $$\" received from server process with PID [0-9]*\.$" \
-	"$tmp/listener.out" || fail "no notification in the listener's output: $(cat "$tmp/listener.out")"
-grep -q "^listener done$" "$tmp/listener.out" || fail "listener output: $(cat "$tmp/listener.out")"
+	"$work/listener.out" || fail "no notification in the listener's output: $(cat "$work/listener.out")"
+grep -q "^listener done$" "$work/listener.out" || fail "listener output: $(cat "$work/listener.out")"
 ok "LISTEN/NOTIFY"
 
 # --- TLS ---
 tls="host=localhost port=$PGPORT dbname=$PGDATABASE user=shunt_trust"
 expect_eq "verify-full" "$(q "$tls sslmode=verify-full sslrootcert=$SHUNT_CA_FILE" -c 'SELECT 42')" 42
 openssl req -x509 -new -newkey rsa:2048 -nodes -days 1 -subj "/CN=wrong CA" \
-	-keyout "$tmp/wrong.key" -out "$tmp/wrong.crt" >/dev/null 2>&1 || fail "openssl could not make a CA"
+	-keyout "$work/wrong.key" -out "$work/wrong.crt" >/dev/null 2>&1 || fail "openssl could not make a CA"
 rc=0
-out=$(q "$tls sslmode=verify-full sslrootcert=$tmp/wrong.crt" -c 'SELECT 42' 2>&1) || rc=$?
+out=$(q "$tls sslmode=verify-full sslrootcert=$work/wrong.crt" -c 'SELECT 42' 2>&1) || rc=$?
 [ "$rc" -ne 0 ] || fail "verify-full with a wrong CA succeeded"
 case $out in *"certificate verify failed"*) ;; *) fail "verify-full with a wrong CA: $out" ;; esac
 # 127.0.0.1 is in the certificate's SAN too.

@@ -9,11 +9,8 @@ set -euo pipefail
 . tests/integration/lib.sh
 . tests/integration/lib_fleet.sh
 
-own_database "rollback_$$"
-psql -X -q "$direct" -c "SELECT seed_ingest_idempotency(200)" >/dev/null
-fleet_start
-on "$console_a" 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE"
-wait_registered 2
+fleet_start "rollback_$$" 200
+fleet_prepare
 
 same_tables() { # when
 	local old next

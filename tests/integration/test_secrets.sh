@@ -6,62 +6,20 @@
 # hold no password, no SCRAM message (raw, base64 or hex), no md5 hash.  A second
 # instance whose control_dsn has a wrong password must not log it either.
 set -euo pipefail
+. tests/integration/lib.sh
 
-bin=${PGSHUNT_BIN:-./pgshunt}
-harness=tests/harness/pgserver.sh
-work=$(mktemp -d /tmp/pgshunt-secrets.XXXXXX)
-pids=()
-
-cleanup() {
-	local p
-	trap - EXIT
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
+# Just the message: lib.sh's fail would add warnings from $work/pgshunt.log, here the
+# log under test.
 fail() {
 	echo "FAIL: $*" >&2
 	exit 1
 }
-ok() { echo "ok: $*"; }
 
 # Every password the test uses, right or wrong.
 secrets=(scram-secret md5-secret plain-secret admin-secret
 	wrong-scram-pw wrong-md5-pw wrong-plain-pw wrong-admin-pw wrong-ctl-pw)
 
-start() { # config log -> sets $pid
-	"$bin" "$1" 2>"$2" &
-	pid=$!
-	pids+=("$pid")
-	for _ in $(seq 100); do
-		pg_isready -q -h 127.0.0.1 -p "$port" && return 0
-		kill -0 "$pid" 2>/dev/null || fail "pgshunt exited at start: $(cat "$2")"
-		sleep 0.1
-	done
-	fail "pgshunt did not start listening"
-}
-
-stop() { # pid: it must exit with status 0 (a sanitizer build reports leaks at exit)
-	local rc=0
-	kill -TERM "$1"
-	for _ in $(seq 100); do
-		kill -0 "$1" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$1" 2>/dev/null && fail "pgshunt $1 still running 10 s after SIGTERM"
-	wait "$1" || rc=$?
-	[ "$rc" = 0 ] || fail "pgshunt $1 exited with status $rc"
-}
-
-port=$(bash "$harness" freeport)
+port=$(bash "$shunt_harness" freeport)
 certs=${SHUNT_DIR:-}/certs
 conf=$work/secrets.ini
 {
@@ -87,7 +45,8 @@ conf=$work/secrets.ini
 	fi
 } >"$conf"
 log=$work/pgshunt.log
-start "$conf" "$log"
+run_pgshunt "$conf" "$log" "$port"
+first_pid=$pid
 
 login() { # sslmode user password db [sql]
 	PGPASSWORD=$3 psql -X -qtA "host=127.0.0.1 port=$port dbname=$4 user=$2 sslmode=$1" \
@@ -146,15 +105,12 @@ sed -i "s|^control_dsn = .*|control_dsn = host=127.0.0.1 port=$SHUNT_SERVER_PORT
 ok "SHOW CONFIG masks the password however control_dsn spells it"
 
 # A control_dsn with a wrong password: its failures are logged, the password is not.
-port2=$(bash "$harness" freeport)
+port2=$(bash "$shunt_harness" freeport)
 conf2=$work/wrongctl.ini
 sed -e "s/^listen_port = .*/listen_port = $port2/" \
 	-e "s/password=admin-secret/password=wrong-ctl-pw/" "$conf" >"$conf2"
 log2=$work/wrongctl.log
-port_saved=$port
-port=$port2
-start "$conf2" "$log2"
-port=$port_saved
+run_pgshunt "$conf2" "$log2" "$port2"
 for _ in $(seq 100); do
 	grep -q 'control connection lost' "$log2" && break
 	sleep 0.1
@@ -162,8 +118,8 @@ done
 grep -q 'control connection lost' "$log2" || fail "no control connection failure logged with a wrong password"
 kill -HUP "$pid"
 sleep 0.3
-stop "$pid"
-stop "${pids[0]}"
+stop_ok "$pid"
+stop_ok "$first_pid"
 
 # The logs: both instances, whole, at debug level.
 check_log() { # file
