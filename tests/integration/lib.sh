@@ -6,6 +6,8 @@
 #
 #   own_database NAME        a database owned by shunt_trust with the ingest table;
 #                            sets $direct (its conninfo, straight to PostgreSQL)
+#   reference_database NAME  one more, never migrated, that the answers through pgshunt
+#                            are compared with; sets $ref (its conninfo)
 #   start_pgshunt [LINE...]  a pgshunt with the base config plus LINEs; sets $pid,
 #                            $port, $app (through it, as shunt_trust) and $console
 #   stop_pgshunt             SIGTERM, wait, and fail on any sanitizer report in its log
@@ -23,6 +25,7 @@ shunt_admin="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_admin password=ad
 work=$(mktemp -d /tmp/pgshunt-test.XXXXXX)
 pid=
 own_db=
+ref_db=
 own_pids=()
 
 lib_cleanup() {
@@ -40,10 +43,11 @@ lib_cleanup() {
 		kill -TERM "$pid" 2>/dev/null && sleep 0.3
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
-	if [ -n "$own_db" ]; then
-		psql -X -q "$shunt_admin dbname=shunt_test" -c "DROP DATABASE IF EXISTS $own_db WITH (FORCE)" \
+	local db
+	for db in $own_db $ref_db; do
+		psql -X -q "$shunt_admin dbname=shunt_test" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
 			2>/dev/null || true
-	fi
+	done
 	rm -rf "$work"
 }
 trap lib_cleanup EXIT
@@ -82,6 +86,13 @@ own_database() {
 	psql -X -q "$shunt_admin dbname=shunt_test" -c "CREATE DATABASE $own_db OWNER shunt_trust"
 	direct="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$own_db"
 	psql -X -q -v ON_ERROR_STOP=1 "$direct" -f tests/fixtures/ingest_schema.sql
+}
+
+reference_database() {
+	ref_db=$1
+	psql -X -q "$shunt_admin dbname=shunt_test" -c "CREATE DATABASE $ref_db OWNER shunt_trust"
+	ref="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$ref_db"
+	psql -X -q -v ON_ERROR_STOP=1 "$ref" -f tests/fixtures/ingest_schema.sql
 }
 
 # shunt_conf FILE PORT [LINE...]: a pgshunt config listening on 127.0.0.1:PORT in front of

@@ -16,11 +16,7 @@ set -euo pipefail
 . tests/integration/lib.sh
 
 own_database "upt_$$"
-ref_db="uptref_$$"
-psql -X -q "$shunt_admin dbname=shunt_test" -c "CREATE DATABASE $ref_db OWNER shunt_trust"
-ref="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$ref_db"
-trap 'lib_cleanup; psql -X -q "$shunt_admin dbname=shunt_test" -c "DROP DATABASE IF EXISTS $ref_db WITH (FORCE)" 2>/dev/null || true' EXIT
-psql -X -q -v ON_ERROR_STOP=1 "$ref" -f tests/fixtures/ingest_schema.sql
+reference_database "uptref_$$"
 
 # The same rows in both, with fixed values (timestamps from the start of today).
 seed="INSERT INTO ingest_idempotency SELECT 'seed-' || g % 7, 'k' || g, '\\x00', 'completed', 200,
