@@ -8,6 +8,8 @@
 #                            sets $direct (its conninfo, straight to PostgreSQL)
 #   reference_database NAME  one more, never migrated, that the answers through pgshunt
 #                            are compared with; sets $ref (its conninfo)
+#   seed_both                the same 300 rows in both (seed-0..6, k1..k300), with
+#                            fixed values (timestamps from the start of today)
 #   start_pgshunt [LINE...]  a pgshunt with the base config plus LINEs; sets $pid,
 #                            $port, $app (through it, as shunt_trust) and $console
 #   stop_pgshunt             SIGTERM, wait, and fail on any sanitizer report in its log
@@ -93,6 +95,14 @@ reference_database() {
 	psql -X -q "$shunt_admin dbname=shunt_test" -c "CREATE DATABASE $ref_db OWNER shunt_trust"
 	ref="host=127.0.0.1 port=$SHUNT_SERVER_PORT user=shunt_trust dbname=$ref_db"
 	psql -X -q -v ON_ERROR_STOP=1 "$ref" -f tests/fixtures/ingest_schema.sql
+}
+
+seed_both() {
+	local seed="INSERT INTO ingest_idempotency SELECT 'seed-' || g % 7, 'k' || g, '\\x00', 'completed', 200,
+  jsonb_build_object('g', g), date_trunc('day', now()) + g * interval '1 second',
+  date_trunc('day', now()) + interval '1 day' FROM generate_series(1, 300) AS g"
+	psql -X -qtA -v ON_ERROR_STOP=1 "$direct" -c "$seed" >/dev/null
+	psql -X -qtA -v ON_ERROR_STOP=1 "$ref" -c "$seed" >/dev/null
 }
 
 # shunt_conf FILE PORT [LINE...]: a pgshunt config listening on 127.0.0.1:PORT in front of

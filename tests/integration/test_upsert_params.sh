@@ -18,13 +18,8 @@ set -euo pipefail
 own_database "upt_$$"
 reference_database "uptref_$$"
 
-# The same rows in both, with fixed values (timestamps from the start of today).
-seed="INSERT INTO ingest_idempotency SELECT 'seed-' || g % 7, 'k' || g, '\\x00', 'completed', 200,
-  jsonb_build_object('g', g), date_trunc('day', now()) + g * interval '1 second',
-  date_trunc('day', now()) + interval '1 day' FROM generate_series(1, 300) AS g"
+seed_both
 q() { psql -X -qtA -v ON_ERROR_STOP=1 "$direct" -c "$1"; }
-q "$seed" >/dev/null
-psql -X -qtA -v ON_ERROR_STOP=1 "$ref" -c "$seed" >/dev/null
 
 helper() { # PHASE MODE [APP]
 	timeout -k 5 50 /usr/bin/python3 tests/integration/upsert_params.py "${3:-$app}" "$direct" "$ref" "$1" "$2"
