@@ -31,6 +31,12 @@ enum rel_role {
 
 struct parser_tables {
 	struct rel_name rel[REL__COUNT];
+	/* For the prefilter, made by parser_tables_init(): per byte, a bit per relation
+	   whose name can begin there (1 << role, either case), and 0x80 for '&' (U&");
+	   each relation's needle, [needle_at, needle_at + needle_len) of its name. */
+	uint8_t first[256];
+	uint8_t needle_at[REL__COUNT];
+	uint8_t needle_len[REL__COUNT];
 };
 
 /* Fill t from the config's three names; false when one is not a valid [schema.]name. */

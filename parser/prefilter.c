@@ -67,12 +67,29 @@ static bool rel_name_parse(const char *text, struct rel_name *out)
 	return true;
 }
 
+static const char *needle_get(const char *name, size_t *len);
+static unsigned char ascii_lower(unsigned char c);
+
 bool parser_tables_init(struct parser_tables *t, const char *table, const char *next_table,
                         const char *buffer_table)
 {
-	return rel_name_parse(table, &t->rel[REL_OLD]) &&
-	       rel_name_parse(next_table, &t->rel[REL_NEXT]) &&
-	       rel_name_parse(buffer_table, &t->rel[REL_BUFFER]);
+	memset(t, 0, sizeof(*t));
+	if (!rel_name_parse(table, &t->rel[REL_OLD]) ||
+	    !rel_name_parse(next_table, &t->rel[REL_NEXT]) ||
+	    !rel_name_parse(buffer_table, &t->rel[REL_BUFFER]))
+		return false;
+	for (int i = 0; i < REL__COUNT; i++) {
+		size_t n;
+		const char *needle = needle_get(t->rel[i].name, &n);
+		unsigned char lo = ascii_lower((unsigned char)*needle);
+		t->needle_at[i] = (uint8_t)(needle - t->rel[i].name);
+		t->needle_len[i] = (uint8_t)n;
+		t->first[lo] |= (uint8_t)(1u << i);
+		if (lo >= 'a' && lo <= 'z')
+			t->first[lo - 'a' + 'A'] |= (uint8_t)(1u << i);
+	}
+	t->first['&'] |= 0x80;
+	return true;
 }
 
 /* ---- parser_prefilter ---- */
@@ -165,10 +182,44 @@ static bool has_unicode_ident(const char *text, size_t len)
 	return false;
 }
 
+/*
+ * A short text in one pass: each byte looks up which names may begin there (the bulk
+ * of statements are short, and one pass costs less than a memchr call per name and
+ * case).  False when no name and no U&" is in it.
+ */
+static bool prefilter_short(const struct parser_tables *t, const char *text, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)text, *end = s + len;
+	const uint8_t *first = t->first;
+	for (; s < end; s++) {
+		/* Four bytes no name begins with are skipped at once. */
+		while (end - s >= 4 && (first[s[0]] | first[s[1]] | first[s[2]] | first[s[3]]) == 0)
+			s += 4;
+		if (s == end)
+			break;
+		uint8_t m = first[*s];
+		if (m == 0)
+			continue;
+		size_t left = (size_t)(end - s);
+		if ((m & 0x80) && *s == '&' && s > (const unsigned char *)text &&
+		    (s[-1] == 'U' || s[-1] == 'u') && left > 1 && s[1] == '"')
+			return true;
+		for (int i = 0; i < REL__COUNT; i++) {
+			size_t nlen = t->needle_len[i];
+			if ((m & (1u << i)) && nlen && nlen <= left &&
+			    same_ci((const char *)s, t->rel[i].name + t->needle_at[i], nlen))
+				return true;
+		}
+	}
+	return false;
+}
+
 bool parser_prefilter(const struct parser_tables *t, const char *text, size_t len)
 {
 	if (len == 0)
 		return false;
+	if (len <= 256)
+		return prefilter_short(t, text, len);
 	/* Working out which names another one covers costs about 50 ns, a pass of memchr
 	   over a short text much less: only a long text is worth it. */
 	bool skip_covered = len > 1024;

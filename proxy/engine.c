@@ -1,6 +1,7 @@
 #include "proxy/engine.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,12 +131,19 @@ static bool send_built(struct session *s, struct pktbuf *b, enum resp_action act
 	return ok;
 }
 
+/* word (lower case, ASCII) anywhere in text, in any case; memchr finds its first byte. */
 static bool contains_ci(const char *text, size_t len, const char *word)
 {
 	size_t wl = strlen(word);
-	for (size_t i = 0; i + wl <= len; i++)
-		if (strncasecmp(text + i, word, wl) == 0)
-			return true;
+	const char *end = text + len;
+	for (int c = 0; c < 2; c++) {
+		char first = c ? (char)toupper((unsigned char)word[0]) : word[0];
+		for (const char *p = text; end - p >= (ptrdiff_t)wl &&
+					   (p = memchr(p, first, (size_t)(end - p) - wl + 1));
+		     p++)
+			if (strncasecmp(p + 1, word + 1, wl - 1) == 0)
+				return true;
+	}
 	return false;
 }
 
@@ -1139,7 +1147,9 @@ static bool refuse_query(struct session *s, const char *reason)
 static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
 {
 	const char *text = (const char *)msg + 5;
-	size_t len = strnlen(text, total - 5);
+	/* memchr, not strnlen: libpg_query exports a strnlen of its own, a byte loop. */
+	const char *nul = memchr(text, 0, total - 5);
+	size_t len = nul ? (size_t)(nul - text) : total - 5;
 	if (len == total - 5) {
 		session_fatal(s, "08P01", "invalid Query message: no terminator");
 		return false;

@@ -44,7 +44,8 @@ bool engine_client_message(struct session *s, char type, const uint8_t *msg, uin
 /*
  * A server message for the request at the FIFO's head (head may be NULL): true when
  * the message goes on, possibly replaced by *out (then *out_len > 0); *drop set when
- * it must not reach the client at all.
+ * it must not reach the client at all.  The session skips the call for a head that is
+ * forwarded as it is, not timed, with no transform (most answers).
  */
 bool engine_server_message(struct session *s, struct respq_entry *head, char type,
 			   const uint8_t *msg, uint32_t total, bool *drop);

@@ -863,7 +863,10 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 {
 	bool drop = false;
 	/* The engine sees the message while its request is still at the FIFO's head. */
-	if (!engine_server_message(s, respq_first(&s->respq), type, msg, total, &drop))
+	struct respq_entry *head = respq_first(&s->respq);
+	/* Most answers go as they are: no call into the engine for them. */
+	if (head && (head->timed || head->action != RESP_FORWARD || head->xform || head->ctx) &&
+	    !engine_server_message(s, head, type, msg, total, &drop))
 		return false;
 	struct respq_verdict v = respq_on_message(&s->respq, type);
 
