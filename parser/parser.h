@@ -37,6 +37,7 @@ struct parser_tables {
 	uint8_t first[256];
 	uint8_t needle_at[REL__COUNT];
 	uint8_t needle_len[REL__COUNT];
+	char first_set[2 * REL__COUNT + 2]; /* the bytes of first[], as a C string */
 };
 
 /* Fill t from the config's three names; false when one is not a valid [schema.]name. */
@@ -49,6 +50,10 @@ bool parser_tables_init(struct parser_tables *t, const char *table, const char *
  * "certainly does not": the statement is forwarded without parsing.
  */
 bool parser_prefilter(const struct parser_tables *t, const char *text, size_t len);
+
+/* The same for a text with a NUL at text[len] and none before (a Query's, a Parse's):
+   strcspn finds the candidate bytes with the C library's vector code. */
+bool parser_prefilter_cstr(const struct parser_tables *t, const char *text, size_t len);
 
 enum stmt_kind {
 	STMT_OTHER,         /* touches a configured table in a way not listed below (e.g.

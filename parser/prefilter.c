@@ -89,6 +89,11 @@ bool parser_tables_init(struct parser_tables *t, const char *table, const char *
 			t->first[lo - 'a' + 'A'] |= (uint8_t)(1u << i);
 	}
 	t->first['&'] |= 0x80;
+	size_t n = 0;
+	for (int c = 1; c < 256; c++)
+		if (t->first[c])
+			t->first_set[n++] = (char)c;
+	t->first_set[n] = '\0';
 	return true;
 }
 
@@ -187,6 +192,35 @@ static bool has_unicode_ident(const char *text, size_t len)
  * of statements are short, and one pass costs less than a memchr call per name and
  * case).  False when no name and no U&" is in it.
  */
+/* A name (or U&") begins at s, one of the bytes of first[]. */
+static bool candidate_at(const struct parser_tables *t, const char *text, const unsigned char *s,
+                         const unsigned char *end)
+{
+	uint8_t m = t->first[*s];
+	size_t left = (size_t)(end - s);
+	if ((m & 0x80) && *s == '&' && s > (const unsigned char *)text &&
+	    (s[-1] == 'U' || s[-1] == 'u') && left > 1 && s[1] == '"')
+		return true;
+	for (int i = 0; i < REL__COUNT; i++) {
+		size_t nlen = t->needle_len[i];
+		if ((m & (1u << i)) && nlen && nlen <= left &&
+		    same_ci((const char *)s, t->rel[i].name + t->needle_at[i], nlen))
+			return true;
+	}
+	return false;
+}
+
+bool parser_prefilter_cstr(const struct parser_tables *t, const char *text, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)text, *end = s + len;
+	while ((s += strcspn((const char *)s, t->first_set)) < end) {
+		if (candidate_at(t, text, s, end))
+			return true;
+		s++;
+	}
+	return false;
+}
+
 static bool prefilter_short(const struct parser_tables *t, const char *text, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)text, *end = s + len;
@@ -197,19 +231,8 @@ static bool prefilter_short(const struct parser_tables *t, const char *text, siz
 			s += 4;
 		if (s == end)
 			break;
-		uint8_t m = first[*s];
-		if (m == 0)
-			continue;
-		size_t left = (size_t)(end - s);
-		if ((m & 0x80) && *s == '&' && s > (const unsigned char *)text &&
-		    (s[-1] == 'U' || s[-1] == 'u') && left > 1 && s[1] == '"')
+		if (first[*s] && candidate_at(t, text, s, end))
 			return true;
-		for (int i = 0; i < REL__COUNT; i++) {
-			size_t nlen = t->needle_len[i];
-			if ((m & (1u << i)) && nlen && nlen <= left &&
-			    same_ci((const char *)s, t->rel[i].name + t->needle_at[i], nlen))
-				return true;
-		}
 	}
 	return false;
 }

@@ -1161,7 +1161,7 @@ static bool on_query(struct session *s, const uint8_t *msg, uint32_t total)
 	bool execs = tracked && (contains_ci(text, len, "execute") ||
 				 contains_ci(text, len, "deallocate") ||
 				 contains_ci(text, len, "prepare") || contains_ci(text, len, "discard"));
-	bool touch = parser_prefilter(&shunt.tables, text, len);
+	bool touch = parser_prefilter_cstr(&shunt.tables, text, len);
 	if (!execs && (!touch || (passthrough && !contains_ci(text, len, "prepare")))) {
 		bool ok = send_request(s, 'Q', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);
 		if (ok && touch && starts_with_insert(text, len))
@@ -1417,7 +1417,7 @@ static bool on_parse(struct session *s, const uint8_t *msg, uint32_t total)
 		session_fatal(s, "08P01", "invalid Parse message");
 		return false;
 	}
-	if (!parser_prefilter(&shunt.tables, query, strlen(query))) {
+	if (!parser_prefilter_cstr(&shunt.tables, query, strlen(query))) {
 		if (s->eng)
 			pstmt_remove(s->eng, name);
 		return send_request(s, 'P', msg, total, RESP_FORWARD, TAG_CLIENT, XF_NONE, NULL);

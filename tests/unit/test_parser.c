@@ -575,6 +575,16 @@ static void test_record(void **state)
 	if (parser_prefilter(&tables, padded, rec->len + 300) != rec->prefilter)
 		fail_msg("%s: prefilter after 300 blanks says %d", rec->title, !rec->prefilter);
 	free(padded);
+	/* And as a C string, the way the session calls it. */
+	if (!memchr(rec->sql, 0, rec->len)) {
+		char *cstr = malloc(rec->len + 1);
+		assert_non_null(cstr);
+		memcpy(cstr, rec->sql, rec->len);
+		cstr[rec->len] = '\0';
+		if (parser_prefilter_cstr(&tables, cstr, rec->len) != rec->prefilter)
+			fail_msg("%s: prefilter as a C string says %d", rec->title, !rec->prefilter);
+		free(cstr);
+	}
 	r = parser_parse(&tables, rec->sql, rec->len, KEY_COLUMNS, PARTITION_COLUMN);
 	assert_non_null(r);
 	check_result(rec, r);
@@ -666,6 +676,13 @@ static bool prefilter_exact(const struct parser_tables *t, const char *s)
 	memcpy(padded + pad, s, n);
 	if (parser_prefilter(t, padded, pad + n) != got)
 		fail_msg("prefilter of \"%s\" changes with leading blanks", s);
+	/* The C-string variant, on a block of exactly the text and its NUL. */
+	char *cstr = malloc(n + 1);
+	assert_non_null(cstr);
+	memcpy(cstr, s, n + 1);
+	if (parser_prefilter_cstr(t, cstr, n) != got)
+		fail_msg("prefilter of \"%s\" as a C string says %d", s, !got);
+	free(cstr);
 	free(copy);
 	free(padded);
 	return got;
