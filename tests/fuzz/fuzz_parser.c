@@ -136,6 +136,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size)
 		memcpy(text, data, size);
 	prefilter = parser_prefilter(&tables, text, size);
+	/* The C-string variant agrees on the text up to its first NUL. */
+	const char *nul = memchr(data, 0, size);
+	size_t clen = nul ? (size_t)(nul - (const char *)data) : size;
+	char *cstr = malloc(clen + 1);
+	CHECK(cstr != NULL);
+	memcpy(cstr, data, clen);
+	cstr[clen] = '\0';
+	CHECK(parser_prefilter_cstr(&tables, cstr, clen) == parser_prefilter(&tables, cstr, clen));
+	free(cstr);
 	r = parser_parse(&tables, text, size, "site_id,idempotency_key", "created_at");
 	check_result(text, size, prefilter, r);
 	check_cache(text, size, r);
