@@ -31,22 +31,7 @@
 
 #define FUZZ_MAX_MSG (1u << 20)
 
-/*
- * Link stand-ins for the proxy's main.c, which is not in libpgshunt.a: admin.c
- * refers to the process state and to reload/shutdown, which the fuzzer never runs.
- */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -17,23 +17,7 @@
 #include "proxy/admin.h"
 #include "proxy/pgshunt.h"
 
-/*
- * Link stand-ins for the proxy's main.c, which is not in libpgshunt.a: admin.c
- * refers to the process state and to reload/shutdown, none of which these tests
- * run.
- */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 static const struct admin_cmd *find(const char *words)
 {

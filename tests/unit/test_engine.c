@@ -25,19 +25,7 @@
 #include "proxy/pgshunt.h"
 #include "rules/rules.h"
 
-/* Link stand-ins for the proxy's main.c, which is not in libpgshunt.a. */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 #define KEY_COLUMNS      "site_id,idempotency_key"
 #define PARTITION_COLUMN "created_at"

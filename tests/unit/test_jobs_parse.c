@@ -16,19 +16,7 @@
 #include "proxy/jobs.h"
 #include "proxy/pgshunt.h"
 
-/* Link stand-ins for main.c, which is not in libpgshunt.a. */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 static const char *const backfill[] = {"START", "PAUSE", "RESUME", "CANCEL", NULL};
 

@@ -14,19 +14,7 @@
 
 #include "proxy/latency.h"
 
-/* Link stand-ins for main.c, not in libpgshunt.a (the buckets' bounds pull in the rest). */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 /* Index of the bucket whose upper bound is us. */
 static size_t bucket_of(uint64_t us)

@@ -14,19 +14,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/thresholds.h"
 
-/* Link stand-ins for main.c, which is not in libpgshunt.a. */
-struct pgshunt shunt;
-
-void pgshunt_shutdown(void)
-{
-}
-
-bool pgshunt_reload(char *err, size_t errlen)
-{
-	if (errlen)
-		err[0] = '\0';
-	return false;
-}
+#include "tests/unit/main_stubs.h"
 
 #define WINDOW 30
 
