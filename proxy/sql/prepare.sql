@@ -435,14 +435,21 @@ BEGIN
 END
 $fn$;
 
--- The key was inserted or updated by this statement.
+-- The key was inserted or updated by this statement.  The list is a setting, copied
+-- whole at each call: it stops growing at 1024 keys (33 bytes each) so that a bulk
+-- upsert stays linear; a key proposed twice past the first 1024 of one statement is
+-- updated twice instead of failing with 21000.
 CREATE OR REPLACE FUNCTION pgshunt.upsert_touch(p_key text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgshunt
 AS $fn$
+DECLARE
+    v_keys text := coalesce(current_setting('pgshunt.upsert_keys', true), '');
 BEGIN
-    PERFORM set_config('pgshunt.upsert_keys',
-                       coalesce(current_setting('pgshunt.upsert_keys', true), '') || md5(p_key) || ',', true);
+    IF length(v_keys) >= 1024 * 33 THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('pgshunt.upsert_keys', v_keys || md5(p_key) || ',', true);
 END
 $fn$;
 

@@ -173,6 +173,16 @@ want=$(psql -X -qtA -v ON_ERROR_STOP=1 "$ref" <<<"$upsert_session" 2>&1) || fail
 [ "$(wc -l <<<"$got")" -ge 4 ] || fail "SQL-level PREPARE of a DO UPDATE answered too little: $got"
 ok "cutover: a SQL-level PREPARE of a DO UPDATE and two same DO UPDATEs in one string, as on the table: $(tr "\n" " " <<<"$got")"
 
+# One key twice in a bulk upsert of 1,100 keys (past the 1,024 the claim keeps per
+# statement): 21000 as on the table, and nothing written.
+bulk="INSERT INTO ingest_idempotency (site_id, idempotency_key, request_hash) SELECT 'bulk', 'b' || g, ''::bytea FROM generate_series(1, 1100) AS g UNION ALL SELECT 'bulk', 'b1', ''::bytea ON CONFLICT (site_id, idempotency_key) DO UPDATE SET status = 'failed'"
+got=$(psql -X -qtA -v VERBOSITY=verbose "$app" -c "$bulk" 2>&1 | grep -o 'ERROR:  [0-9A-Z]*' || true)
+want=$(psql -X -qtA -v VERBOSITY=verbose "$ref" -c "$bulk" 2>&1 | grep -o 'ERROR:  [0-9A-Z]*' || true)
+[ "$want" = "ERROR:  21000" ] || fail "the reference says '$want' for one key twice in a bulk upsert"
+[ "$got" = "$want" ] || fail "one key twice in a bulk upsert: '$got', the table says '$want'"
+[ "$(q "SELECT count(*) FROM ingest_idempotency WHERE site_id = 'bulk'")" = 0 ] || fail "the failed bulk upsert wrote rows"
+ok "cutover: one key twice in a bulk upsert of 1,100 keys fails with 21000, as on the table"
+
 # $n in DO UPDATE's clause: the values travel to the trigger (tests/integration/
 # test_upsert_params.sh has the whole comparison); psycopg sends an int in binary.  A
 # binary value of a type pgshunt does not write as text (interval) is refused.
