@@ -7,7 +7,8 @@
 # Starts a throwaway PostgreSQL 15, PgBouncer (session mode) and pgshunt on free
 # loopback ports inside one temporary directory, then measures
 #   P1  pgbench -S, 8 clients, -M simple and -M prepared: direct, PgBouncer, pgshunt,
-#       interleaved, median TPS of BENCH_ROUNDS rounds (target: pgshunt/PgBouncer >= 1.10)
+#       interleaved, median TPS of BENCH_ROUNDS rounds (target: pgshunt/PgBouncer >= 1.10);
+#       also pgshunt with worker_threads = 0 (one loop), for what the relay threads bring
 #   P9  RSS per idle client connection, BENCH_IDLE_CONNS of them (target: <= 64 KiB)
 #   P2  callgrind instructions per forwarded query (target: pgshunt <= 0.8 x PgBouncer)
 # and prints everything to stdout and to bench/results/latest.txt.
@@ -19,6 +20,7 @@
 #   BENCH_IDLE_CONNS  idle client connections in P9                 (default 200)
 #   BENCH_CALLGRIND   0 skips P2                                    (default 1)
 #   BENCH_CG_TX       pgbench -t of the measured P2 run             (default 2000)
+#   BENCH_ONE_LOOP    0 skips the worker_threads = 0 runs of P1     (default 1)
 #   PGBIN             PostgreSQL binaries      (default /usr/lib/postgresql/15/bin)
 #   PGBOUNCER         PgBouncer binary         (default /usr/sbin/pgbouncer)
 #
@@ -35,6 +37,7 @@ SCALE=${BENCH_SCALE:-10}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-200}
 DO_CALLGRIND=${BENCH_CALLGRIND:-1}
 CG_TX=${BENCH_CG_TX:-2000}
+ONE_LOOP=${BENCH_ONE_LOOP:-1}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 PY=/usr/bin/python3
@@ -59,6 +62,7 @@ bench_int BENCH_ROUNDS "$ROUNDS"
 bench_int BENCH_SCALE "$SCALE"
 bench_int BENCH_IDLE_CONNS "$IDLE_CONNS"
 bench_int BENCH_CG_TX "$CG_TX"
+bench_bool BENCH_ONE_LOOP "$ONE_LOOP"
 bench_require pgbench psql "$PY"
 [ -x "$PGBOUNCER" ] || die "PgBouncer not found at $PGBOUNCER"
 bench_require_psycopg
@@ -83,7 +87,7 @@ echo "pgbench:     $(pgbench --version)"
 echo "pgbouncer:   $("$PGBOUNCER" --version 2>&1 | head -n1)"
 echo "cc:          $(${CC:-cc} --version 2>/dev/null | head -n1)"
 [ "$DO_CALLGRIND" != 0 ] && echo "valgrind:    $(valgrind --version)"
-echo "settings:    BENCH_SECONDS=$SECONDS_PER_RUN BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_IDLE_CONNS=$IDLE_CONNS BENCH_CALLGRIND=$DO_CALLGRIND BENCH_CG_TX=$CG_TX"
+echo "settings:    BENCH_SECONDS=$SECONDS_PER_RUN BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_IDLE_CONNS=$IDLE_CONNS BENCH_CALLGRIND=$DO_CALLGRIND BENCH_CG_TX=$CG_TX BENCH_ONE_LOOP=$ONE_LOOP"
 echo
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -145,13 +149,14 @@ EOF
 }
 
 # start_pgshunt NAME [WRAPPER...]: start pgshunt on a new port; sets SHUNT_PORT and
-# PIDS[NAME].
+# PIDS[NAME].  SHUNT_EXTRA: one more config line.
 start_pgshunt() {
 	local name=$1 ini
 	shift
 	freeport SHUNT_PORT
 	ini=$TMP/$name.ini
-	shunt_ini "$ini" "$SHUNT_PORT" "log_level = warning" "max_client_conn = $PROXY_MAX_CLIENT_CONN"
+	shunt_ini "$ini" "$SHUNT_PORT" "log_level = warning" "max_client_conn = $PROXY_MAX_CLIENT_CONN" \
+		${SHUNT_EXTRA:+"$SHUNT_EXTRA"}
 	"$@" "$ROOT/pgshunt" "$ini" >"$TMP/$name.log" 2>&1 &
 	PIDS[$name]=$!
 	wait_up "$name" "$SHUNT_PORT" bench_sql "$SHUNT_PORT"
@@ -160,9 +165,15 @@ start_pgshunt() {
 start_pgbouncer pgbouncer 20
 start_pgshunt pgshunt
 echo "pgbouncer: 127.0.0.1:$BOUNCER_PORT (pid ${PIDS[pgbouncer]}), session mode, default_pool_size=20"
-echo "pgshunt:   127.0.0.1:$SHUNT_PORT (pid ${PIDS[pgshunt]})"
+echo "pgshunt:   127.0.0.1:$SHUNT_PORT (pid ${PIDS[pgshunt]}), worker_threads = 2 (the default)"
 declare -A PORT=([direct]=$PGPORT_ [pgbouncer]=$BOUNCER_PORT [pgshunt]=$SHUNT_PORT)
 TARGETS=(direct pgbouncer pgshunt)
+if [ "$ONE_LOOP" = 1 ]; then
+	SHUNT_EXTRA="worker_threads = 0" start_pgshunt pgshunt-1loop
+	echo "pgshunt:   127.0.0.1:$SHUNT_PORT (pid ${PIDS[pgshunt-1loop]}), worker_threads = 0 (one loop), shown as pgshunt-1loop"
+	PORT[pgshunt-1loop]=$SHUNT_PORT
+	TARGETS+=(pgshunt-1loop)
+fi
 MODES=(simple prepared)
 echo
 
@@ -195,14 +206,14 @@ for mode in "${MODES[@]}"; do
 	done
 done
 declare -A TPS=() # "target mode" -> space-separated TPS of the rounds
-printf '%-6s %-9s %-10s %12s\n' round mode target tps
+printf '%-6s %-9s %-13s %12s\n' round mode target tps
 for ((r = 1; r <= ROUNDS; r++)); do
 	for mode in "${MODES[@]}"; do
 		for target in "${TARGETS[@]}"; do
 			out=$TMP/p1-$r-$mode-$target.out
 			tps=$(run_pgbench "$target" "$mode" "$SECONDS_PER_RUN" "$out")
 			TPS["$target $mode"]+="$tps "
-			printf '%-6s %-9s %-10s %12s\n' "$r" "$mode" "$target" "$tps"
+			printf '%-6s %-9s %-13s %12s\n' "$r" "$mode" "$target" "$tps"
 			if [ "$tps" = FAIL ]; then
 				echo "# pgbench against $target -M $mode failed:"
 				sed 's/^/#   /' "$out" | tail -n 20
@@ -214,6 +225,7 @@ echo
 printf '%-9s %12s %12s %12s %18s %16s %18s\n' mode direct pgbouncer pgshunt \
 	pgshunt/pgbouncer pgshunt/direct pgbouncer/direct
 P1_MET=yes
+ONE_LOOP_LINES=()
 for mode in "${MODES[@]}"; do
 	declare -A MED=()
 	for target in "${TARGETS[@]}"; do
@@ -226,8 +238,19 @@ for mode in "${MODES[@]}"; do
 	if [ "$sb" = n/a ] || awk -v r="$sb" -v t="$P1_TARGET" 'BEGIN { exit !(r < t) }'; then
 		P1_MET=no
 	fi
+	if [ "$ONE_LOOP" = 1 ]; then
+		ONE_LOOP_LINES+=("$(printf '%-9s %12s %18s %16s' "$mode" "${MED[pgshunt-1loop]}" \
+			"$(ratio "${MED[pgshunt-1loop]}" "${MED[pgbouncer]}")" \
+			"$(ratio "${MED[pgshunt]}" "${MED[pgshunt-1loop]}")")")
+	fi
 	unset MED
 done
+if [ "$ONE_LOOP" = 1 ]; then
+	echo
+	echo "pgshunt with worker_threads = 0 (one loop), same rounds:"
+	printf '%-9s %12s %18s %16s\n' mode pgshunt-1loop 1loop/pgbouncer pgshunt/1loop
+	printf '%s\n' "${ONE_LOOP_LINES[@]}"
+fi
 echo
 echo "P1 (pgshunt/pgbouncer >= $P1_TARGET in both modes): $([ "$P1_MET" = yes ] && echo MET || echo 'NOT MET')"
 echo
@@ -236,6 +259,7 @@ echo
 # for P9, so that the heap P1 left behind does not hide the cost of new clients.
 stop_named pgbouncer TERM 15
 stop_named pgshunt TERM 15
+if [ "$ONE_LOOP" = 1 ]; then stop_named pgshunt-1loop TERM 15; fi
 
 # ------------------------------------------------------------------ P9: memory
 

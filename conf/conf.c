@@ -43,6 +43,8 @@ static const struct conf_key keys[] = {
 	    "largest protocol message accepted, in bytes or with a kB/MB/GB suffix"),
 	KEY(shutdown_timeout, CONF_INT, "30", 0, 86400, true,
 	    "seconds SIGTERM waits for sessions to finish before closing them"),
+	KEY(worker_threads, CONF_INT, "2", 0, 64, false,
+	    "threads that relay client sessions, 0 for none (the main thread relays them)"),
 
 	KEY(server_host, CONF_STRING, "127.0.0.1", 1, 0, true,
 	    "PostgreSQL server: host name, IP address, or unix socket directory (starts with /)"),

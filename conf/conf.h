@@ -51,6 +51,7 @@ struct pgshunt_config {
 	int client_login_timeout; /* seconds, 0 = none */
 	int64_t max_message_size; /* bytes, >= 1024 */
 	int shutdown_timeout;     /* seconds SIGTERM waits for sessions to finish */
+	int worker_threads;       /* relay threads; 0: the main thread relays */
 
 	/* the server */
 	char *server_host; /* host name, IP address, or a unix socket directory (starts with '/') */

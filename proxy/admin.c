@@ -21,6 +21,7 @@
 #include "proxy/proto.h"
 #include "proxy/session.h"
 #include "proxy/thresholds.h"
+#include "proxy/workers.h"
 
 #define TEXT_OID       25
 #define PAUSE_CHECK_MS 50
@@ -118,7 +119,7 @@ static void res_error(struct admin_result *r, const char *sqlstate, const char *
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	pktbuf_error(r->out, "ERROR", sqlstate, msg, NULL, NULL);
-	shunt.stats.errors_total++;
+	stats_here->errors_total++;
 	r->failed = true;
 }
 
@@ -173,7 +174,7 @@ static bool cmd_show_clients(struct session *self, struct admin_result *r, const
 	char id[16], port[16], when[32], queries[24], pid[16];
 	(void)self;
 	(void)args;
-	for (struct session *s = shunt.sessions; s; s = s->next) {
+	for (struct session *s = session_first(); s; s = session_next(s)) {
 		if (s->state == SS_CLOSED)
 			continue;
 		snprintf(id, sizeof(id), "%u", s->id);
@@ -200,7 +201,7 @@ static bool cmd_show_servers(struct session *self, struct admin_result *r, const
 	char id[16], port[16], when[32], pid[16], pending[16];
 	(void)self;
 	(void)args;
-	for (struct session *s = shunt.sessions; s; s = s->next) {
+	for (struct session *s = session_first(); s; s = session_next(s)) {
 		if (!conn_is_open(&s->server))
 			continue;
 		snprintf(id, sizeof(id), "%u", s->id);
@@ -225,10 +226,12 @@ static bool cmd_show_servers(struct session *self, struct admin_result *r, const
 static bool cmd_show_stats(struct session *self, struct admin_result *r, const char *args)
 {
 	char b[11][24];
-	const struct stats *st = &shunt.stats;
+	static struct stats total; /* every thread's counters */
+	const struct stats *st = &total;
 	(void)self;
 	(void)args;
-	const char *v[] = {fmt_u64(b[0], 24, shunt.nclients),
+	stats_total(&total);
+	const char *v[] = {fmt_u64(b[0], 24, atomic_load(&shunt.nclients)),
 			   fmt_u64(b[1], 24, st->clients_total),
 			   fmt_u64(b[2], 24, st->queries_total),
 			   fmt_u64(b[3], 24, st->xacts_total),
@@ -306,7 +309,7 @@ static bool cmd_reload(struct session *s, struct admin_result *r, const char *ar
 
 static bool all_sessions_idle(void)
 {
-	for (struct session *s = shunt.sessions; s; s = s->next)
+	for (struct session *s = session_first(); s; s = session_next(s))
 		if (s->state == SS_ACTIVE && !session_idle(s))
 			return false;
 	return true;
@@ -576,7 +579,7 @@ void admin_deferred_done(struct session *s, const char *tag, const char *sqlstat
 		pktbuf_command_complete(&a->out, tag);
 	} else {
 		pktbuf_error(&a->out, "ERROR", sqlstate, msg, NULL, NULL);
-		shunt.stats.errors_total++;
+		stats_here->errors_total++;
 		if (!a->waiting_simple)
 			a->ignore_till_sync = true;
 	}
@@ -600,6 +603,7 @@ void admin_deferred_done(struct session *s, const char *tag, const char *sqlstat
 
 static void on_pause_check(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct session *s = arg;
 	struct admin_session *a = s->admin;
 	(void)fd;
@@ -673,7 +677,7 @@ static void named_free(struct admin_named *v, size_t n)
 static void ext_error(struct session *s, const char *sqlstate, const char *msg)
 {
 	pktbuf_error(&s->admin->out, "ERROR", sqlstate, msg, NULL, NULL);
-	shunt.stats.errors_total++;
+	stats_here->errors_total++;
 	s->admin->ignore_till_sync = true;
 }
 

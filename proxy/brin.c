@@ -13,6 +13,7 @@
 #include "proxy/pqevent.h"
 #include "proxy/session.h"
 #include "proxy/thresholds.h"
+#include "proxy/workers.h"
 
 #define BRIN_MAX_STEPS 2048
 
@@ -121,6 +122,7 @@ static void finish(const char *sqlstate, const char *msg)
 
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;

@@ -111,6 +111,28 @@ void conn_close(struct conn *c)
 	iobuf_free(&c->out);
 }
 
+void conn_detach(struct conn *c)
+{
+	if (!c->events_set)
+		return;
+	event_del(&c->ev_read);
+	event_del(&c->ev_write);
+}
+
+void conn_rebase(struct conn *c, struct event_base *base)
+{
+	if (!c->events_set)
+		return;
+	event_callback_fn cb = event_get_callback(&c->ev_read);
+	void *arg = event_get_callback_arg(&c->ev_read);
+	event_assign(&c->ev_read, base, c->fd, EV_READ | EV_PERSIST, cb, arg);
+	event_assign(&c->ev_write, base, c->fd, EV_WRITE | EV_PERSIST, cb, arg);
+	if (c->read_armed)
+		event_add(&c->ev_read, NULL);
+	if (c->write_armed)
+		event_add(&c->ev_write, NULL);
+}
+
 void conn_want_read(struct conn *c, bool on)
 {
 	if (!c->events_set || on == c->read_armed)
@@ -237,7 +259,7 @@ int conn_tls_handshake(struct conn *c, char *err, size_t errlen)
 
 const char *conn_tls_describe(const struct conn *c)
 {
-	static char buf[128];
+	static _Thread_local char buf[128];
 	if (!c->ssl)
 		return "";
 	snprintf(buf, sizeof(buf), "%s/%s", SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));

@@ -52,6 +52,11 @@ void conn_init(struct conn *c);
 void conn_attach(struct conn *c, struct event_base *base, int fd, event_callback_fn cb, void *arg);
 void conn_close(struct conn *c);
 
+/* Moving to another thread's loop: take the events off this one, remembering which
+ * were armed; conn_rebase() puts them on the new loop, armed as they were. */
+void conn_detach(struct conn *c);
+void conn_rebase(struct conn *c, struct event_base *base);
+
 static inline bool conn_is_open(const struct conn *c)
 {
 	return c->fd >= 0;

@@ -7,6 +7,7 @@
 #include "proxy/log.h"
 #include "proxy/pgshunt.h"
 #include "proxy/pqevent.h"
+#include "proxy/workers.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -67,6 +68,7 @@ static void req_free(struct control_req *r)
 
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -80,6 +82,7 @@ static void arm(short what)
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -91,6 +94,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;

@@ -109,7 +109,7 @@ static bool send_request(struct session *s, char type, const uint8_t *msg, uint3
 		}
 		if (action == RESP_FORWARD && (type == 'Q' || type == 'E')) {
 			s->queries++;
-			shunt.stats.queries_total++;
+			stats_here->queries_total++;
 		}
 	} else {
 		free(ctx);
@@ -149,7 +149,7 @@ static bool contains_ci(const char *text, size_t len, const char *word)
 
 static const struct parse_result *parse_text(struct session *s, const char *text, size_t len)
 {
-	return parser_cache_get(shunt.parse_cache, &shunt.tables, s->pin.epoch, text, len,
+	return parser_cache_get(parse_cache_here, &shunt.tables, s->pin.epoch, text, len,
 				shunt.cfg.key_columns, shunt.cfg.partition_column);
 }
 
@@ -207,15 +207,15 @@ static void observe(const struct respq_entry *e)
 	unsigned b = 0;
 	while (b < STATS_DURATION_BUCKETS && us > stats_duration_bounds_us[b])
 		b++;
-	shunt.stats.duration_count[kind][b]++;
-	shunt.stats.duration_sum_us[kind] += us;
+	stats_here->duration_count[kind][b]++;
+	stats_here->duration_sum_us[kind] += us;
 }
 
 /* The engine's decisions, for /metrics. */
 static void count_decision(struct session *s, const struct stmt_info *st,
 			   const struct rule_decision *d)
 {
-	struct stats *stats = &shunt.stats;
+	struct stats *stats = stats_here;
 	if (st->kind < STMT__COUNT && d->action < RULE__COUNT)
 		stats->statements[st->kind][d->action][s->pin.phase]++;
 	if (d->action != RULE_REFUSE || !d->reason)
@@ -1327,7 +1327,7 @@ static bool refuse_extended(struct session *s, enum req_kind kind, const char *r
 	pktbuf_free(&b);
 	if (!ok)
 		return oom(s);
-	shunt.stats.errors_total++;
+	stats_here->errors_total++;
 	e->local_ignore = true;
 	free(e->refusal_sql);
 	e->refusal_sql = refusal_statement(s->pin.phase, reason);
@@ -1338,7 +1338,7 @@ static bool refuse_extended(struct session *s, enum req_kind kind, const char *r
 static char *extended_text(struct session *s, const char *query, uint8_t *xform, uint8_t *kind,
 			   bool *args, const char **reason)
 {
-	static char why[300];
+	static _Thread_local char why[300];
 	*xform = XF_NONE;
 	*kind = STMT_OTHER;
 	*args = false;

@@ -13,6 +13,7 @@
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
+#include "proxy/workers.h"
 
 #ifndef PGSHUNT_VERSION
 #define PGSHUNT_VERSION "0.0.0"
@@ -51,7 +52,7 @@ uint64_t fleet_acked_epoch(uint32_t *inflight)
 {
 	uint64_t acked = shunt.phase.epoch;
 	uint32_t busy = 0;
-	for (const struct session *s = shunt.sessions; s; s = s->next) {
+	for (const struct session *s = session_first(); s; s = session_next(s)) {
 		if (s->state != SS_ACTIVE || session_idle(s))
 			continue;
 		busy++;
@@ -116,6 +117,7 @@ static void beat(void)
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;

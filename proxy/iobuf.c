@@ -15,8 +15,9 @@ struct pooled {
 	struct pooled *next;
 };
 
-static struct pooled *pool;
-static unsigned pool_len;
+/* Per thread: each relay thread keeps its own (workers.h). */
+static _Thread_local struct pooled *pool;
+static _Thread_local unsigned pool_len;
 
 static uint8_t *buf_get(size_t cap)
 {

@@ -17,6 +17,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/pqevent.h"
 #include "proxy/session.h"
+#include "proxy/workers.h"
 
 #define NOT_IN_STATE           "55000"
 #define OBJECT_IN_USE          "55006"
@@ -127,6 +128,7 @@ static void job_schedule(struct job *j, uint64_t delay_ms);
 
 static void jc_on_io(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	jc_drive(arg);
@@ -303,6 +305,7 @@ static bool jc_connect(struct job *j)
 
 static void jc_on_kick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct job *j = arg;
 	(void)fd;
 	(void)what;
@@ -367,6 +370,7 @@ static void job_release(struct job *j, const char *state)
 
 static void on_job_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct job *j = arg;
 	(void)fd;
 	(void)what;
@@ -609,9 +613,10 @@ static void job_claim(struct job *j)
 /* p99 of this proxy's INSERT durations since the last tick (bucket upper bound). */
 static void sample_insert_latency(void)
 {
-	uint64_t delta[STATS_DURATION_BUCKETS + 1], total = 0;
+	uint64_t delta[STATS_DURATION_BUCKETS + 1], counts[STATS_DURATION_BUCKETS + 1], total = 0;
+	stats_durations_total(STMT_INSERT, counts);
 	for (int b = 0; b <= STATS_DURATION_BUCKETS; b++) {
-		uint64_t now = shunt.stats.duration_count[STMT_INSERT][b];
+		uint64_t now = counts[b];
 		delta[b] = now - js.insert_seen[b];
 		js.insert_seen[b] = now;
 		total += delta[b];
@@ -652,6 +657,7 @@ static void jobs_poll(void)
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -663,6 +669,7 @@ static bool partitions_run(struct session *console);
 
 static void on_partitions_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -871,6 +878,7 @@ static void verify_poll(void);
 
 static void on_verify_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;

@@ -72,7 +72,9 @@ static struct latency_ring ring;
 
 void latency_tick(void)
 {
-	latency_ring_fold(&ring, (uint64_t)time(NULL), shunt.stats.duration_count[STMT_INSERT]);
+	uint64_t counts[STATS_DURATION_BUCKETS + 1];
+	stats_durations_total(STMT_INSERT, counts);
+	latency_ring_fold(&ring, (uint64_t)time(NULL), counts);
 }
 
 bool latency_p99(double *ms, uint64_t *samples)

@@ -33,13 +33,13 @@
 #include "proxy/session.h"
 #include "proxy/thresholds.h"
 #include "proxy/tls.h"
+#include "proxy/workers.h"
 
 #ifndef PGSHUNT_VERSION
 #define PGSHUNT_VERSION "0.0.0"
 #endif
 
 #define EXIT_CONFIG 2
-#define PARSE_CACHE_ENTRIES 4096
 
 struct pgshunt shunt;
 
@@ -241,7 +241,7 @@ static char last_status[200];
 static void status_text(char *buf, size_t len)
 {
 	if (shunt.shutting_down)
-		snprintf(buf, len, "shutting down: %u client(s) left", shunt.nclients);
+		snprintf(buf, len, "shutting down: %u client(s) left", atomic_load(&shunt.nclients));
 	else if (notified_stopping)
 		snprintf(buf, len, "stopping at once");
 	else if (!shunt.phase.known)
@@ -249,7 +249,7 @@ static void status_text(char *buf, size_t len)
 	else
 		snprintf(buf, len, "phase %s, epoch %" PRIu64 ", degraded %s, %u client(s)",
 			 phase_name(shunt.phase.phase), shunt.phase.epoch,
-			 shunt.phase.degraded ? "on" : "off", shunt.nclients);
+			 shunt.phase.degraded ? "on" : "off", atomic_load(&shunt.nclients));
 }
 
 /* STATUS= when it changed (at most every STATUS_POLL_S, also while draining at
@@ -272,6 +272,7 @@ static void notify_progress(void)
 
 static void on_notify_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct timeval tv = {0, READY_POLL_US};
 	(void)fd;
 	(void)what;
@@ -327,6 +328,7 @@ static void notify_reloaded(void)
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
 		      int len, void *arg)
 {
+	WORLD_HELD();
 	(void)l;
 	(void)arg;
 	session_accept(fd, addr, len);
@@ -334,6 +336,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
+	WORLD_HELD();
 	(void)l;
 	(void)arg;
 	/* EMFILE and friends: the listener keeps going; say it once per burst. */
@@ -471,6 +474,7 @@ bool pgshunt_reload(char *err, size_t errlen)
 
 static void on_shutdown_timeout(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -491,7 +495,7 @@ void pgshunt_shutdown(void)
 		session_resume_all();
 	}
 	session_shutdown_idle();
-	if (!shunt.sessions) {
+	if (atomic_load(&shunt.nsessions) == 0) {
 		event_base_loopbreak(shunt.base);
 		return;
 	}
@@ -503,6 +507,7 @@ void pgshunt_shutdown(void)
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
+	WORLD_HELD();
 	char err[512];
 	(void)what;
 	(void)arg;
@@ -525,8 +530,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 static void close_all_sessions(void)
 {
-	while (shunt.sessions) {
-		struct session *s = shunt.sessions;
+	struct session *s;
+	while ((s = session_first())) {
 		session_fatal(s, "57P01", "terminating connection: pgshunt is stopping");
 		session_reap(s);
 	}
@@ -592,12 +597,26 @@ static bool start_up(void)
 	return true;
 }
 
+static bool start_workers(void)
+{
+	char err[256];
+
+	if (workers_start(shunt.cfg.worker_threads, err, sizeof(err)))
+		return true;
+	log_error("%s", err);
+	return false;
+}
+
 static int run(void)
 {
 	struct event *sigs[3];
 	const int signums[3] = {SIGHUP, SIGTERM, SIGINT};
 	int status = 0;
 
+	if (!start_workers())
+		return 1;
+	/* Outside callbacks too, the main thread holds the world while it works. */
+	world_enter();
 	for (int i = 0; i < 3; i++) {
 		sigs[i] = evsignal_new(shunt.base, signums[i], on_signal, NULL);
 		if (sigs[i])
@@ -608,10 +627,14 @@ static int run(void)
 	fleet_start();
 	thresholds_start();
 	jobs_start();
-	if (start_up())
+	bool up = start_up();
+	world_leave();
+	if (up)
 		event_base_dispatch(shunt.base);
 	else
 		status = 1;
+	workers_stop();
+	world_enter();
 	notify_stopping();
 	metrics_stop();
 	close_listeners();
@@ -630,6 +653,8 @@ static int run(void)
 		event_free(shutdown_timer);
 	if (notify_timer)
 		event_free(notify_timer);
+	world_leave();
+	workers_free();
 	return status;
 }
 
@@ -672,6 +697,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	shunt.started = time(NULL);
 	shunt.parse_cache = parser_cache_new(PARSE_CACHE_ENTRIES);
+	parse_cache_here = shunt.parse_cache;
 	shunt.base = shunt.parse_cache ? event_base_new() : NULL;
 	if (!shunt.base) {
 		log_error("out of memory: cannot create the parse cache or the event loop");

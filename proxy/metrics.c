@@ -30,6 +30,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 #include "proxy/thresholds.h"
+#include "proxy/workers.h"
 #include "rules/rules.h"
 
 #ifndef PGSHUNT_VERSION
@@ -120,6 +121,7 @@ static void probe_finish(bool ok, const char *detail)
 
 static void on_probe_connected(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	int err = 0;
 	socklen_t len = sizeof(err);
 	(void)what;
@@ -204,6 +206,7 @@ static void probe_start(void)
 
 static void on_probe_tick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -229,6 +232,7 @@ static bool probe_begin(void)
  * a scraper must never take a truncated page for a complete one. */
 struct page {
 	struct evbuffer *buf;
+	const struct stats *stats; /* summed over the threads */
 	bool failed;
 };
 
@@ -292,7 +296,7 @@ static void page_process(struct page *p)
 static uint64_t server_connections(void)
 {
 	uint64_t n = 0;
-	for (const struct session *s = shunt.sessions; s; s = s->next)
+	for (const struct session *s = session_first(); s; s = session_next(s))
 		if (conn_is_open(&s->server))
 			n++;
 	return n;
@@ -301,7 +305,8 @@ static uint64_t server_connections(void)
 static void page_connections(struct page *p)
 {
 	page_gauge(p, "pgshunt_client_connections",
-		   "Client connections counted against max_client_conn.", shunt.nclients);
+		   "Client connections counted against max_client_conn.",
+		   atomic_load(&shunt.nclients));
 	page_gauge(p, "pgshunt_server_connections", "Open connections to the server.",
 		   server_connections());
 	page_gauge(p, "pgshunt_server_reachable",
@@ -334,8 +339,8 @@ static const struct counter {
 
 static void page_counters(struct page *p)
 {
-	const char *stats = (const char *)&shunt.stats;
-	uint64_t v, us = shunt.stats.query_time_us;
+	const char *stats = (const char *)p->stats;
+	uint64_t v, us = p->stats->query_time_us;
 
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
 		memcpy(&v, stats + counters[i].offset, sizeof(v));
@@ -367,7 +372,7 @@ static void page_phase(struct page *p)
 /* Request-to-answer time of statements naming the table, per kind (histogram). */
 static void page_durations(struct page *p)
 {
-	const struct stats *st = &shunt.stats;
+	const struct stats *st = p->stats;
 	page_family(p, "pgshunt_statement_duration_seconds", "histogram",
 		    "Time from a request naming the table to its answer, by statement kind.");
 	for (int k = 0; k < STMT__COUNT; k++) {
@@ -402,10 +407,20 @@ static void page_durations(struct page *p)
 	}
 }
 
+/* Every thread's parse cache: hits or misses. */
+static uint64_t parse_cache_total(uint64_t (*count)(const struct parser_cache *))
+{
+	uint64_t n = 0;
+	for (int i = 0; i <= workers_count(); i++)
+		if (workers_parse_cache_of(i))
+			n += count(workers_parse_cache_of(i));
+	return n;
+}
+
 /* What the statement engine did, and the parse cache behind it. */
 static void page_engine(struct page *p)
 {
-	const struct stats *st = &shunt.stats;
+	const struct stats *st = p->stats;
 	page_family(p, "pgshunt_statements_total", "counter",
 		    "Statements naming a configured table as the engine decided them (each Query "
 		    "statement, each Parse), by kind, action taken and phase.");
@@ -430,11 +445,11 @@ static void page_engine(struct page *p)
 	page_family(p, "pgshunt_parse_cache_hits_total", "counter",
 		    "Parse results found in the cache.");
 	page_printf(p, "pgshunt_parse_cache_hits_total %" PRIu64 "\n",
-		    shunt.parse_cache ? parser_cache_hits(shunt.parse_cache) : 0);
+		    parse_cache_total(parser_cache_hits));
 	page_family(p, "pgshunt_parse_cache_misses_total", "counter",
 		    "Statements parsed because the cache did not have them.");
 	page_printf(p, "pgshunt_parse_cache_misses_total %" PRIu64 "\n",
-		    shunt.parse_cache ? parser_cache_misses(shunt.parse_cache) : 0);
+		    parse_cache_total(parser_cache_misses));
 }
 
 /* The runbook's thresholds, auto-DEGRADED, the buffer and the jobs (thresholds.h). */
@@ -506,8 +521,10 @@ static void reply_text(struct evhttp_request *req, int code, const char *fmt, ..
 
 static void serve_metrics(struct evhttp_request *req)
 {
-	struct page p = {.buf = evhttp_request_get_output_buffer(req)};
+	static struct stats total; /* every thread's counters, at this request */
+	struct page p = {.buf = evhttp_request_get_output_buffer(req), .stats = &total};
 
+	stats_total(&total);
 	page_process(&p);
 	page_connections(&p);
 	page_counters(&p);
@@ -572,6 +589,7 @@ static const struct route *route_find(struct evhttp_request *req)
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
+	WORLD_HELD();
 	const struct route *r = route_find(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 

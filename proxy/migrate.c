@@ -15,6 +15,7 @@
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
 #include "proxy/sql.h"
+#include "proxy/workers.h"
 #include "rules/rules.h"
 
 /* hold_until through to_jsonb: a version 1 schema (not upgraded yet) has no such column. */
@@ -80,6 +81,7 @@ static bool apply_state(const PGresult *res)
 
 static void on_reload_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -129,7 +131,7 @@ static void load_relmap(void)
 static bool repin_held(void)
 {
 	bool any = false;
-	for (struct session *t = shunt.sessions; t; t = t->next) {
+	for (struct session *t = session_first(); t; t = session_next(t)) {
 		if (t->pin.hold) {
 			t->pin = shunt.phase;
 			any = true;
@@ -402,6 +404,7 @@ static void op_wait_acks(void)
 
 static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;
@@ -918,7 +921,7 @@ static char *own_backends(void)
 	if (!list)
 		return NULL;
 	list[len++] = '{';
-	for (struct session *t = shunt.sessions; t; t = t->next) {
+	for (struct session *t = session_first(); t; t = session_next(t)) {
 		if (!t->server_pid || t->state != SS_ACTIVE)
 			continue;
 		if (len + 16 > cap) {

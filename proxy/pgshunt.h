@@ -1,12 +1,13 @@
 /*
- * Process-wide state of one pgshunt instance.  The proxy is single-threaded on one
- * libevent loop, so this is plain global data.
+ * Process-wide state of one pgshunt instance.  The main thread owns it; relay threads
+ * read it under the world lock (workers.h) and keep their own counters and parse cache.
  */
 #ifndef PGSHUNT_PGSHUNT_H
 #define PGSHUNT_PGSHUNT_H
 
 #include <event2/event.h>
 #include <openssl/ssl.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -17,6 +18,9 @@
 #include "rules/rules.h"
 
 struct session;
+
+/* Entries of each thread's parse cache. */
+#define PARSE_CACHE_ENTRIES 4096
 
 /* Upper bounds of the statement duration histogram, in µs (then +Inf). */
 #define STATS_DURATION_BUCKETS 12
@@ -61,21 +65,31 @@ struct pgshunt {
 	const char *config_path;
 	SSL_CTX *client_tls; /* NULL when client_tls_sslmode = disable */
 	SSL_CTX *server_tls; /* NULL when server_tls_sslmode = disable */
-	struct session *sessions; /* every live session, newest first */
-	uint32_t nclients;        /* sessions counted against max_client_conn */
+	atomic_uint nsessions;    /* live sessions, every thread's (workers.h lists them) */
+	atomic_uint nclients;     /* sessions counted against max_client_conn */
 	uint32_t next_id;         /* session ids, also the BackendKeyData pid clients see */
 	bool paused;              /* PAUSE: idle sessions hold new requests */
 	bool shutting_down;       /* SIGTERM/SHUTDOWN: no new clients, close when idle */
 	time_t started;
-	struct stats stats;
+	struct stats stats;       /* the main thread's counters (stats_total() sums all) */
 	struct phase_state phase; /* the copy of pgshunt.state the proxy acts on */
 	uint64_t phase_read_us;   /* when pgshunt.state was last read (now_us()) */
 	struct parser_tables tables;       /* table, next_table, buffer_table as parsed names */
-	struct parser_cache *parse_cache;  /* parse results by (epoch, text) */
+	struct parser_cache *parse_cache;  /* the main thread's parse results by (epoch, text) */
 	struct relmap relmap;
 };
 
 extern struct pgshunt shunt;
+
+/* The running thread's counters and parse cache (workers.h). */
+extern _Thread_local struct stats *stats_here;
+extern _Thread_local struct parser_cache *parse_cache_here;
+
+/* Every thread's counters summed into out; the world must be held. */
+void stats_total(struct stats *out);
+
+/* The same for one statement kind's duration histogram only. */
+void stats_durations_total(enum stmt_kind kind, uint64_t out[STATS_DURATION_BUCKETS + 1]);
 
 /* Begin a graceful shutdown (SIGTERM, SHUTDOWN): exits once every session has ended. */
 void pgshunt_shutdown(void);

@@ -7,6 +7,7 @@
  */
 #include "proxy/session.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
@@ -28,6 +29,7 @@
 #include "proxy/mbuf.h"
 #include "proxy/pgshunt.h"
 #include "proxy/proto.h"
+#include "proxy/workers.h"
 
 #define HIGH_WATER       (1u << 20) /* stop reading the source above this much queued */
 #define LOW_WATER        (1u << 16) /* resume reading below this */
@@ -85,22 +87,52 @@ uint64_t now_us(void)
 
 /* ---- lifecycle ---- */
 
+/* Only the thread that runs the session (or the main thread alone) touches its list. */
+static void session_link(struct session *s)
+{
+	struct session **head = workers_sessions_of(s->worker);
+	s->prev = NULL;
+	s->next = *head;
+	if (*head)
+		(*head)->prev = s;
+	*head = s;
+}
+
 static void session_unlink(struct session *s)
 {
 	if (s->prev)
 		s->prev->next = s->next;
 	else
-		shunt.sessions = s->next;
+		*workers_sessions_of(s->worker) = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
 	s->next = s->prev = NULL;
+}
+
+struct session *session_first(void)
+{
+	assert(world_held());
+	for (int i = 0; i <= workers_count(); i++)
+		if (*workers_sessions_of(i))
+			return *workers_sessions_of(i);
+	return NULL;
+}
+
+struct session *session_next(const struct session *s)
+{
+	if (s->next)
+		return s->next;
+	for (int i = s->worker + 1; i <= workers_count(); i++)
+		if (*workers_sessions_of(i))
+			return *workers_sessions_of(i);
+	return NULL;
 }
 
 static void session_free(struct session *s)
 {
 	session_unlink(s);
 	if (s->counted)
-		shunt.nclients--;
+		atomic_fetch_sub(&shunt.nclients, 1);
 	if (s->login_timer_set)
 		event_del(&s->login_timer);
 	conn_close(&s->client);
@@ -111,9 +143,10 @@ static void session_free(struct session *s)
 	free(s->user);
 	free(s->database);
 	free(s->startup_pkt);
+	workers_session_ended(s->worker);
 	free(s);
-	if (shunt.shutting_down && !shunt.sessions)
-		event_base_loopbreak(shunt.base);
+	if (atomic_fetch_sub(&shunt.nsessions, 1) == 1 && shunt.shutting_down)
+		workers_loopbreak_main();
 }
 
 /* Free the session if it was closed: the last thing every callback does. */
@@ -145,7 +178,7 @@ static void queue_error(struct session *s, const char *severity, const char *sql
 	pktbuf_init(&b);
 	pktbuf_error(&b, severity, sqlstate, msg, NULL, NULL);
 	if (pktbuf_ok(&b) && conn_queue(&s->client, b.data, b.len))
-		shunt.stats.errors_total++;
+		stats_here->errors_total++;
 	pktbuf_free(&b);
 }
 
@@ -168,7 +201,7 @@ void session_fatal(struct session *s, const char *sqlstate, const char *fmt, ...
 /* A connection refused before it became a session proper counts as refused. */
 #define session_refuse(s, ...)                                                                     \
 	do {                                                                                       \
-		shunt.stats.refused_total++;                                                       \
+		stats_here->refused_total++;                                                       \
 		session_fatal(s, __VA_ARGS__);                                                     \
 	} while (0)
 
@@ -195,6 +228,7 @@ bool session_idle(const struct session *s)
 
 static void on_login_timeout(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct session *s = arg;
 	(void)fd;
 	(void)what;
@@ -248,11 +282,9 @@ void session_accept(int fd, const struct sockaddr *addr, int addrlen)
 		set_nodelay(fd);
 	snprintf(s->prefix, sizeof(s->prefix), "C-%u %s:%d", s->id, s->client_addr,
 		 s->client_port);
-	s->next = shunt.sessions;
-	if (shunt.sessions)
-		shunt.sessions->prev = s;
-	shunt.sessions = s;
-	shunt.stats.clients_total++;
+	session_link(s);
+	atomic_fetch_add(&shunt.nsessions, 1);
+	stats_here->clients_total++;
 	conn_attach(&s->client, shunt.base, fd, on_client_event, s);
 	conn_want_read(&s->client, true);
 	evtimer_assign(&s->login_timer, shunt.base, on_login_timeout, s);
@@ -318,7 +350,7 @@ static bool server_connect(struct session *s)
 		session_fatal(s, "08006", "could not connect to server: %s", err);
 		return false;
 	}
-	conn_attach(&s->server, shunt.base, fd, on_server_event, s);
+	conn_attach(&s->server, workers_base_here(), fd, on_server_event, s);
 	conn_want_write(&s->server, true);
 	conn_want_read(&s->client, false); /* nothing to relay until the server answers */
 	return session_set_state(s, SS_CONNECTING);
@@ -413,6 +445,41 @@ static bool server_sslreq_answer(struct session *s)
 	return server_tls_step(s);
 }
 
+/* ---- moving to a relay thread ---- */
+
+static void on_login_timeout(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Leave the main thread: its loop lets go of the session's events now, and the session
+ * is handed over when the callback running it returns (on_client_event), with the
+ * world still held, so the relay takes it only after that.  False: stop processing.
+ */
+static bool session_move(struct session *s)
+{
+	conn_detach(&s->client);
+	if (s->login_timer_set)
+		event_del(&s->login_timer);
+	session_unlink(s);
+	s->moving = true;
+	return false;
+}
+
+void session_adopted(struct session *s)
+{
+	struct event_base *base = workers_base_here();
+	session_link(s);
+	conn_rebase(&s->client, base);
+	evtimer_assign(&s->login_timer, base, on_login_timeout, s);
+	if (s->login_timer_set) {
+		time_t used = time(NULL) - s->connect_time;
+		int left = shunt.cfg.client_login_timeout - (int)(used > 0 ? used : 0);
+		struct timeval tv = {left > 0 ? left : 0, 0};
+		evtimer_add(&s->login_timer, &tv);
+	}
+	server_connect(s);
+	session_reap(s);
+}
+
 /* ---- the client's first packet ---- */
 
 static void cancel_done(evutil_socket_t fd, short what, void *arg)
@@ -439,7 +506,7 @@ static void cancel_route(uint32_t pid, uint32_t key)
 	struct session *t;
 	char err[256];
 
-	for (t = shunt.sessions; t; t = t->next)
+	for (t = session_first(); t; t = session_next(t))
 		if (t->id == pid)
 			break;
 	if (!t || t->cancel_key != key || !t->server_pid) {
@@ -469,7 +536,7 @@ static void cancel_route(uint32_t pid, uint32_t key)
 	struct timeval tv = {CANCEL_TIMEOUT_S, 0};
 	event_assign(ev, shunt.base, fd, EV_WRITE, cancel_done, ev);
 	event_add(ev, &tv);
-	shunt.stats.cancels_total++;
+	stats_here->cancels_total++;
 	slog(LOG_LEVEL_INFO, t->prefix, "cancel request routed to backend %u", t->server_pid);
 }
 
@@ -520,12 +587,13 @@ static bool client_startup_v3(struct session *s, const struct startup_info *si)
 		session_refuse(s, "57P03", "pgshunt is shutting down");
 		return false;
 	}
-	if (shunt.nclients >= (uint32_t)cfg->max_client_conn) {
+	/* Only the main thread adds: the count cannot pass the limit between test and add. */
+	if (atomic_load(&shunt.nclients) >= (unsigned)cfg->max_client_conn) {
 		session_refuse(s, "53300", "sorry, too many clients already");
 		return false;
 	}
 	s->counted = true;
-	shunt.nclients++;
+	atomic_fetch_add(&shunt.nclients, 1);
 	s->user = strdup(si->user);
 	s->database = strdup(si->database);
 	/*
@@ -561,6 +629,8 @@ static bool client_startup_v3(struct session *s, const struct startup_info *si)
 		}
 	}
 	iobuf_consume(&s->client.in, si->len);
+	if (!s->is_admin && workers_count() > 0)
+		return session_move(s);
 	return server_connect(s);
 }
 
@@ -569,7 +639,7 @@ static bool client_tls_step(struct session *s)
 	char err[256];
 	int rc = conn_tls_handshake(&s->client, err, sizeof(err));
 	if (rc < 0) {
-		shunt.stats.refused_total++;
+		stats_here->refused_total++;
 		slog(LOG_LEVEL_WARNING, s->prefix, "client TLS handshake failed: %s", err);
 		session_close(s, "client TLS handshake failed");
 		return false;
@@ -765,7 +835,7 @@ static bool server_message_auth(struct session *s, char type, const uint8_t *msg
 			slog(LOG_LEVEL_INFO, s->prefix, "login failed: %s %s", code,
 			     text ? text : "");
 		s->server_said_fatal = true;
-		shunt.stats.errors_total++;
+		stats_here->errors_total++;
 		return queue_client(s, msg, total);
 	}
 	case 'S':
@@ -843,7 +913,7 @@ static void request_done(struct session *s)
 {
 	uint64_t t = now_us();
 	if (s->busy_since_us && t > s->busy_since_us)
-		shunt.stats.query_time_us += t - s->busy_since_us;
+		stats_here->query_time_us += t - s->busy_since_us;
 	s->busy_since_us = 0;
 }
 
@@ -873,7 +943,7 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 	if (type == 'Z' && total >= 6) {
 		s->tx_status = (char)msg[5];
 		if (s->tx_status == 'I' && v.action == RESP_FORWARD)
-			shunt.stats.xacts_total++;
+			stats_here->xacts_total++;
 		if (respq_empty(&s->respq))
 			request_done(s);
 	} else if (type == 'E') {
@@ -882,7 +952,7 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 		    (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
 			s->server_said_fatal = true;
 		if (v.action == RESP_FORWARD)
-			shunt.stats.errors_total++;
+			stats_here->errors_total++;
 	}
 	bool to_client = v.action == RESP_FORWARD || (v.action == RESP_SKIP && !drop);
 	if (to_client && !drop && !queue_client(s, msg, total))
@@ -1115,7 +1185,7 @@ static void client_readable(struct session *s)
 			client_eof(s, n);
 			return;
 		}
-		shunt.stats.bytes_received += (uint64_t)n;
+		stats_here->bytes_received += (uint64_t)n;
 		/* Startup handling may consume only a prefix: loop until it stops progressing. */
 		size_t before;
 		do {
@@ -1183,6 +1253,7 @@ static void server_writable(struct session *s)
 
 static void on_client_event(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct session *s = arg;
 	uint64_t sent = s->client.bytes_out;
 	(void)fd;
@@ -1197,12 +1268,18 @@ static void on_client_event(evutil_socket_t fd, short what, void *arg)
 			client_readable(s);
 	}
 	if (s->state != SS_CLOSED)
-		shunt.stats.bytes_sent += s->client.bytes_out - sent;
+		stats_here->bytes_sent += s->client.bytes_out - sent;
+	if (s->moving) {
+		s->moving = false;
+		workers_adopt(s);
+		return;
+	}
 	session_reap(s);
 }
 
 static void on_server_event(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	struct session *s = arg;
 	uint64_t sent = s->client.bytes_out;
 	(void)fd;
@@ -1228,7 +1305,7 @@ static void on_server_event(evutil_socket_t fd, short what, void *arg)
 	    iobuf_len(&s->client.in) > 0 && !s->parked)
 		client_process(s);
 	if (s->state != SS_CLOSED)
-		shunt.stats.bytes_sent += s->client.bytes_out - sent;
+		stats_here->bytes_sent += s->client.bytes_out - sent;
 	session_reap(s);
 }
 
@@ -1237,7 +1314,9 @@ static void on_server_event(evutil_socket_t fd, short what, void *arg)
 void session_resume_all(void)
 {
 	struct session *s, *next;
-	for (s = shunt.sessions; s; s = next) {
+	if (workers_base_here() == shunt.base)
+		workers_post_resume();
+	for (s = *workers_sessions_here(); s; s = next) {
 		next = s->next;
 		if (!s->parked)
 			continue;
@@ -1252,7 +1331,9 @@ void session_resume_all(void)
 void session_shutdown_idle(void)
 {
 	struct session *s, *next;
-	for (s = shunt.sessions; s; s = next) {
+	if (workers_base_here() == shunt.base)
+		workers_post_shutdown_idle();
+	for (s = *workers_sessions_here(); s; s = next) {
 		next = s->next;
 		if (s->state == SS_ACTIVE && !session_idle(s))
 			continue;

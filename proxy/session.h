@@ -36,7 +36,9 @@ enum session_state {
 struct admin_session;
 
 struct session {
-	struct session *next, *prev; /* shunt.sessions */
+	struct session *next, *prev; /* its thread's list (workers_sessions_of(worker)) */
+	int worker;                  /* the thread that runs it: 0 main, else a relay's index */
+	bool moving;                 /* leaving the main thread once the callback returns */
 	uint32_t id;                 /* the pid our BackendKeyData gives the client */
 	uint32_t cancel_key;         /* random; a CancelRequest must carry it */
 	enum session_state state;
@@ -87,13 +89,21 @@ void session_fatal(struct session *s, const char *sqlstate, const char *fmt, ...
 /* Free the session if it was closed: the last thing every callback does. */
 void session_reap(struct session *s);
 
+/* On the relay thread a session moved to: connect it to the server (workers.h). */
+void session_adopted(struct session *s);
+
+/* Every live session, whichever thread runs it; the world must be held. */
+struct session *session_first(void);
+struct session *session_next(const struct session *s);
+
 /* Close both sides without a word (the peer already knows). */
 void session_close(struct session *s, const char *why);
 
 /* Quiescent: no request outstanding, no transaction open: PAUSE and shutdown wait for it. */
 bool session_idle(const struct session *s);
 
-/* PAUSE/RESUME and shutdown: revisit sessions at their idle points. */
+/* PAUSE/RESUME and shutdown: revisit sessions at their idle points (on the main thread,
+ * every relay is told to do the same to its own). */
 void session_resume_all(void);
 void session_shutdown_idle(void);
 

@@ -15,6 +15,7 @@
 #include "proxy/migrate.h"
 #include "proxy/pgshunt.h"
 #include "proxy/session.h"
+#include "proxy/workers.h"
 
 #define OPS_TICK_MS  1000
 #define OPS_POLL_S   2 /* fleet p99, auto-DEGRADED, buffer depth, jobs */
@@ -385,6 +386,7 @@ static void on_catalog(const PGresult *res, void *arg)
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
+	WORLD_HELD();
 	(void)fd;
 	(void)what;
 	(void)arg;

@@ -29,6 +29,7 @@ static const char full_file[] =
     "client_login_timeout = 0\n"
     "max_message_size = 64MB\n"
     "shutdown_timeout = 5\n"
+    "worker_threads = 4\n"
     "server_host = /var/run/postgresql\n"
     "server_port = 5433\n"
     "control_dsn = host=db1 dbname=app user=pgshunt password=se;cr#et sslmode=verify-full\n"
@@ -189,6 +190,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.client_login_timeout, 60);
 	assert_int_equal(cfg.max_message_size, 256 * 1024 * 1024);
 	assert_int_equal(cfg.shutdown_timeout, 30);
+	assert_int_equal(cfg.worker_threads, 2);
 	assert_string_equal(cfg.server_host, "127.0.0.1");
 	assert_int_equal(cfg.server_port, 5432);
 	assert_string_equal(cfg.control_dsn, "");
@@ -229,7 +231,7 @@ static void test_key_table(void **state)
 	size_t n = conf_key_count();
 
 	(void)state;
-	assert_int_equal(n, 37);
+	assert_int_equal(n, 38);
 	assert_null(conf_key_at(n));
 	assert_null(conf_key_find("nope"));
 	assert_null(conf_key_find(""));
@@ -279,6 +281,7 @@ static void test_full_valid_file(void **state)
 	assert_int_equal(cfg.client_login_timeout, 0);
 	assert_int_equal(cfg.max_message_size, 64 * 1024 * 1024);
 	assert_int_equal(cfg.shutdown_timeout, 5);
+	assert_int_equal(cfg.worker_threads, 4);
 	assert_string_equal(cfg.server_host, "/var/run/postgresql");
 	assert_int_equal(cfg.server_port, 5433);
 	assert_string_equal(
@@ -420,6 +423,11 @@ static void test_int_errors(void **state)
 	                "t.ini:2: max_client_conn: must be between 1 and 100000");
 	expect_error_in("client_login_timeout = 86401\n",
 	                "t.ini:2: client_login_timeout: must be between 0 and 86400");
+	expect_error_in("worker_threads = 65\n",
+	                "t.ini:2: worker_threads: must be between 0 and 64");
+	expect_error_in("worker_threads = -1\n",
+	                "t.ini:2: worker_threads: must be between 0 and 64");
+	expect_error_in("worker_threads = two\n", "t.ini:2: worker_threads: not a number");
 	expect_error_in("partition_premake = 121\n",
 	                "t.ini:2: partition_premake: must be between 1 and 120");
 	expect_error_in("backfill_max_rows_per_sec = 100000001\n",
