@@ -107,6 +107,8 @@ void conn_close(struct conn *c)
 		close(c->fd);
 	c->fd = -1;
 	c->read_armed = c->write_armed = false;
+	c->ref = NULL;
+	c->ref_len = 0;
 	iobuf_free(&c->in);
 	iobuf_free(&c->out);
 }
@@ -166,7 +168,44 @@ ssize_t conn_read(struct conn *c)
 
 bool conn_queue(struct conn *c, const void *p, size_t n)
 {
-	return iobuf_append(&c->out, p, n);
+	return conn_settle(c) && iobuf_append(&c->out, p, n);
+}
+
+bool conn_queue_ref(struct conn *c, const void *p, size_t n)
+{
+	if (c->ref_len && c->ref + c->ref_len == p) {
+		c->ref_len += n;
+		return true;
+	}
+	if (!conn_settle(c))
+		return false;
+	c->ref = p;
+	c->ref_len = n;
+	return true;
+}
+
+bool conn_settle(struct conn *c)
+{
+	if (!c->ref_len)
+		return true;
+	bool ok = iobuf_append(&c->out, c->ref, c->ref_len);
+	c->ref = NULL;
+	c->ref_len = 0;
+	return ok;
+}
+
+/* Nothing else queued: write the referenced bytes from where they are. */
+static bool flush_ref(struct conn *c)
+{
+	while (c->ref_len > 0 && iobuf_len(&c->out) == 0) {
+		ssize_t n = c->ops->write(c, c->ref, c->ref_len);
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK;
+		c->bytes_out += (uint64_t)n;
+		c->ref += n;
+		c->ref_len -= (size_t)n;
+	}
+	return true;
 }
 
 void conn_want_write(struct conn *c, bool on)
@@ -184,6 +223,8 @@ void conn_want_write(struct conn *c, bool on)
 
 bool conn_flush(struct conn *c)
 {
+	if (!flush_ref(c) || !conn_settle(c))
+		return false;
 	while (iobuf_len(&c->out) > 0) {
 		ssize_t n = c->ops->write(c, iobuf_head(&c->out), iobuf_len(&c->out));
 		if (n < 0) {

@@ -44,6 +44,8 @@ struct conn {
 	bool drained;                  /* the last read got less than it asked: socket empty */
 	struct iobuf in;               /* bytes read, not yet processed */
 	struct iobuf out;              /* bytes to send */
+	const uint8_t *ref;            /* bytes to send after out, not copied (conn_queue_ref) */
+	size_t ref_len;
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 };
@@ -71,7 +73,19 @@ ssize_t conn_read(struct conn *c);
 /* Queue bytes for sending. False on allocation failure. */
 bool conn_queue(struct conn *c, const void *p, size_t n) __attribute__((warn_unused_result));
 
-/* Send what is queued; arms writability when the socket is full. False on error. */
+/*
+ * Queue bytes without copying them, for a message forwarded as it is: they must stay
+ * where they are until conn_flush() or conn_settle(), which whoever owns them calls
+ * before moving or freeing them.  A flush with nothing else queued writes them straight
+ * from there.  False on allocation failure.
+ */
+bool conn_queue_ref(struct conn *c, const void *p, size_t n) __attribute__((warn_unused_result));
+
+/* Copy what conn_queue_ref() queued into the output buffer. False on allocation failure. */
+bool conn_settle(struct conn *c) __attribute__((warn_unused_result));
+
+/* Send what is queued (referenced bytes are settled: copied if they could not all go);
+ * arms writability when the socket is full. False on error. */
 bool conn_flush(struct conn *c) __attribute__((warn_unused_result));
 
 /* Switch to TLS.  Returns false when OpenSSL fails to set the connection up. */

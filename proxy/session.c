@@ -955,8 +955,11 @@ static bool server_message_active(struct session *s, char type, const uint8_t *m
 			stats_here->errors_total++;
 	}
 	bool to_client = v.action == RESP_FORWARD || (v.action == RESP_SKIP && !drop);
-	if (to_client && !drop && !queue_client(s, msg, total))
+	/* Not copied: server_process_messages() keeps the bytes until they are flushed. */
+	if (to_client && !drop && !conn_queue_ref(&s->client, msg, total)) {
+		session_fatal(s, "53200", "out of memory");
 		return false;
+	}
 	return !v.completes || release_fakes(s);
 }
 
@@ -1084,28 +1087,50 @@ static bool server_start_stream(struct session *s, char type, uint32_t total)
 	return true;
 }
 
+/*
+ * The server input processed so far (*done bytes) is let go: what of it went to the
+ * client as it is (conn_queue_ref) is copied first.  Before the input buffer may move
+ * or be freed.
+ */
+static bool server_input_done(struct session *s, size_t *done)
+{
+	if (!conn_settle(&s->client)) {
+		session_fatal(s, "53200", "out of memory");
+		return false;
+	}
+	iobuf_consume(&s->server.in, *done);
+	*done = 0;
+	return true;
+}
+
 static bool server_process_messages(struct session *s)
 {
 	struct iobuf *in = &s->server.in;
+	size_t done = 0; /* processed, consumed only after the flush: see server_input_done() */
+	bool ok = true;
 
-	while (iobuf_len(in) > 0 && s->state != SS_CLOSED) {
+	while (done < iobuf_len(in) && s->state != SS_CLOSED) {
 		if (s->server_stream_left) {
-			if (!relay_stream(s, &s->server, &s->server_stream_left,
+			if (!server_input_done(s, &done) ||
+			    !relay_stream(s, &s->server, &s->server_stream_left,
 					  s->server_stream_forward, true))
 				return false;
 			continue;
 		}
+		const uint8_t *msg = iobuf_head(in) + done;
+		size_t avail = iobuf_len(in) - done;
 		char type;
 		uint32_t total;
-		enum frame_status fs =
-			proto_frame(iobuf_head(in), iobuf_len(in), SERVER_MAX_MSG, &type, &total);
+		enum frame_status fs = proto_frame(msg, avail, SERVER_MAX_MSG, &type, &total);
 		if (fs == FRAME_INCOMPLETE)
 			break;
 		if (fs != FRAME_OK) {
 			session_fatal(s, "08P01", "server sent a malformed message");
 			return false;
 		}
-		if (total > iobuf_len(in)) {
+		if (total > avail) {
+			if (!server_input_done(s, &done))
+				return false;
 			if (s->state == SS_ACTIVE && (type == 'D' || type == 'd') &&
 			    !engine_needs_whole(respq_first(&s->respq))) {
 				server_start_stream(s, type, total);
@@ -1117,13 +1142,16 @@ static bool server_process_messages(struct session *s)
 			}
 			break;
 		}
-		if (!server_dispatch(s, type, iobuf_head(in), total))
-			return false;
-		iobuf_consume(in, total);
+		if (!server_dispatch(s, type, msg, total)) {
+			ok = false;
+			break;
+		}
+		done += total;
 	}
 	if (s->state == SS_CLOSED)
 		return false;
-	return flush_to(s, &s->client, &s->server, &s->server_blocked);
+	ok = flush_to(s, &s->client, &s->server, &s->server_blocked) && ok;
+	return server_input_done(s, &done) && ok && s->state != SS_CLOSED;
 }
 
 /* After the server answered everything: PAUSE and shutdown act at this point. */
