@@ -283,6 +283,7 @@ void workers_loopbreak_main(void)
 
 bool workers_start(int n, char *err, size_t errlen)
 {
+	static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
 	sigset_t all, old;
 
 	assert(nworkers == 0 && world_depth == 0);
@@ -298,8 +299,13 @@ bool workers_start(int n, char *err, size_t errlen)
 		workers_free();
 		return false;
 	}
-	/* Signals are the main loop's (evsignal): relays block them all. */
+	/*
+	 * Signals are the main loop's (evsignal): relays block them, all but those a fault
+	 * raises in the thread itself, whose handlers (a sanitizer's) must still run.
+	 */
 	sigfillset(&all);
+	for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++)
+		sigdelset(&all, faults[i]);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (int i = 0; i < n; i++) {
 		struct worker *w = worker_new(i + 1);

@@ -1,7 +1,9 @@
 /*
  * Tests of the byte buffers: pktbuf (message building, length fields, the proxy's own
  * messages, sticky failure), mbuf (bounds-checked reading: no getter reads past the
- * end) and iobuf (reserve, append, consume, compaction, no memory while empty).
+ * end), iobuf (reserve, append, consume, compaction, no memory while empty) and a
+ * conn's queuing by reference (written from where the bytes are, copied when the socket
+ * does not take them all, in the order queued), over a real socket pair.
  *
  * Buffers under test are heap blocks of exactly their size, so AddressSanitizer
  * (make asan) reports any read past the end.
@@ -12,9 +14,14 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "proxy/conn.h"
 #include "proxy/iobuf.h"
 #include "proxy/mbuf.h"
 #include "proxy/pktbuf.h"
@@ -597,6 +604,119 @@ static void test_iobuf_growth(void **state)
 	free(chunk);
 }
 
+/* ---- conn: queuing by reference ---- */
+
+/* A conn on one end of a non-blocking socket pair; *peer is the other end. */
+static void conn_pair(struct conn *c, int *peer)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+	conn_init(c);
+	c->fd = sv[0];
+	*peer = sv[1];
+}
+
+/* Read exactly n bytes from fd into buf. */
+static void read_all(int fd, uint8_t *buf, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(fd, buf + got, n - got);
+		assert_true(r > 0);
+		got += (size_t)r;
+	}
+}
+
+static void test_conn_ref_direct(void **state)
+{
+	struct conn c;
+	int peer;
+	uint8_t src[150], got[150];
+	(void)state;
+	for (size_t i = 0; i < sizeof(src); i++)
+		src[i] = (uint8_t)i;
+	conn_pair(&c, &peer);
+	assert_true(conn_queue_ref(&c, src, 100));
+	assert_true(conn_queue_ref(&c, src + 100, 50)); /* contiguous: one reference */
+	assert_ptr_equal(c.ref, src);
+	assert_int_equal(c.ref_len, 150);
+	assert_true(conn_flush(&c));
+	/* Written from where the bytes are: no output buffer was ever taken. */
+	assert_null(c.out.data);
+	assert_int_equal(c.ref_len, 0);
+	assert_int_equal(c.bytes_out, 150);
+	read_all(peer, got, sizeof(got));
+	assert_memory_equal(got, src, sizeof(src));
+	conn_close(&c);
+	close(peer);
+}
+
+static void test_conn_ref_order(void **state)
+{
+	struct conn c;
+	int peer;
+	const uint8_t a[] = "AAAAAAAAAA", b[] = "bbbbb", x[] = "0123456789xyz";
+	uint8_t got[32];
+	(void)state;
+	conn_pair(&c, &peer);
+	assert_true(conn_queue_ref(&c, a, 10));
+	assert_true(conn_queue(&c, b, 5)); /* a copy settles what was referenced first */
+	assert_int_equal(c.ref_len, 0);
+	assert_true(conn_queue_ref(&c, x, 3));
+	assert_true(conn_queue_ref(&c, x + 5, 3)); /* not contiguous: the first is settled */
+	assert_ptr_equal(c.ref, x + 5);
+	assert_true(conn_flush(&c));
+	read_all(peer, got, 21);
+	assert_memory_equal(got, "AAAAAAAAAAbbbbb012567", 21);
+	/* A closed conn forgets its references. */
+	assert_true(conn_queue_ref(&c, a, 10));
+	conn_close(&c);
+	assert_null(c.ref);
+	assert_int_equal(c.ref_len, 0);
+	close(peer);
+}
+
+static void test_conn_ref_partial(void **state)
+{
+	struct conn c;
+	int peer;
+	const size_t n = 4 << 20; /* more than a socket pair holds */
+	uint8_t *src = malloc(n), *copy = malloc(n), *got = malloc(n);
+	(void)state;
+	assert_non_null(src);
+	assert_non_null(copy);
+	assert_non_null(got);
+	for (size_t i = 0; i < n; i++)
+		src[i] = (uint8_t)(i * 7 + i / 251);
+	memcpy(copy, src, n);
+	conn_pair(&c, &peer);
+	assert_true(conn_queue_ref(&c, src, n));
+	assert_true(conn_flush(&c));
+	/* The socket took part: the rest was copied, so the source may go. */
+	size_t sent = (size_t)c.bytes_out;
+	assert_true(sent > 0 && sent < n);
+	assert_int_equal(c.ref_len, 0);
+	assert_int_equal(iobuf_len(&c.out), n - sent);
+	memset(src, 0xee, n);
+	free(src);
+	size_t got_len = 0;
+	while (got_len < n) {
+		ssize_t r = read(peer, got + got_len, n - got_len);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		assert_true(r > 0);
+		got_len += (size_t)r;
+		assert_true(conn_flush(&c));
+	}
+	assert_int_equal(iobuf_len(&c.out), 0);
+	assert_memory_equal(got, copy, n);
+	conn_close(&c);
+	close(peer);
+	free(copy);
+	free(got);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -619,6 +739,9 @@ int main(void)
 	    cmocka_unit_test(test_iobuf_reserve),
 	    cmocka_unit_test(test_iobuf_compaction),
 	    cmocka_unit_test(test_iobuf_growth),
+	    cmocka_unit_test(test_conn_ref_direct),
+	    cmocka_unit_test(test_conn_ref_order),
+	    cmocka_unit_test(test_conn_ref_partial),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
