@@ -3,7 +3,8 @@
 # query mode get every transaction through with none failed; SHOW STATS sums the
 # relays' counters exactly (the same growth as with the main thread alone, every
 # transaction counted once); SHOW CLIENTS lists the
-# sessions of every relay while they run; a CancelRequest reaches a relay's session;
+# sessions of every relay while they run, and RELOAD, PAUSE and RESUME on the console
+# while they do lose nothing; a CancelRequest reaches a relay's session;
 # PAUSE holds and RESUME frees sessions on relays; SIGTERM ends them at their idle
 # points and pgshunt exits with status 0.  (Every other integration test runs with the
 # default, 2 relays.)
@@ -58,7 +59,7 @@ for threads in 4 0; do
 	done
 
 	# Sessions on every relay are listed, and counted in clients_active.
-	pgbench -n -S -c 8 -j 2 -T 3 "$app" >"$work/long.out" 2>&1 &
+	pgbench -n -S -c 8 -j 2 -T 4 "$app" >"$work/long.out" 2>&1 &
 	bg=$!
 	own_pids+=("$bg")
 	for _ in $(seq 50); do
@@ -69,8 +70,16 @@ for threads in 4 0; do
 	[ "$n" -ge 8 ] || fail "$label: SHOW CLIENTS lists $n of pgbench's 8 sessions"
 	active=$(show_stat clients_active)
 	[ "$active" -ge 9 ] || fail "$label: clients_active is $active with 8 clients and the console"
-	wait "$bg" || fail "$label: pgbench -T 3 failed: $(cat "$work/long.out")"
-	ok "$label: SHOW CLIENTS lists all 8 sessions; clients_active $active"
+	# The main thread changes what relays read (RELOAD) and holds and frees their
+	# sessions (PAUSE waits for every transaction's end) while they run.
+	for _ in 1 2 3; do
+		psql -X -At "$console" -c "RELOAD" -c "PAUSE" -c "RESUME" >"$work/console.out" 2>&1 ||
+			fail "$label: RELOAD, PAUSE, RESUME under load: $(cat "$work/console.out")"
+	done
+	wait "$bg" || fail "$label: pgbench -T 4 failed: $(cat "$work/long.out")"
+	grep -q '^number of failed transactions: 0 ' "$work/long.out" ||
+		fail "$label: failures under RELOAD, PAUSE, RESUME: $(cat "$work/long.out")"
+	ok "$label: SHOW CLIENTS lists all 8 sessions; clients_active $active; RELOAD, PAUSE, RESUME under load"
 
 	# A cancel reaches the backend of a session on a relay.
 	rc=0
