@@ -451,8 +451,8 @@ static void on_login_timeout(evutil_socket_t fd, short what, void *arg);
 
 /*
  * Leave the main thread: its loop lets go of the session's events now, and the session
- * is handed over when the callback running it returns (on_client_event), with the
- * world still held, so the relay takes it only after that.  False: stop processing.
+ * is handed over as the callback running it returns (client_event()), which touches it
+ * no more after that.  False: stop processing.
  */
 static bool session_move(struct session *s)
 {
@@ -503,6 +503,7 @@ static void cancel_done(evutil_socket_t fd, short what, void *arg)
 /* Forward a cancel to the session's backend on a connection of its own, as libpq does. */
 static void cancel_route(uint32_t pid, uint32_t key)
 {
+	WORLD_HELD(); /* the session may be a relay's */
 	struct session *t;
 	char err[256];
 
@@ -1279,12 +1280,9 @@ static void server_writable(struct session *s)
 		server_readable(s);
 }
 
-static void on_client_event(evutil_socket_t fd, short what, void *arg)
+static void client_event(struct session *s, short what)
 {
-	WORLD_HELD();
-	struct session *s = arg;
 	uint64_t sent = s->client.bytes_out;
-	(void)fd;
 	if (s->state == SS_CLIENT_TLS) {
 		/* The startup packet may already sit decrypted inside OpenSSL. */
 		if (client_tls_step(s) && s->state == SS_STARTUP)
@@ -1299,10 +1297,27 @@ static void on_client_event(evutil_socket_t fd, short what, void *arg)
 		stats_here->bytes_sent += s->client.bytes_out - sent;
 	if (s->moving) {
 		s->moving = false;
-		workers_adopt(s);
+		workers_adopt(s); /* the relay's from here on */
 		return;
 	}
 	session_reap(s);
+}
+
+static void on_client_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	(void)fd;
+	/*
+	 * Until its startup packet is read, a session on the main thread touches only the
+	 * main thread's own state (cancel_route() takes the world itself): a TLS handshake
+	 * does not hold the relays up.
+	 */
+	if ((s->state == SS_STARTUP || s->state == SS_CLIENT_TLS) && s->worker == 0) {
+		client_event(s, what);
+		return;
+	}
+	WORLD_HELD();
+	client_event(s, what);
 }
 
 static void on_server_event(evutil_socket_t fd, short what, void *arg)

@@ -13,7 +13,9 @@
  * pins, the parsed table names, the views' columns) is written by the main thread and
  * read by the relays.  Every event callback runs between world_enter() and
  * world_leave() (WORLD_HELD() in its first line): a relay takes its own lock shared,
- * the main thread takes every relay's lock exclusively.  So a relay's callback sees
+ * the main thread takes every relay's lock exclusively.  (The main thread's connections
+ * whose startup packet is not read yet touch only its own state: their events skip
+ * it, so TLS handshakes do not hold the relays up.)  So a relay's callback sees
  * the world as if single-threaded, and a main-thread callback may read or change
  * anything, sessions of relays included, as long as it does no I/O on them: that goes
  * through workers_post_*(), which the relay runs on its own thread.
