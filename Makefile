@@ -6,6 +6,7 @@
 #   make bench     the benchmark of docs/BENCHMARKS.md (not a test)
 #   make fuzz      run the libFuzzer target on the protocol framing code
 #   make asan      build and run the unit tests with AddressSanitizer + UBSan
+#   make tsan      run the integration suite on a ThreadSanitizer build (relay threads)
 #   make fmt       format the C sources with the pinned .clang-format
 
 CC      ?= cc
@@ -39,7 +40,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 INTEG_SRCS := $(wildcard tests/integration/*.c)
 INTEG_BINS := $(INTEG_SRCS:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all check unit integration demo bench fuzz fuzz-smoke asan deps fmt clean install deb
+.PHONY: all check unit integration demo bench fuzz fuzz-smoke asan tsan deps fmt clean install deb
 
 all: pgshunt
 
@@ -99,6 +100,17 @@ asan:
 		LDFLAGS="-fsanitize=address,undefined" build/asan/pgshunt-asan unit-asan
 
 $(BUILD)/pgshunt-asan: $(MAIN_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Not in check (the suite takes as long again): any data race between the relay threads
+# and the main thread is reported, and a report fails the run (ThreadSanitizer's exit
+# status).
+tsan: deps
+	$(MAKE) BUILD=build/tsan CC=clang CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
+		LDFLAGS="-fsanitize=thread" build/tsan/pgshunt-tsan
+	$(MAKE) integration PGSHUNT_BIN=build/tsan/pgshunt-tsan
+
+$(BUILD)/pgshunt-tsan: $(MAIN_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 unit-asan: $(UNIT_BINS)

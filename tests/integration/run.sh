@@ -239,7 +239,7 @@ if [ "$mode" = proxy ]; then
 			rc=0
 			wait "$proxy_pid" || rc=$?
 			proxy_pid=""
-			if [ "$rc" -eq 0 ] && ! grep -q -e "ERROR: AddressSanitizer" -e "ERROR: LeakSanitizer" \
+			if [ "$rc" -eq 0 ] && ! grep -q -e "ERROR: AddressSanitizer" -e "ERROR: LeakSanitizer" -e "ThreadSanitizer" \
 				-e "runtime error:" "$dir/pgshunt.log"; then
 				passed=$((passed + 1))
 				echo "ok   pgshunt shutdown"
