@@ -1357,7 +1357,7 @@ static void on_server_event(evutil_socket_t fd, short what, void *arg)
 void session_resume_all(void)
 {
 	struct session *s, *next;
-	if (workers_base_here() == shunt.base)
+	if (workers_on_main())
 		workers_post_resume();
 	for (s = *workers_sessions_here(); s; s = next) {
 		next = s->next;
@@ -1374,7 +1374,7 @@ void session_resume_all(void)
 void session_shutdown_idle(void)
 {
 	struct session *s, *next;
-	if (workers_base_here() == shunt.base)
+	if (workers_on_main())
 		workers_post_shutdown_idle();
 	for (s = *workers_sessions_here(); s; s = next) {
 		next = s->next;

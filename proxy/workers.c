@@ -89,6 +89,11 @@ int workers_count(void)
 	return nworkers;
 }
 
+bool workers_on_main(void)
+{
+	return !self;
+}
+
 struct event_base *workers_base_here(void)
 {
 	return self ? self->base : shunt.base;

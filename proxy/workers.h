@@ -60,6 +60,9 @@ void workers_session_ended(int index);
 void workers_post_resume(void);
 void workers_post_shutdown_idle(void);
 
+/* Whether the thread running is the main one (not a relay). */
+bool workers_on_main(void);
+
 /* The event loop of the thread running: the main one or a relay's. */
 struct event_base *workers_base_here(void);
 
