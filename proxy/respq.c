@@ -60,18 +60,6 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action, ui
 	return true;
 }
 
-struct respq_entry *respq_last(struct respq *q)
-{
-	if (!q->last_pushed || q->count == 0)
-		return NULL;
-	return &q->items[(q->head + q->count - 1) & (q->cap - 1)];
-}
-
-struct respq_entry *respq_first(struct respq *q)
-{
-	return q->count ? &q->items[q->head] : NULL;
-}
-
 bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, uint32_t len)
 {
 	if (q->ignore_till_sync && kind != REQ_SYNC)
@@ -90,8 +78,8 @@ bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, ui
 	return true;
 }
 
-bool respq_take_fakes(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
-		      void *arg)
+bool respq_take_fakes_slow(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
+			   void *arg)
 {
 	while (q->count > 0 && respq_head(q)->action == RESP_FAKE) {
 		struct respq_entry *e = respq_head(q);
@@ -110,10 +98,16 @@ static struct respq_entry *respq_head(struct respq *q)
 
 static void respq_pop(struct respq *q)
 {
-	free(q->items[q->head].fake);
-	q->items[q->head].fake = NULL;
-	free(q->items[q->head].ctx);
-	q->items[q->head].ctx = NULL;
+	struct respq_entry *e = &q->items[q->head];
+	/* Most entries own nothing: no call into free() for them. */
+	if (e->fake) {
+		free(e->fake);
+		e->fake = NULL;
+	}
+	if (e->ctx) {
+		free(e->ctx);
+		e->ctx = NULL;
+	}
 	q->last_pushed = false;
 	q->head = (q->head + 1) & (q->cap - 1);
 	q->count--;
@@ -187,7 +181,8 @@ struct respq_verdict respq_on_message(struct respq *q, char type)
 		return v;
 	}
 	struct respq_entry *head = respq_head(q);
-	v.entry = *head;
+	v.kind = head->kind;
+	v.tag = head->tag;
 	v.action = (enum resp_action)head->action;
 	if (type == 'G') {
 		if (head->kind == REQ_EXECUTE)
@@ -207,36 +202,4 @@ struct respq_verdict respq_on_message(struct respq *q, char type)
 		v.completes = true;
 	}
 	return v;
-}
-
-bool respq_kind_for(char type, enum req_kind *kind)
-{
-	switch (type) {
-	case 'Q':
-		*kind = REQ_QUERY;
-		return true;
-	case 'F':
-		*kind = REQ_FUNCTION;
-		return true;
-	case 'P':
-		*kind = REQ_PARSE;
-		return true;
-	case 'B':
-		*kind = REQ_BIND;
-		return true;
-	case 'D':
-		*kind = REQ_DESCRIBE;
-		return true;
-	case 'E':
-		*kind = REQ_EXECUTE;
-		return true;
-	case 'C':
-		*kind = REQ_CLOSE;
-		return true;
-	case 'S':
-		*kind = REQ_SYNC;
-		return true;
-	default:
-		return false;
-	}
 }

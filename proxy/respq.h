@@ -24,6 +24,7 @@
 #define PGSHUNT_RESPQ_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define WARN_UNUSED __attribute__((warn_unused_result))
@@ -73,7 +74,8 @@ struct respq_verdict {
 	enum resp_action action; /* forward or swallow this message */
 	bool completes;          /* it completed (popped) an entry */
 	bool unsolicited;        /* no entry was waiting: async or FATAL */
-	struct respq_entry entry; /* the entry it belongs to (when not unsolicited) */
+	uint8_t kind;            /* the entry it belongs to (when not unsolicited): its kind */
+	uint32_t tag;            /* and its tag */
 };
 
 void respq_init(struct respq *q);
@@ -84,10 +86,18 @@ bool respq_push(struct respq *q, enum req_kind kind, enum resp_action action,
 		uint32_t tag) WARN_UNUSED;
 
 /* The entry just pushed (NULL when the push queued nothing), to attach xform/ctx to. */
-struct respq_entry *respq_last(struct respq *q);
+static inline struct respq_entry *respq_last(struct respq *q)
+{
+	if (!q->last_pushed || q->count == 0)
+		return NULL;
+	return &q->items[(q->head + q->count - 1) & (q->cap - 1)];
+}
 
 /* The oldest entry, or NULL: the one the next server message belongs to. */
-struct respq_entry *respq_first(struct respq *q);
+static inline struct respq_entry *respq_first(struct respq *q)
+{
+	return q->count ? &q->items[q->head] : NULL;
+}
 
 /* Queue a request answered locally with these bytes (copied).  False on no memory. */
 bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer,
@@ -97,8 +107,19 @@ bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer,
  * Release the fake answers now at the head, in order, through emit(); stops and
  * returns false when emit() does.  Call after every push and every completed entry.
  */
-bool respq_take_fakes(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
-		      void *arg) WARN_UNUSED;
+bool respq_take_fakes_slow(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
+			   void *arg) WARN_UNUSED;
+
+/* Inline: called for every request and every answer, and almost never has work. */
+static inline bool WARN_UNUSED respq_take_fakes(struct respq *q,
+						bool (*emit)(void *arg, const uint8_t *p,
+							     uint32_t n),
+						void *arg)
+{
+	if (q->count == 0 || q->items[q->head].action != RESP_FAKE)
+		return true;
+	return respq_take_fakes_slow(q, emit, arg);
+}
 
 /* The client ended a COPY FROM STDIN (CopyDone or CopyFail): its Syncs count again. */
 static inline void respq_copy_end(struct respq *q)
@@ -115,6 +136,36 @@ static inline bool respq_empty(const struct respq *q)
 }
 
 /* Request kind for a frontend message type; false for messages with no response. */
-bool respq_kind_for(char type, enum req_kind *kind);
+static inline bool respq_kind_for(char type, enum req_kind *kind)
+{
+	switch (type) {
+	case 'Q':
+		*kind = REQ_QUERY;
+		return true;
+	case 'F':
+		*kind = REQ_FUNCTION;
+		return true;
+	case 'P':
+		*kind = REQ_PARSE;
+		return true;
+	case 'B':
+		*kind = REQ_BIND;
+		return true;
+	case 'D':
+		*kind = REQ_DESCRIBE;
+		return true;
+	case 'E':
+		*kind = REQ_EXECUTE;
+		return true;
+	case 'C':
+		*kind = REQ_CLOSE;
+		return true;
+	case 'S':
+		*kind = REQ_SYNC;
+		return true;
+	default:
+		return false;
+	}
+}
 
 #endif

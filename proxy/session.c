@@ -725,9 +725,19 @@ bool session_queue_client(struct session *s, const void *p, size_t n)
 	return false;
 }
 
+/* A client message forwarded as it is (the bytes lie in the client's input buffer) is
+ * not copied: client_process_messages() keeps them until they are flushed. */
+static bool in_client_input(const struct session *s, const void *p, size_t n)
+{
+	const struct iobuf *in = &s->client.in;
+	uintptr_t a = (uintptr_t)p, lo = (uintptr_t)iobuf_head(in);
+	return in->data && a >= lo && a + n <= lo + iobuf_len(in);
+}
+
 bool session_queue_server(struct session *s, const void *p, size_t n)
 {
-	if (conn_queue(&s->server, p, n))
+	if (in_client_input(s, p, n) ? conn_queue_ref(&s->server, p, n)
+				     : conn_queue(&s->server, p, n))
 		return true;
 	session_fatal(s, "53200", "out of memory");
 	return false;
@@ -983,8 +993,11 @@ static bool relay_stream(struct session *s, struct conn *src, uint32_t *left, bo
 	size_t n = iobuf_len(&src->in);
 	if (n > *left)
 		n = *left;
-	bool ok = !forward || (to_client ? queue_client(s, iobuf_head(&src->in), n)
-					 : queue_server(s, iobuf_head(&src->in), n));
+	/* Copied, not referenced: the bytes are consumed right away. */
+	bool ok = !forward || conn_queue(to_client ? &s->client : &s->server,
+					 iobuf_head(&src->in), n);
+	if (!ok)
+		session_fatal(s, "53200", "out of memory");
 	iobuf_consume(&src->in, n);
 	*left -= (uint32_t)n;
 	return ok;
@@ -1012,20 +1025,40 @@ static bool client_dispatch(struct session *s, char type, const uint8_t *msg, ui
 	return client_message_active(s, type, msg, total);
 }
 
-static bool client_process_messages(struct session *s)
+/*
+ * The client input processed so far (*done bytes) is let go: what of it went to the
+ * server as it is (by reference, session_queue_server()) is copied first.  Before the
+ * input buffer may move or be freed.
+ */
+static bool client_input_done(struct session *s, size_t *done)
+{
+	if (!conn_settle(&s->server)) {
+		session_fatal(s, "53200", "out of memory");
+		return false;
+	}
+	iobuf_consume(&s->client.in, *done);
+	*done = 0;
+	return true;
+}
+
+/* One pass over the client's input; *done as in server_process_messages(). */
+static bool client_process_input(struct session *s, size_t *done)
 {
 	struct iobuf *in = &s->client.in;
 	uint32_t limit = (uint32_t)shunt.cfg.max_message_size;
 
-	while (iobuf_len(in) > 0 && s->state != SS_CLOSED) {
+	while (*done < iobuf_len(in) && s->state != SS_CLOSED) {
 		if (s->client_stream_left) {
-			if (!relay_stream(s, &s->client, &s->client_stream_left, true, false))
+			if (!client_input_done(s, done) ||
+			    !relay_stream(s, &s->client, &s->client_stream_left, true, false))
 				return false;
 			continue;
 		}
+		const uint8_t *msg = iobuf_head(in) + *done;
+		size_t avail = iobuf_len(in) - *done;
 		char type;
 		uint32_t total;
-		enum frame_status fs = proto_frame(iobuf_head(in), iobuf_len(in), limit, &type, &total);
+		enum frame_status fs = proto_frame(msg, avail, limit, &type, &total);
 		if (fs == FRAME_INCOMPLETE)
 			break;
 		if (fs != FRAME_OK)
@@ -1044,8 +1077,8 @@ static bool client_process_messages(struct session *s)
 			break;
 		}
 		/* I7: never serve the table under a phase that is not known to be current. */
-		if (s->state == SS_ACTIVE && total <= iobuf_len(in) &&
-		    engine_must_hold(s, type, iobuf_head(in), total)) {
+		if (s->state == SS_ACTIVE && total <= avail &&
+		    engine_must_hold(s, type, msg, total)) {
 			s->parked = true;
 			conn_want_read(&s->client, false);
 			slog(LOG_LEVEL_INFO, s->prefix, "%s",
@@ -1053,7 +1086,9 @@ static bool client_process_messages(struct session *s)
 					       : "held: the phase in force is not known");
 			break;
 		}
-		if (total > iobuf_len(in)) {
+		if (total > avail) {
+			if (!client_input_done(s, done))
+				return false;
 			if (client_can_stream(s, type)) {
 				s->client_stream_left = total;
 				continue;
@@ -1064,13 +1099,21 @@ static bool client_process_messages(struct session *s)
 			}
 			break;
 		}
-		if (!client_dispatch(s, type, iobuf_head(in), total))
+		if (!client_dispatch(s, type, msg, total))
 			return false;
-		iobuf_consume(in, total);
+		*done += total;
 	}
+	return s->state != SS_CLOSED;
+}
+
+static bool client_process_messages(struct session *s)
+{
+	size_t done = 0; /* processed, consumed only after the flush: see client_input_done() */
+	bool ok = client_process_input(s, &done);
 	if (s->state == SS_CLOSED)
 		return false;
-	return flush_to(s, &s->server, &s->client, &s->client_blocked);
+	ok = flush_to(s, &s->server, &s->client, &s->client_blocked) && ok;
+	return client_input_done(s, &done) && ok && s->state != SS_CLOSED;
 }
 
 static bool server_dispatch(struct session *s, char type, const uint8_t *msg, uint32_t total)

@@ -23,7 +23,7 @@ static void push(struct respq *q, enum req_kind kind, enum resp_action action, u
 /* Push the request a frontend message type stands for, forwarded. */
 static void push_type(struct respq *q, char type)
 {
-	enum req_kind kind;
+	enum req_kind kind = REQ_QUERY;
 	assert_true(respq_kind_for(type, &kind));
 	push(q, kind, RESP_FORWARD, (uint32_t)(uint8_t)type);
 }
@@ -35,7 +35,7 @@ static void expect_part(struct respq *q, char type, enum req_kind kind)
 	struct respq_verdict v = respq_on_message(q, type);
 	assert_false(v.unsolicited);
 	assert_false(v.completes);
-	assert_int_equal(v.entry.kind, kind);
+	assert_int_equal(v.kind, kind);
 	assert_int_equal(q->count, before);
 }
 
@@ -46,7 +46,7 @@ static struct respq_verdict expect_done(struct respq *q, char type, enum req_kin
 	struct respq_verdict v = respq_on_message(q, type);
 	assert_false(v.unsolicited);
 	assert_true(v.completes);
-	assert_int_equal(v.entry.kind, kind);
+	assert_int_equal(v.kind, kind);
 	assert_true(q->count < before);
 	return v;
 }
@@ -88,7 +88,7 @@ static void test_simple_query(void **state)
 	expect_part(&q, '1', REQ_QUERY);
 	struct respq_verdict v = expect_done(&q, 'Z', REQ_QUERY);
 	assert_int_equal(v.action, RESP_FORWARD);
-	assert_int_equal(v.entry.tag, 'Q');
+	assert_int_equal(v.tag, 'Q');
 	assert_true(respq_empty(&q));
 	assert_false(q.ignore_till_sync);
 	/* Exactly once: the next Z has nobody to complete. */
@@ -283,7 +283,7 @@ static void test_error_on_each_extended_kind(void **state)
 		push_type(&q, *k);
 		push_type(&q, 'P');
 		push_type(&q, 'S');
-		enum req_kind kind;
+		enum req_kind kind = REQ_QUERY;
 		assert_true(respq_kind_for(*k, &kind));
 		if (*k == 'D')
 			expect_part(&q, 't', REQ_DESCRIBE);
@@ -411,28 +411,27 @@ static void test_skip_entries(void **state)
 	for (const char *t = q1; *t; t++) {
 		struct respq_verdict v = respq_on_message(&q, *t);
 		assert_int_equal(v.action, RESP_SKIP);
-		assert_int_equal(v.entry.tag, 7);
-		assert_int_equal(v.entry.action, RESP_SKIP);
+		assert_int_equal(v.tag, 7);
 		assert_int_equal(v.completes, *t == 'Z');
 	}
 	for (const char *t = q1; *t; t++) {
 		struct respq_verdict v = respq_on_message(&q, *t);
 		assert_int_equal(v.action, RESP_FORWARD);
-		assert_int_equal(v.entry.tag, 8);
+		assert_int_equal(v.tag, 8);
 	}
 	struct respq_verdict v = expect_done(&q, '1', REQ_PARSE);
 	assert_int_equal(v.action, RESP_SKIP);
-	assert_int_equal(v.entry.tag, 9);
+	assert_int_equal(v.tag, 9);
 	/* The error of an injected request is swallowed too, and skips to its Sync. */
 	v = expect_done(&q, 'E', REQ_BIND);
 	assert_int_equal(v.action, RESP_SKIP);
-	assert_int_equal(v.entry.tag, 10);
+	assert_int_equal(v.tag, 10);
 	v = expect_done(&q, 'Z', REQ_SYNC);
 	assert_int_equal(v.action, RESP_SKIP);
-	assert_int_equal(v.entry.tag, 12);
+	assert_int_equal(v.tag, 12);
 	v = expect_done(&q, '1', REQ_PARSE);
 	assert_int_equal(v.action, RESP_FORWARD);
-	assert_int_equal(v.entry.tag, 13);
+	assert_int_equal(v.tag, 13);
 	assert_true(respq_empty(&q));
 	respq_free(&q);
 }
@@ -452,7 +451,7 @@ static void test_growth_in_order(void **state)
 		for (uint32_t n = 0; n < sizes[i]; n++) {
 			struct respq_verdict v = respq_on_message(&q, '1');
 			assert_true(v.completes);
-			assert_int_equal(v.entry.tag, n);
+			assert_int_equal(v.tag, n);
 			assert_int_equal(v.action, (n % 3) ? RESP_FORWARD : RESP_SKIP);
 		}
 		assert_true(respq_empty(&q));
@@ -472,7 +471,7 @@ static void test_growth_while_wrapped(void **state)
 		push(&q, REQ_BIND, RESP_FORWARD, next_push++);
 	for (int i = 0; i < 7; i++) {
 		struct respq_verdict v = respq_on_message(&q, '2');
-		assert_int_equal(v.entry.tag, next_pop++);
+		assert_int_equal(v.tag, next_pop++);
 	}
 	while (q.count < 16)
 		push(&q, REQ_BIND, RESP_FORWARD, next_push++);
@@ -489,14 +488,14 @@ static void test_growth_while_wrapped(void **state)
 		for (int i = 0; i < 2; i++) {
 			struct respq_verdict v = respq_on_message(&q, '2');
 			assert_true(v.completes);
-			assert_int_equal(v.entry.tag, next_pop++);
+			assert_int_equal(v.tag, next_pop++);
 		}
 	}
 	assert_true(q.count > 1000);
 	while (!respq_empty(&q)) {
 		struct respq_verdict v = respq_on_message(&q, '2');
 		assert_true(v.completes);
-		assert_int_equal(v.entry.tag, next_pop++);
+		assert_int_equal(v.tag, next_pop++);
 	}
 	assert_int_equal(next_pop, next_push);
 	expect_unsolicited(&q, '2');
@@ -519,10 +518,10 @@ static void test_skip_till_sync_across_wrap(void **state)
 	push(&q, REQ_SYNC, RESP_FORWARD, 200);
 	assert_int_equal(q.cap, 16);
 	struct respq_verdict v = expect_done(&q, 'E', REQ_EXECUTE);
-	assert_int_equal(v.entry.tag, 100);
+	assert_int_equal(v.tag, 100);
 	assert_int_equal(q.count, 1);
 	v = expect_done(&q, 'Z', REQ_SYNC);
-	assert_int_equal(v.entry.tag, 200);
+	assert_int_equal(v.tag, 200);
 	respq_free(&q);
 }
 
@@ -658,7 +657,7 @@ static void test_fake_dropped_after_error(void **state)
 	assert_true(respq_take_fakes(&q, collect, &e));
 	assert_int_equal(e.calls, 0);
 	v = respq_on_message(&q, 'Z');
-	assert_int_equal(v.entry.kind, REQ_SYNC);
+	assert_int_equal(v.kind, REQ_SYNC);
 	assert_true(respq_empty(&q));
 	/* While skipping with no Sync queued, a fake is not even queued. */
 	assert_true(respq_push(&q, REQ_BIND, RESP_FORWARD, 0));
@@ -690,7 +689,7 @@ static void expect_copy_in(struct respq *q, enum req_kind kind)
 	struct respq_verdict v = respq_on_message(q, 'G');
 	assert_false(v.unsolicited);
 	assert_false(v.completes);
-	assert_int_equal(v.entry.kind, kind);
+	assert_int_equal(v.kind, kind);
 	assert_true(q->copy_in);
 }
 
