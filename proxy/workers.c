@@ -27,7 +27,17 @@ struct worker {
 	int wake_fd;               /* eventfd: the main thread's knock (each loop is touched
 				    * only by its own thread: libevent runs without locks) */
 	struct event *wake;        /* reads wake_fd */
-	pthread_rwlock_t world;    /* shared by this relay's callbacks, exclusive by main's */
+	/*
+	 * The world lock's half for this relay (workers.h): busy while one of its callbacks
+	 * runs, want while the main thread holds the world or waits for it.  Each side sets
+	 * its own flag, then reads the other's (a Dekker handshake, sequentially consistent
+	 * atomics), so a relay's turn costs two atomic stores and no lock; gate and the two
+	 * conditions are only for the side that must wait.
+	 */
+	atomic_int busy, want;
+	pthread_mutex_t gate;
+	pthread_cond_t want_gone;  /* the relay waits for want to drop */
+	pthread_cond_t busy_gone;  /* the main thread waits for busy to drop */
 	struct session *sessions;  /* the sessions this relay runs */
 	atomic_uint load;          /* sessions handed to it and not yet ended */
 	struct stats stats;        /* this relay's counters */
@@ -52,16 +62,64 @@ _Thread_local struct parser_cache *parse_cache_here;
 
 /* ---- the world lock ---- */
 
+/* The main thread holds the world, or waits for it: signal it if it waits on us. */
+static __attribute__((noinline)) void relay_left(struct worker *w)
+{
+	pthread_mutex_lock(&w->gate);
+	pthread_cond_signal(&w->busy_gone);
+	pthread_mutex_unlock(&w->gate);
+}
+
+/* The main thread's turn: step back until it is over, then try again. */
+static __attribute__((noinline)) void relay_wait(struct worker *w)
+{
+	do {
+		atomic_store(&w->busy, 0);
+		relay_left(w);
+		pthread_mutex_lock(&w->gate);
+		while (atomic_load(&w->want))
+			pthread_cond_wait(&w->want_gone, &w->gate);
+		pthread_mutex_unlock(&w->gate);
+		atomic_store(&w->busy, 1);
+	} while (atomic_load(&w->want));
+}
+
+static __attribute__((noinline)) void main_enter(void)
+{
+	for (int i = 0; i < nworkers; i++) {
+		struct worker *w = workers[i];
+		pthread_mutex_lock(&w->gate);
+		atomic_store(&w->want, 1);
+		/* A relay's callback in progress ends; the next one waits for us. */
+		while (atomic_load(&w->busy))
+			pthread_cond_wait(&w->busy_gone, &w->gate);
+		pthread_mutex_unlock(&w->gate);
+	}
+}
+
+static __attribute__((noinline)) void main_leave(void)
+{
+	for (int i = nworkers - 1; i >= 0; i--) {
+		struct worker *w = workers[i];
+		pthread_mutex_lock(&w->gate);
+		atomic_store(&w->want, 0);
+		pthread_cond_broadcast(&w->want_gone);
+		pthread_mutex_unlock(&w->gate);
+	}
+}
+
 void world_enter(void)
 {
 	if (world_depth++ > 0)
 		return;
-	if (self) {
-		pthread_rwlock_rdlock(&self->world);
+	struct worker *w = self;
+	if (!w) {
+		main_enter();
 		return;
 	}
-	for (int i = 0; i < nworkers; i++)
-		pthread_rwlock_wrlock(&workers[i]->world);
+	atomic_store(&w->busy, 1);
+	if (atomic_load(&w->want))
+		relay_wait(w);
 }
 
 void world_leave(void)
@@ -69,12 +127,14 @@ void world_leave(void)
 	assert(world_depth > 0);
 	if (--world_depth > 0)
 		return;
-	if (self) {
-		pthread_rwlock_unlock(&self->world);
+	struct worker *w = self;
+	if (!w) {
+		main_leave();
 		return;
 	}
-	for (int i = nworkers - 1; i >= 0; i--)
-		pthread_rwlock_unlock(&workers[i]->world);
+	atomic_store(&w->busy, 0);
+	if (atomic_load(&w->want))
+		relay_left(w);
 }
 
 bool world_held(void)
@@ -236,7 +296,9 @@ static void worker_free(struct worker *w)
 	if (w->base)
 		event_base_free(w->base);
 	parser_cache_free(w->parse_cache);
-	pthread_rwlock_destroy(&w->world);
+	pthread_cond_destroy(&w->want_gone);
+	pthread_cond_destroy(&w->busy_gone);
+	pthread_mutex_destroy(&w->gate);
 	pthread_mutex_destroy(&w->mu);
 	free(w);
 }
@@ -248,12 +310,11 @@ static struct worker *worker_new(int index)
 		return NULL;
 	w->index = index;
 	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	pthread_rwlockattr_t attr;
-	pthread_rwlockattr_init(&attr);
-	/* The main thread's turns must not wait behind a relay that never idles. */
-	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&w->world, &attr);
-	pthread_rwlockattr_destroy(&attr);
+	atomic_init(&w->busy, 0);
+	atomic_init(&w->want, 0);
+	pthread_mutex_init(&w->gate, NULL);
+	pthread_cond_init(&w->want_gone, NULL);
+	pthread_cond_init(&w->busy_gone, NULL);
 	pthread_mutex_init(&w->mu, NULL);
 	atomic_init(&w->load, 0);
 	w->parse_cache = parser_cache_new(PARSE_CACHE_ENTRIES);

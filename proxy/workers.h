@@ -12,8 +12,9 @@
  * The world lock: process-wide state (the configuration, the phase, the sessions'
  * pins, the parsed table names, the views' columns) is written by the main thread and
  * read by the relays.  Every event callback runs between world_enter() and
- * world_leave() (WORLD_HELD() in its first line): a relay takes its own lock shared,
- * the main thread takes every relay's lock exclusively.  (The main thread's connections
+ * world_leave() (WORLD_HELD() in its first line): a relay enters its own half of the
+ * lock, and waits only while the main thread holds it; the main thread waits until
+ * no relay is in a callback, and holds them all off.  (The main thread's connections
  * whose startup packet is not read yet touch only its own state: their events skip
  * it, so TLS handshakes do not hold the relays up.)  So a relay's callback sees
  * the world as if single-threaded, and a main-thread callback may read or change
