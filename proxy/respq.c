@@ -8,8 +8,6 @@ void respq_init(struct respq *q)
 	memset(q, 0, sizeof(*q));
 }
 
-static struct respq_entry *respq_head(struct respq *q);
-static void respq_pop(struct respq *q);
 
 void respq_free(struct respq *q)
 {
@@ -81,36 +79,14 @@ bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, ui
 bool respq_take_fakes_slow(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
 			   void *arg)
 {
-	while (q->count > 0 && respq_head(q)->action == RESP_FAKE) {
-		struct respq_entry *e = respq_head(q);
+	while (q->count > 0 && (&q->items[q->head])->action == RESP_FAKE) {
+		struct respq_entry *e = (&q->items[q->head]);
 		bool ok = emit(arg, e->fake, e->fake_len);
 		respq_pop(q);
 		if (!ok)
 			return false;
 	}
 	return true;
-}
-
-static struct respq_entry *respq_head(struct respq *q)
-{
-	return &q->items[q->head];
-}
-
-static void respq_pop(struct respq *q)
-{
-	struct respq_entry *e = &q->items[q->head];
-	/* Most entries own nothing: no call into free() for them. */
-	if (e->fake) {
-		free(e->fake);
-		e->fake = NULL;
-	}
-	if (e->ctx) {
-		free(e->ctx);
-		e->ctx = NULL;
-	}
-	q->last_pushed = false;
-	q->head = (q->head + 1) & (q->cap - 1);
-	q->count--;
 }
 
 /* The server entered COPY FROM STDIN for the head entry: the Syncs queued right behind
@@ -138,7 +114,7 @@ static void respq_enter_copy_in(struct respq *q)
 /* The server now skips to Sync: drop the entries it will not answer. */
 static void respq_skip_till_sync(struct respq *q)
 {
-	while (q->count > 0 && respq_head(q)->kind != REQ_SYNC)
+	while (q->count > 0 && (&q->items[q->head])->kind != REQ_SYNC)
 		respq_pop(q);
 	if (q->count == 0)
 		q->ignore_till_sync = true;
@@ -149,41 +125,9 @@ static bool is_extended(enum req_kind kind)
 	return kind != REQ_QUERY && kind != REQ_FUNCTION && kind != REQ_SYNC;
 }
 
-/* Does a message of this type finish a request of this kind? */
-static bool completes(enum req_kind kind, char type)
+struct respq_verdict respq_on_special(struct respq *q, char type, struct respq_verdict v)
 {
-	switch (kind) {
-	case REQ_QUERY:
-	case REQ_FUNCTION:
-	case REQ_SYNC:
-		return type == 'Z';
-	case REQ_PARSE:
-		return type == '1';
-	case REQ_BIND:
-		return type == '2';
-	case REQ_CLOSE:
-		return type == '3';
-	case REQ_DESCRIBE:
-		return type == 'T' || type == 'n';
-	case REQ_EXECUTE:
-		return type == 'C' || type == 'I' || type == 's';
-	}
-	return false;
-}
-
-struct respq_verdict respq_on_message(struct respq *q, char type)
-{
-	struct respq_verdict v = {.action = RESP_FORWARD};
-
-	/* Notifications and parameter changes belong to nobody's request. */
-	if (type == 'A' || type == 'S' || q->count == 0) {
-		v.unsolicited = true;
-		return v;
-	}
-	struct respq_entry *head = respq_head(q);
-	v.kind = head->kind;
-	v.tag = head->tag;
-	v.action = (enum resp_action)head->action;
+	struct respq_entry *head = &q->items[q->head];
 	if (type == 'G') {
 		if (head->kind == REQ_EXECUTE)
 			respq_enter_copy_in(q);
@@ -191,13 +135,12 @@ struct respq_verdict respq_on_message(struct respq *q, char type)
 			q->copy_in = true;
 		return v;
 	}
-	if (type == 'E' || type == 'Z')
-		q->copy_in = false; /* the server left COPY (an error ends it) */
+	q->copy_in = false; /* 'E' or 'Z': the server left COPY (an error ends it) */
 	if (type == 'E' && is_extended((enum req_kind)head->kind)) {
 		respq_pop(q);
 		respq_skip_till_sync(q);
 		v.completes = true;
-	} else if (completes((enum req_kind)head->kind, type)) {
+	} else if (respq_completes((enum req_kind)head->kind, type)) {
 		respq_pop(q);
 		v.completes = true;
 	}

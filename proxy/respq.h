@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define WARN_UNUSED __attribute__((warn_unused_result))
 
@@ -127,8 +128,73 @@ static inline void respq_copy_end(struct respq *q)
 	q->copy_in = false;
 }
 
-/* Attribute one server message (by its type byte) and pop what it completes. */
-struct respq_verdict respq_on_message(struct respq *q, char type);
+/* Drop the oldest entry. */
+static inline void respq_pop(struct respq *q)
+{
+	struct respq_entry *e = &q->items[q->head];
+	/* Most entries own nothing: no call into free() for them. */
+	if (e->fake) {
+		free(e->fake);
+		e->fake = NULL;
+	}
+	if (e->ctx) {
+		free(e->ctx);
+		e->ctx = NULL;
+	}
+	q->last_pushed = false;
+	q->head = (q->head + 1) & (q->cap - 1);
+	q->count--;
+}
+
+/* Does a message of this type finish a request of this kind? */
+static inline bool respq_completes(enum req_kind kind, char type)
+{
+	switch (kind) {
+	case REQ_QUERY:
+	case REQ_FUNCTION:
+	case REQ_SYNC:
+		return type == 'Z';
+	case REQ_PARSE:
+		return type == '1';
+	case REQ_BIND:
+		return type == '2';
+	case REQ_CLOSE:
+		return type == '3';
+	case REQ_DESCRIBE:
+		return type == 'T' || type == 'n';
+	case REQ_EXECUTE:
+		return type == 'C' || type == 'I' || type == 's';
+	}
+	return false;
+}
+
+/* respq_on_message() for CopyInResponse, ErrorResponse and ReadyForQuery. */
+struct respq_verdict respq_on_special(struct respq *q, char type, struct respq_verdict v);
+
+/* Attribute one server message (by its type byte) and pop what it completes.  Inline:
+ * it runs for every message the server sends. */
+static inline __attribute__((always_inline)) struct respq_verdict
+respq_on_message(struct respq *q, char type)
+{
+	struct respq_verdict v = {.action = RESP_FORWARD};
+
+	/* Notifications and parameter changes belong to nobody's request. */
+	if (type == 'A' || type == 'S' || q->count == 0) {
+		v.unsolicited = true;
+		return v;
+	}
+	const struct respq_entry *head = &q->items[q->head];
+	v.kind = head->kind;
+	v.tag = head->tag;
+	v.action = (enum resp_action)head->action;
+	if (type == 'G' || type == 'E' || type == 'Z')
+		return respq_on_special(q, type, v);
+	if (respq_completes((enum req_kind)head->kind, type)) {
+		respq_pop(q);
+		v.completes = true;
+	}
+	return v;
+}
 
 static inline bool respq_empty(const struct respq *q)
 {
