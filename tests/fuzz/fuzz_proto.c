@@ -331,9 +331,11 @@ static struct respq_verdict model_message(struct model *m, char type)
 		v.unsolicited = true;
 		return v;
 	}
-	v.entry = m->items[m->head];
-	v.action = (enum resp_action)v.entry.action;
-	enum req_kind kind = (enum req_kind)v.entry.kind;
+	const struct respq_entry *e = &m->items[m->head];
+	v.kind = e->kind;
+	v.tag = e->tag;
+	v.action = (enum resp_action)e->action;
+	enum req_kind kind = (enum req_kind)e->kind;
 	bool extended = kind != REQ_QUERY && kind != REQ_FUNCTION && kind != REQ_SYNC;
 	if (type == 'G') { /* CopyInResponse: Syncs sent with the Execute will be ignored */
 		m->copy_in = true;
@@ -384,9 +386,8 @@ static void fuzz_respq(struct respq *q, struct model *m, char type, uint32_t ind
 	CHECK(got.completes == want.completes);
 	CHECK(got.action == want.action);
 	if (!got.unsolicited) {
-		CHECK(got.entry.kind == want.entry.kind);
-		CHECK(got.entry.action == want.entry.action);
-		CHECK(got.entry.tag == want.entry.tag);
+		CHECK(got.kind == want.kind);
+		CHECK(got.tag == want.tag);
 	}
 	CHECK(q->count == m->tail - m->head);
 	CHECK(q->ignore_till_sync == m->ignore_till_sync);
