@@ -13,7 +13,9 @@ CC      ?= cc
 PKGS    := libevent_core libevent_extra libevent_pthreads openssl libpq libsystemd
 CPPFLAGS += -I. -D_GNU_SOURCE
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+# override: the sanitizer and fuzzer builds pass CFLAGS on the command line, and are
+# held to the same warnings.
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
 	   -Wmissing-prototypes -fno-strict-aliasing
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
