@@ -8,7 +8,6 @@ void respq_init(struct respq *q)
 	memset(q, 0, sizeof(*q));
 }
 
-
 void respq_free(struct respq *q)
 {
 	while (q->count > 0)
@@ -79,8 +78,8 @@ bool respq_push_fake(struct respq *q, enum req_kind kind, const void *answer, ui
 bool respq_take_fakes_slow(struct respq *q, bool (*emit)(void *arg, const uint8_t *p, uint32_t n),
 			   void *arg)
 {
-	while (q->count > 0 && (&q->items[q->head])->action == RESP_FAKE) {
-		struct respq_entry *e = (&q->items[q->head]);
+	while (q->count > 0 && q->items[q->head].action == RESP_FAKE) {
+		struct respq_entry *e = &q->items[q->head];
 		bool ok = emit(arg, e->fake, e->fake_len);
 		respq_pop(q);
 		if (!ok)
@@ -114,7 +113,7 @@ static void respq_enter_copy_in(struct respq *q)
 /* The server now skips to Sync: drop the entries it will not answer. */
 static void respq_skip_till_sync(struct respq *q)
 {
-	while (q->count > 0 && (&q->items[q->head])->kind != REQ_SYNC)
+	while (q->count > 0 && q->items[q->head].kind != REQ_SYNC)
 		respq_pop(q);
 	if (q->count == 0)
 		q->ignore_till_sync = true;
