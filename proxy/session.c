@@ -1026,17 +1026,17 @@ static bool client_dispatch(struct session *s, char type, const uint8_t *msg, ui
 }
 
 /*
- * The client input processed so far (*done bytes) is let go: what of it went to the
- * server as it is (by reference, session_queue_server()) is copied first.  Before the
- * input buffer may move or be freed.
+ * The input of src processed so far (*done bytes) is let go: what of it went to the
+ * other side as it is (by reference: conn_queue_ref(), session_queue_server()) is
+ * copied first.  Before the input buffer may move or be freed.
  */
-static bool client_input_done(struct session *s, size_t *done)
+static bool input_done(struct session *s, struct conn *src, size_t *done)
 {
-	if (!conn_settle(&s->server)) {
+	if (!conn_settle(src == &s->client ? &s->server : &s->client)) {
 		session_fatal(s, "53200", "out of memory");
 		return false;
 	}
-	iobuf_consume(&s->client.in, *done);
+	iobuf_consume(&src->in, *done);
 	*done = 0;
 	return true;
 }
@@ -1049,7 +1049,7 @@ static bool client_process_input(struct session *s, size_t *done)
 
 	while (*done < iobuf_len(in) && s->state != SS_CLOSED) {
 		if (s->client_stream_left) {
-			if (!client_input_done(s, done) ||
+			if (!input_done(s, &s->client, done) ||
 			    !relay_stream(s, &s->client, &s->client_stream_left, true, false))
 				return false;
 			continue;
@@ -1087,7 +1087,7 @@ static bool client_process_input(struct session *s, size_t *done)
 			break;
 		}
 		if (total > avail) {
-			if (!client_input_done(s, done))
+			if (!input_done(s, &s->client, done))
 				return false;
 			if (client_can_stream(s, type)) {
 				s->client_stream_left = total;
@@ -1108,12 +1108,12 @@ static bool client_process_input(struct session *s, size_t *done)
 
 static bool client_process_messages(struct session *s)
 {
-	size_t done = 0; /* processed, consumed only after the flush: see client_input_done() */
+	size_t done = 0; /* processed, consumed only after the flush: see input_done() */
 	bool ok = client_process_input(s, &done);
 	if (s->state == SS_CLOSED)
 		return false;
 	ok = flush_to(s, &s->server, &s->client, &s->client_blocked) && ok;
-	return client_input_done(s, &done) && ok && s->state != SS_CLOSED;
+	return input_done(s, &s->client, &done) && ok && s->state != SS_CLOSED;
 }
 
 static bool server_dispatch(struct session *s, char type, const uint8_t *msg, uint32_t total)
@@ -1131,31 +1131,15 @@ static bool server_start_stream(struct session *s, char type, uint32_t total)
 	return true;
 }
 
-/*
- * The server input processed so far (*done bytes) is let go: what of it went to the
- * client as it is (conn_queue_ref) is copied first.  Before the input buffer may move
- * or be freed.
- */
-static bool server_input_done(struct session *s, size_t *done)
-{
-	if (!conn_settle(&s->client)) {
-		session_fatal(s, "53200", "out of memory");
-		return false;
-	}
-	iobuf_consume(&s->server.in, *done);
-	*done = 0;
-	return true;
-}
-
 static bool server_process_messages(struct session *s)
 {
 	struct iobuf *in = &s->server.in;
-	size_t done = 0; /* processed, consumed only after the flush: see server_input_done() */
+	size_t done = 0; /* processed, consumed only after the flush: see input_done() */
 	bool ok = true;
 
 	while (done < iobuf_len(in) && s->state != SS_CLOSED) {
 		if (s->server_stream_left) {
-			if (!server_input_done(s, &done) ||
+			if (!input_done(s, &s->server, &done) ||
 			    !relay_stream(s, &s->server, &s->server_stream_left,
 					  s->server_stream_forward, true))
 				return false;
@@ -1173,7 +1157,7 @@ static bool server_process_messages(struct session *s)
 			return false;
 		}
 		if (total > avail) {
-			if (!server_input_done(s, &done))
+			if (!input_done(s, &s->server, &done))
 				return false;
 			if (s->state == SS_ACTIVE && (type == 'D' || type == 'd') &&
 			    !engine_needs_whole(respq_first(&s->respq))) {
@@ -1195,7 +1179,7 @@ static bool server_process_messages(struct session *s)
 	if (s->state == SS_CLOSED)
 		return false;
 	ok = flush_to(s, &s->client, &s->server, &s->server_blocked) && ok;
-	return server_input_done(s, &done) && ok && s->state != SS_CLOSED;
+	return input_done(s, &s->server, &done) && ok && s->state != SS_CLOSED;
 }
 
 /* After the server answered everything: PAUSE and shutdown act at this point. */
