@@ -1852,6 +1852,18 @@ static void test_bad_messages(void **state)
 	drop_fd(fd);
 	assert_proxy_alive("message type 'z'");
 
+	/* A good Query and a bad message in one packet: the Query's bytes, queued to the
+	 * server as they lie in the client's input, go away with the session, no further. */
+	fd = raw_login("query then unknown type");
+	{
+		static const uint8_t qz[] = {'Q', 0, 0, 0, 13, 'S', 'E', 'L', 'E', 'C', 'T',
+					     ' ', '1', 0, 'z', 0, 0, 0, 4};
+		raw_send(fd, qz, sizeof(qz));
+	}
+	expect_fatal_eof(fd, "08P01", false, "Query then message type 'z'");
+	drop_fd(fd);
+	assert_proxy_alive("Query then message type 'z'");
+
 	/* A length field below 4. */
 	fd = raw_login("length 2");
 	{
