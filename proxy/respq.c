@@ -134,7 +134,13 @@ struct respq_verdict respq_on_special(struct respq *q, char type, struct respq_v
 			q->copy_in = true;
 		return v;
 	}
-	q->copy_in = false; /* 'E' or 'Z': the server left COPY (an error ends it) */
+	if (type == 'W') {
+		q->copy_both = true;
+		return v;
+	}
+	/* 'E' or 'Z': the server left COPY (an error ends it) */
+	q->copy_in = false;
+	q->copy_both = false;
 	if (type == 'E' && is_extended((enum req_kind)head->kind)) {
 		respq_pop(q);
 		respq_skip_till_sync(q);

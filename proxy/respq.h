@@ -19,6 +19,11 @@
  * another after CopyDone or CopyFail.  So a CopyInResponse drops the Sync entries
  * queued right behind the Execute, and no entry is queued for a Sync the client sends
  * until it ends the copy (respq_copy_end()), or the server does (ErrorResponse).
+ *
+ * A replication connection's START_REPLICATION answers CopyBothResponse and streams
+ * CopyData both ways until one side sends CopyDone; the stream belongs to the Query,
+ * which ReadyForQuery completes as usual.  copy_both says a stream is open: it runs no
+ * statement until it ends.
  */
 #ifndef PGSHUNT_RESPQ_H
 #define PGSHUNT_RESPQ_H
@@ -67,6 +72,7 @@ struct respq {
 	uint32_t cap;              /* power of two, 0 before the first push */
 	bool ignore_till_sync;     /* an extended request failed and no Sync is queued yet */
 	bool copy_in;              /* the server is in COPY FROM STDIN: it ignores Sync */
+	bool copy_both;            /* a replication stream (CopyBothResponse) is open */
 	bool last_pushed;          /* the newest entry is the last push's (respq_last) */
 };
 
@@ -168,7 +174,7 @@ static inline bool respq_completes(enum req_kind kind, char type)
 	return false;
 }
 
-/* respq_on_message() for CopyInResponse, ErrorResponse and ReadyForQuery. */
+/* respq_on_message() for CopyInResponse, CopyBothResponse, ErrorResponse and ReadyForQuery. */
 struct respq_verdict respq_on_special(struct respq *q, char type, struct respq_verdict v);
 
 /* Attribute one server message (by its type byte) and pop what it completes.  Inline:
@@ -187,7 +193,7 @@ respq_on_message(struct respq *q, char type)
 	v.kind = head->kind;
 	v.tag = head->tag;
 	v.action = (enum resp_action)head->action;
-	if (type == 'G' || type == 'E' || type == 'Z')
+	if (type == 'G' || type == 'W' || type == 'E' || type == 'Z')
 		return respq_on_special(q, type, v);
 	if (respq_completes((enum req_kind)head->kind, type)) {
 		respq_pop(q);

@@ -290,6 +290,7 @@ struct model {
 	size_t head, tail; /* entries [head, tail) */
 	bool ignore_till_sync;
 	bool copy_in; /* the server ignores Sync in COPY FROM STDIN */
+	bool copy_both; /* a replication stream is open */
 };
 
 static void model_push(struct model *m, enum req_kind kind, enum resp_action action, uint32_t tag)
@@ -349,8 +350,12 @@ static struct respq_verdict model_message(struct model *m, char type)
 		}
 		return v;
 	}
+	if (type == 'W') { /* CopyBothResponse: the stream is the Query's until ReadyForQuery */
+		m->copy_both = true;
+		return v;
+	}
 	if (type == 'E' || type == 'Z')
-		m->copy_in = false;
+		m->copy_in = m->copy_both = false;
 	if (type == 'E' && extended) {
 		m->head++;
 		while (m->head < m->tail && m->items[m->head].kind != REQ_SYNC)
@@ -392,6 +397,7 @@ static void fuzz_respq(struct respq *q, struct model *m, char type, uint32_t ind
 	CHECK(q->count == m->tail - m->head);
 	CHECK(q->ignore_till_sync == m->ignore_till_sync);
 	CHECK(q->copy_in == m->copy_in);
+	CHECK(q->copy_both == m->copy_both);
 	CHECK(q->count <= q->cap && (q->cap & (q->cap - 1)) == 0);
 	CHECK(respq_empty(q) == (m->head == m->tail));
 }

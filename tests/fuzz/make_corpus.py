@@ -118,6 +118,11 @@ SEEDS = {
     + bind("", "", []) + execute("", 10) + execute("", 10) + sync(),
     "startup-copy": USER + query("COPY t FROM STDIN") + msg("d", b"1\tone\n")
     + msg("d", b"2\ttwo\n") + msg("c") + query("COPY t FROM STDIN") + msg("f", cstr("no")),
+    "replication-stream": startup([("user", "cdc"), ("database", "app"),
+                                   ("replication", "database")])
+    + query("START_REPLICATION SLOT s LOGICAL 0/0") + msg("W", struct.pack("!bH", 0, 0))
+    + msg("d", b"w" + bytes(24) + b"BEGIN 1") + msg("d", b"r" + bytes(33)) + msg("c")
+    + msg("c") + msg("C", cstr("START_REPLICATION")) + msg("Z", b"I"),
     "startup-function-call": USER + msg("F", struct.pack("!IHHIIH", 1598, 0, 1, 4, 7, 0)),
     "admin-commands": ADMIN + query("SHOW CLIENTS") + query(" show\tstats \n")
     + query("SHOW HELP;") + parse("", "SHOW CONFIG") + bind("", "", []) + describe("P", "")

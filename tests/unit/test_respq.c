@@ -775,6 +775,49 @@ static void test_extended_copy_in_server_error(void **state)
 	respq_free(&q);
 }
 
+/*
+ * A replication stream: START_REPLICATION answers CopyBothResponse, then CopyData flows
+ * both ways (the client's have no entry) until the client's CopyDone; the server's
+ * CopyDone, a timeline's result set and CommandComplete are still the Query's, and its
+ * ReadyForQuery closes the stream.  An error ends a stream too.
+ */
+static void test_copy_both(void **state)
+{
+	(void)state;
+	struct respq q;
+	respq_init(&q);
+	expect_unsolicited(&q, 'W'); /* no request waiting: nobody's */
+	assert_false(q.copy_both);
+	push_type(&q, 'Q');
+	expect_part(&q, 'W', REQ_QUERY);
+	assert_true(q.copy_both);
+	assert_false(q.copy_in);
+	for (int i = 0; i < 3; i++)
+		expect_part(&q, 'd', REQ_QUERY);
+	enum req_kind kind;
+	assert_false(respq_kind_for('d', &kind)); /* the client's CopyData: no answer */
+	respq_copy_end(&q);                        /* the client's CopyDone */
+	assert_true(q.copy_both);
+	expect_part(&q, 'c', REQ_QUERY);
+	expect_part(&q, 'T', REQ_QUERY);
+	expect_part(&q, 'D', REQ_QUERY);
+	expect_part(&q, 'C', REQ_QUERY);
+	expect_part(&q, 'C', REQ_QUERY);
+	assert_true(q.copy_both);
+	expect_done(&q, 'Z', REQ_QUERY);
+	assert_false(q.copy_both);
+	assert_true(respq_empty(&q));
+
+	push_type(&q, 'Q');
+	expect_part(&q, 'W', REQ_QUERY);
+	expect_part(&q, 'd', REQ_QUERY);
+	expect_part(&q, 'E', REQ_QUERY); /* requested WAL segment has already been removed */
+	assert_false(q.copy_both);
+	expect_done(&q, 'Z', REQ_QUERY);
+	assert_true(respq_empty(&q));
+	respq_free(&q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -804,6 +847,7 @@ int main(void)
 	    cmocka_unit_test(test_extended_copy_in_fail),
 	    cmocka_unit_test(test_extended_copy_in_done),
 	    cmocka_unit_test(test_extended_copy_in_server_error),
+	    cmocka_unit_test(test_copy_both),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
