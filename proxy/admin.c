@@ -169,6 +169,16 @@ static const char *const stats_columns[] = {
 static const char *const config_columns[] = {"key", "value", "default", "reloadable",
 					     "description", NULL};
 
+/* A replication stream is active for as long as it lasts: say what it is doing. */
+static const char *client_state(const struct session *s)
+{
+	if (s->parked)
+		return "paused";
+	if (s->state == SS_ACTIVE && s->respq.copy_both)
+		return "streaming";
+	return session_state_name(s->state);
+}
+
 static bool cmd_show_clients(struct session *self, struct admin_result *r, const char *args)
 {
 	char id[16], port[16], when[32], queries[24], pid[16];
@@ -186,7 +196,7 @@ static bool cmd_show_clients(struct session *self, struct admin_result *r, const
 				   s->client_addr,
 				   port,
 				   conn_tls_describe(&s->client),
-				   s->parked ? "paused" : session_state_name(s->state),
+				   client_state(s),
 				   tx_name(s->tx_status),
 				   fmt_time(when, sizeof(when), s->connect_time),
 				   fmt_u64(queries, sizeof(queries), s->queries),
@@ -310,7 +320,7 @@ static bool cmd_reload(struct session *s, struct admin_result *r, const char *ar
 static bool all_sessions_idle(void)
 {
 	for (struct session *s = session_first(); s; s = session_next(s))
-		if (s->state == SS_ACTIVE && !session_idle(s))
+		if (s->state == SS_ACTIVE && !session_quiet(s))
 			return false;
 	return true;
 }

@@ -53,7 +53,7 @@ uint64_t fleet_acked_epoch(uint32_t *inflight)
 	uint64_t acked = shunt.phase.epoch;
 	uint32_t busy = 0;
 	for (const struct session *s = session_first(); s; s = session_next(s)) {
-		if (s->state != SS_ACTIVE || session_idle(s))
+		if (s->state != SS_ACTIVE || session_quiet(s))
 			continue;
 		busy++;
 		if (s->pin.known && s->pin.epoch < acked)

@@ -226,6 +226,11 @@ bool session_idle(const struct session *s)
 	       s->client_stream_left == 0 && s->server_stream_left == 0;
 }
 
+bool session_quiet(const struct session *s)
+{
+	return session_idle(s) || (s->state == SS_ACTIVE && s->respq.copy_both);
+}
+
 static void on_login_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	WORLD_HELD();
@@ -1405,7 +1410,7 @@ void session_shutdown_idle(void)
 		workers_post_shutdown_idle();
 	for (s = *workers_sessions_here(); s; s = next) {
 		next = s->next;
-		if (s->state == SS_ACTIVE && !session_idle(s))
+		if (s->state == SS_ACTIVE && !session_quiet(s))
 			continue;
 		session_fatal(s, "57P01", "terminating connection: pgshunt is shutting down");
 		session_reap(s);

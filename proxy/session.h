@@ -99,8 +99,15 @@ struct session *session_next(const struct session *s);
 /* Close both sides without a word (the peer already knows). */
 void session_close(struct session *s, const char *why);
 
-/* Quiescent: no request outstanding, no transaction open: PAUSE and shutdown wait for it. */
+/* No request outstanding, no transaction open: a new transaction may begin. */
 bool session_idle(const struct session *s);
+
+/*
+ * Idle, or streaming replication (COPY both ways, outside any transaction): a stream
+ * runs no statement until it ends, and ends idle.  What PAUSE, shutdown and a phase
+ * switch's acknowledgement wait for: a stream that lasts for days holds none of them.
+ */
+bool session_quiet(const struct session *s);
 
 /* PAUSE/RESUME and shutdown: revisit sessions at their idle points (on the main thread,
  * every relay is told to do the same to its own). */

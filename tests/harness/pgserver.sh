@@ -138,6 +138,7 @@ write_conf() {
 		fsync = off
 		synchronous_commit = off
 		full_page_writes = off
+		wal_level = logical
 		ssl = on
 		ssl_cert_file = '$dir/certs/server.crt'
 		ssl_key_file = '$dir/certs/server.key'
@@ -160,6 +161,10 @@ write_conf() {
 				printf '%-8s all %-12s %-14s %s\n' "$kind" "$role" 127.0.0.1/32 "$method"
 				printf '%-8s all %-12s %-14s %s\n' "$kind" "$role" ::1/128 "$method"
 			done
+		done
+		# Backup and change-data-capture tools (tests/integration/test_replication.sh).
+		for kind in hostssl host; do
+			printf '%-8s replication shunt_admin 127.0.0.1/32 scram-sha-256\n' "$kind"
 		done
 	} >"$dir/data/pg_hba.conf"
 }
