@@ -727,6 +727,29 @@ static int raw_login(const char *what)
 	return fd;
 }
 
+/* Send SELECT 7 and read its answer to ReadyForQuery: the row must be there. */
+static void raw_expect_select7(int fd, const char *what)
+{
+	static const uint8_t q[] = {'Q', 0, 0, 0, 13, 'S', 'E', 'L', 'E', 'C', 'T', ' ', '7', 0};
+	raw_send(fd, q, sizeof(q));
+	double deadline = now_s() + RAW_TIMEOUT_MS / 1000.0;
+	bool saw_row = false;
+	for (;;) {
+		char type;
+		uint8_t *body;
+		uint32_t len;
+		if (raw_read_msg(fd, &type, &body, &len, deadline) != 1)
+			fail_msg("%s: no answer", what);
+		if (type == 'D' && len == 7 && body[6] == '7')
+			saw_row = true;
+		free(body);
+		if (type == 'Z')
+			break;
+	}
+	if (!saw_row)
+		fail_msg("%s: no row 7", what);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Console helpers                                                                      */
 /* ------------------------------------------------------------------------------------ */
@@ -1812,28 +1835,43 @@ static void test_ssl_gss_requests(void **state)
 	/* The same socket then carries a normal startup. */
 	raw_send(fd, pkt, trust_startup(pkt, sizeof(pkt)));
 	raw_expect_login(fd, "startup after GSSENCRequest");
-	{
-		static const uint8_t q[] = {'Q', 0,   0,   0,   13,  'S', 'E',
-					    'L', 'E', 'C', 'T', ' ', '7', 0};
-		raw_send(fd, q, sizeof(q));
-		double deadline = now_s() + RAW_TIMEOUT_MS / 1000.0;
-		bool saw_row = false;
-		for (;;) {
-			char type;
-			uint8_t *body;
-			uint32_t len;
-			if (raw_read_msg(fd, &type, &body, &len, deadline) != 1)
-				fail_msg("SELECT 7 after GSSENCRequest: no answer");
-			if (type == 'D' && len == 7 && body[6] == '7')
-				saw_row = true;
-			free(body);
-			if (type == 'Z')
-				break;
-		}
-		assert_true(saw_row);
-	}
+	raw_expect_select7(fd, "SELECT 7 after GSSENCRequest");
 	drop_fd(fd);
 	assert_proxy_alive("GSSENCRequest");
+}
+
+/*
+ * A client asking for a newer minor protocol version and an option of it (_pq_.*), as
+ * a libpq 18 client with max_protocol_version = latest does: the server's
+ * NegotiateProtocolVersion reaches it before AuthenticationOk, naming the newest version
+ * it speaks (3.0) and the option it did not know, and the session then works.
+ */
+static void test_protocol_negotiation(void **state)
+{
+	(void)state;
+	SETUP_NAME("protocol_negotiation");
+	uint8_t pkt[256];
+	const char *kv[] = {"user", "shunt_trust", "database", env.db,
+			    "_pq_.shunt_test_option", "1", NULL};
+	int fd = raw_connect();
+	raw_send(fd, pkt, startup_packet(pkt, sizeof(pkt), PROTO_V3 | 2, kv));
+	double deadline = now_s() + RAW_TIMEOUT_MS / 1000.0;
+	char type;
+	uint8_t *body;
+	uint32_t len;
+	if (raw_read_msg(fd, &type, &body, &len, deadline) != 1)
+		fail_msg("protocol 3.2: no answer to the startup packet");
+	static const char option[] = "_pq_.shunt_test_option";
+	bool good = type == 'v' && len == 8 + sizeof(option) && get32(body) == PROTO_V3 &&
+		    get32(body + 4) == 1 && memcmp(body + 8, option, sizeof(option)) == 0;
+	free(body);
+	if (!good)
+		fail_msg("protocol 3.2: first message '%c' is not NegotiateProtocolVersion "
+			 "(3.0, %s)", type, option);
+	raw_expect_login(fd, "protocol 3.2, after NegotiateProtocolVersion");
+	raw_expect_select7(fd, "SELECT 7 after NegotiateProtocolVersion");
+	drop_fd(fd);
+	assert_proxy_alive("protocol 3.2");
 }
 
 static void test_bad_messages(void **state)
@@ -2464,6 +2502,7 @@ int main(void)
 		T(test_tls),
 		T(test_bad_startup),
 		T(test_ssl_gss_requests),
+		T(test_protocol_negotiation),
 		T(test_bad_messages),
 		T(test_login_timeout),
 		T(test_console_show),
