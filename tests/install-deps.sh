@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install what pgshunt needs to build and test (Debian 12, as root).  Idempotent:
 # only missing packages are installed, and `apt-get update` runs only when some are.
-# Then `npm ci` for the node driver tests when their node_modules is missing.
+# Then `npm ci` for the node driver tests when their node_modules is missing or stale.
 #
 #   sh tests/install-deps.sh
 set -eu
@@ -42,7 +42,9 @@ if [ -n "$missing" ]; then
 	did="installed:$missing"
 fi
 
-if [ ! -d tests/drivers/node/node_modules ]; then
+# Missing, or older than the lock file (a pull that added a module).
+node=tests/drivers/node
+if [ ! -d $node/node_modules ] || [ $node/package-lock.json -nt $node/node_modules/.package-lock.json ]; then
 	if ! have npm; then
 		echo "install-deps: npm not found, cannot install the node driver tests' modules" >&2
 		exit 1

@@ -1,12 +1,16 @@
 'use strict';
 // node-postgres (pg) through PGHOST/PGPORT: SCRAM login, typed parameters, error codes,
-// transactions, LISTEN/NOTIFY, named prepared statements, a large value, TLS verify-full.
-// (pg has no cancel API: statement_timeout's 57014 is checked instead.)
+// transactions, statement_timeout, a CancelRequest (Client#cancel), LISTEN/NOTIFY, COPY
+// both ways (pg-copy-streams, the COPY module for pg), named prepared statements, a large
+// value, TLS verify-full.
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const { Readable } = require('node:stream');
+const { pipeline } = require('node:stream/promises');
 const pg = require('pg');
+const { from: copyFrom, to: copyTo } = require('pg-copy-streams');
 const { conn, caFile, uniqueName, withTimeout, rejects, wrongCa, run } = require('./common');
 
 const scram = { ...conn, user: 'shunt_scram', password: 'scram-secret', connectionTimeoutMillis: 10000 };
@@ -129,6 +133,51 @@ const steps = [
     await c.query('RESET statement_timeout');
     const r = await c.query('SHOW statement_timeout');
     assert.equal(r.rows[0].statement_timeout, '0');
+  }],
+
+  ['a CancelRequest (Client#cancel) stops pg_sleep(30) with 57014', async () => {
+    const query = new pg.Query('SELECT pg_sleep(30)');
+    const done = new Promise((resolve) => {
+      query.on('error', resolve);
+      query.on('end', () => resolve(null));
+    });
+    c.query(query);
+    const t0 = Date.now();
+    // Client#cancel sends the CancelRequest with c's key on a connection of its own.
+    setTimeout(() => new pg.Client(scram).cancel(c, query), 500);
+    const e = await withTimeout(done, 15000, 'the cancelled query');
+    assert.ok(e, 'pg_sleep(30) was not cancelled');
+    assert.equal(e.code, '57014', `got ${e.code}: ${e.message}`);
+    assert.ok(Date.now() - t0 < 10000, 'cancel took too long');
+    const r = await c.query("SELECT 'after cancel' AS v");
+    assert.equal(r.rows[0].v, 'after cancel');
+  }],
+
+  ['COPY FROM STDIN and TO STDOUT (pg-copy-streams)', async () => {
+    const n = 5000;
+    const ingest = c.query(copyFrom(`COPY ${table} (id, t) FROM STDIN`));
+    await withTimeout(pipeline(Readable.from((function* rows() {
+      for (let i = 0; i < n; i++) yield `${10000 + i}\tcopy row ${i} ☃\n`;
+    })()), ingest), 20000, 'COPY FROM STDIN');
+    assert.equal(ingest.rowCount, n);
+    const chunks = [];
+    const out = c.query(copyTo(`COPY (SELECT id, t FROM ${table} WHERE id >= 10000 ORDER BY id) TO STDOUT`));
+    out.on('data', (chunk) => chunks.push(chunk));
+    await withTimeout(new Promise((resolve, reject) => {
+      out.on('end', resolve);
+      out.on('error', reject);
+    }), 20000, 'COPY TO STDOUT');
+    const lines = Buffer.concat(chunks).toString('utf8').split('\n').filter((l) => l !== '');
+    assert.equal(lines.length, n);
+    assert.equal(lines[0], '10000\tcopy row 0 ☃');
+    assert.equal(lines[n - 1], `${10000 + n - 1}\tcopy row ${n - 1} ☃`);
+    // a bad row fails the COPY with 22P02, adds nothing, and the connection goes on
+    const bad = c.query(copyFrom(`COPY ${table} (id, t) FROM STDIN`));
+    const e = await rejects(pipeline(Readable.from(['20000\tfine\n', 'not a number\tbad\n']), bad),
+      'COPY with a bad row');
+    assert.equal(e.code, '22P02', `got ${e.code}: ${e.message}`);
+    const r = await c.query(`SELECT count(*)::int AS n FROM ${table} WHERE id >= 10000`);
+    assert.equal(r.rows[0].n, n);
   }],
 
   ['LISTEN/NOTIFY', async () => {

@@ -1,13 +1,14 @@
 'use strict';
 // postgres.js through PGHOST/PGPORT: SCRAM login, tagged-template queries, prepared
 // statements reused, sql.begin, error codes, COPY FROM/TO streams, query.cancel(),
-// LISTEN/NOTIFY, and pipelining 50 queries on one connection.
+// LISTEN/NOTIFY, pipelining 50 queries on one connection, and TLS verify-full.
 
 const assert = require('node:assert/strict');
 const { Readable, Writable } = require('node:stream');
 const { pipeline } = require('node:stream/promises');
+const fs = require('node:fs');
 const postgres = require('postgres');
-const { conn, uniqueName, withTimeout, rejects, run } = require('./common');
+const { conn, caFile, uniqueName, withTimeout, rejects, wrongCa, run } = require('./common');
 
 const options = {
   host: conn.host,
@@ -203,6 +204,21 @@ const steps = [
         assert.equal(s.value[0].v, i);
       }
     });
+  }],
+
+  ['TLS verify-full against host localhost', async () => {
+    // With ssl an object, postgres.js goes on to the TLS handshake whatever the answer
+    // to its SSLRequest: a query that succeeds ran over TLS, the certificate checked.
+    const t = connect({ host: 'localhost', ssl: { ca: fs.readFileSync(caFile), servername: 'localhost', rejectUnauthorized: true } });
+    const [row] = await t`SELECT current_user AS u, ${5}::int AS v`;
+    assert.equal(row.u, 'shunt_scram');
+    assert.equal(row.v, 5);
+  }],
+
+  ['TLS with a wrong CA fails', async () => {
+    const bad = connect({ host: 'localhost', ssl: { ca: wrongCa(), servername: 'localhost', rejectUnauthorized: true } });
+    const e = await rejects(bad`SELECT 1`, 'TLS with a wrong CA');
+    assert.match(`${e.code} ${e.message}`, /UNABLE_TO_VERIFY|SELF_SIGNED|CERT|certificate/i, `${e.code}: ${e.message}`);
   }],
 ];
 
