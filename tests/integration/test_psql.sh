@@ -1,6 +1,6 @@
 #!/bin/bash
 # psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out, an
-# error's SQLSTATE, a multi-statement string, LISTEN/NOTIFY between two sessions,
+# error's SQLSTATE, a multi-statement string, LISTEN/NOTIFY between two sessions, Ctrl-C,
 # TLS verify-full (and a wrong CA), and the scram-sha-256, md5 and password users.
 # Needs the environment of tests/integration/run.sh.
 set -euo pipefail
@@ -12,12 +12,14 @@ unset PGPASSWORD
 
 table="t_psql_$$_$RANDOM"
 listener_pid=""
+cancel_pid=""
 
 cleanup() {
-	if [ -n "$listener_pid" ]; then
-		kill "$listener_pid" 2>/dev/null || true
-		wait "$listener_pid" 2>/dev/null || true
-	fi
+	local p
+	for p in $listener_pid $cancel_pid; do
+		kill "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
 	psql -X -q -c "DROP TABLE IF EXISTS $table" >/dev/null 2>&1 || true
 }
 trap 'cleanup; lib_cleanup' EXIT
@@ -108,6 +110,29 @@ grep -q "^Asynchronous notification \"$channel\" with payload \"hello $$\" recei
 	"$work/listener.out" || fail "no notification in the listener's output: $(cat "$work/listener.out")"
 grep -q "^listener done$" "$work/listener.out" || fail "listener output: $(cat "$work/listener.out")"
 ok "LISTEN/NOTIFY"
+
+# --- Ctrl-C: psql sends a CancelRequest for the query it runs ---
+psql -X -At -v VERBOSITY=verbose -c "SELECT pg_sleep(30)" >"$work/cancel.out" 2>&1 &
+cancel_pid=$!
+# Wait until the query runs on the server, then interrupt psql as Ctrl-C would.
+for ((i = 0; i < 100; i++)); do
+	[ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'
+		AND state = 'active'")" = 1 ] && break
+	sleep 0.1
+done
+kill -INT "$cancel_pid"
+for ((i = 0; i < 100; i++)); do
+	kill -0 "$cancel_pid" 2>/dev/null || break
+	sleep 0.1
+done
+kill -0 "$cancel_pid" 2>/dev/null && fail "psql still runs 10 s after its Ctrl-C"
+rc=0
+wait "$cancel_pid" || rc=$?
+cancel_pid=""
+[ "$rc" -ne 0 ] || fail "the cancelled query succeeded: $(cat "$work/cancel.out")"
+grep -q "ERROR:  57014: canceling statement due to user request" "$work/cancel.out" ||
+	fail "Ctrl-C: no 57014 in: $(cat "$work/cancel.out")"
+ok "Ctrl-C cancels the query (57014)"
 
 # --- TLS ---
 tls="host=localhost port=$PGPORT dbname=$PGDATABASE user=shunt_trust"
