@@ -1,5 +1,6 @@
 // PgJDBC through PGHOST/PGPORT: SCRAM login, a PreparedStatement reused past
-// prepareThreshold (a named server statement), batch insert, SQLSTATE 23505, rollback,
+// prepareThreshold (a named server statement), batch insert, a portal read with
+// setFetchSize (PortalSuspended), SQLSTATE 23505, rollback,
 // CopyManager in/out, LISTEN/NOTIFY, Statement.cancel() from another thread, and TLS
 // verify-full.  Exits non-zero at the first failed check.  Run by run.sh beside it.
 
@@ -166,6 +167,36 @@ public class DriverTest {
         eq(scalarString(c, "SELECT sum(n) FROM " + TABLE + " WHERE v LIKE 'batch %'"), "124875.00", "batched sum");
     }
 
+    /*
+     * setFetchSize in a transaction: PgJDBC reads the result 100 rows at a time from a
+     * named portal (Execute with a row limit, PortalSuspended, Execute again).
+     */
+    static void fetchSize() throws Exception {
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement("SELECT g, repeat('r', g % 50) FROM generate_series(1, ?) AS g ORDER BY g")) {
+            ps.setFetchSize(100);
+            ps.setInt(1, 1050);
+            long n = 0;
+            try (ResultSet rs = ps.executeQuery()) {
+                while (rs.next()) {
+                    n++;
+                    eq((long) rs.getInt(1), n, "row in order");
+                    eq(rs.getString(2).length(), (int) (n % 50), "row " + n + "'s text");
+                }
+            }
+            eq(n, 1050L, "rows fetched 100 at a time");
+            try (Statement s = c.createStatement()) {
+                s.setFetchSize(7);
+                ResultSet rs = s.executeQuery("SELECT count(*) FROM generate_series(1, 20)");
+                rs.next();
+                eq(rs.getLong(1), 20L, "a statement in the same transaction");
+            }
+            c.commit();
+        } finally {
+            c.setAutoCommit(true);
+        }
+    }
+
     static void errors() throws Exception {
         try (Statement s = c.createStatement()) {
             SQLException e = expectSqlError(() -> s.executeUpdate("INSERT INTO " + TABLE + " (id) VALUES (1000)"), "dup");
@@ -309,6 +340,7 @@ public class DriverTest {
             {"SCRAM login (and a wrong password)", (SqlAction) DriverTest::scram},
             {"PreparedStatement reuse past prepareThreshold", (SqlAction) DriverTest::preparedReuse},
             {"batch insert", (SqlAction) DriverTest::batch},
+            {"setFetchSize: a portal read 100 rows at a time", (SqlAction) DriverTest::fetchSize},
             {"SQLSTATE 23505 and 42P01", (SqlAction) DriverTest::errors},
             {"transaction rollback", (SqlAction) DriverTest::rollback},
             {"CopyManager copyIn/copyOut", (SqlAction) DriverTest::copy},
