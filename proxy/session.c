@@ -1187,10 +1187,13 @@ static bool server_process_messages(struct session *s)
 	return input_done(s, &s->server, &done) && ok && s->state != SS_CLOSED;
 }
 
-/* After the server answered everything: PAUSE and shutdown act at this point. */
+/*
+ * After the server's messages: a session left quiet (answered, or streaming: one that
+ * began its stream during the shutdown) ends here when pgshunt shuts down.
+ */
 static void server_idle_point(struct session *s)
 {
-	if (s->state != SS_ACTIVE || !session_idle(s))
+	if (s->state != SS_ACTIVE || !session_quiet(s))
 		return;
 	if (shunt.shutting_down)
 		session_fatal(s, "57P01", "terminating connection: pgshunt is shutting down");
