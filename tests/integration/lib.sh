@@ -13,6 +13,7 @@
 #   start_pgshunt [LINE...]  a pgshunt with the base config plus LINEs; sets $pid,
 #                            $port, $app (through it, as shunt_trust) and $console
 #   stop_pgshunt             SIGTERM, wait, and fail on any sanitizer report in its log
+#   wait_phase_known         until the phase is known on $console (fails after 5 s)
 #   fail MSG / ok MSG        end the test with the log's warnings / say what passed
 #
 # For tests that run several pgshunts, each with a config and a log of its own:
@@ -143,6 +144,16 @@ stop_pgshunt() {
 	if grep -qE 'Sanitizer|runtime error' "$work/pgshunt.log"; then
 		fail "sanitizer report in the log"
 	fi
+}
+
+# wait_phase_known: until SHOW PHASE on $console says the phase is known (5 s at most).
+wait_phase_known() {
+	for _ in $(seq 50); do
+		[ "$(psql -X -qtA -F'|' "$console" -c 'SHOW PHASE' 2>/dev/null | cut -d'|' -f4)" = yes ] &&
+			return 0
+		sleep 0.1
+	done
+	fail "the phase is not known 5 s after the start: $(psql -X -qtA "$console" -c 'SHOW PHASE' 2>&1)"
 }
 
 # wait_listening PORT PID LOG: until the pgshunt PID accepts connections on PORT (10 s at

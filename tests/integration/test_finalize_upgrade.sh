@@ -15,10 +15,7 @@ epoch=$(q "SELECT epoch FROM pgshunt.state")
 
 start_pgshunt "control_dsn = $direct"
 run() { psql -X -qtA -F'|' "$console" -c "$1" 2>&1; }
-for _ in $(seq 50); do
-	[ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] && break
-	sleep 0.1
-done
+wait_phase_known
 [ "$(run 'SHOW PHASE' | cut -d'|' -f1,3,4)" = "dual_write|$epoch|yes" ] ||
 	fail "phase read from a version 1 schema: $(run 'SHOW PHASE')"
 # Served, not held: the table is readable through it.

@@ -32,10 +32,7 @@ stop_proxy
 
 # --- with control_dsn, before MIGRATE PREPARE ---
 start_proxy "control_dsn = $direct"
-for _ in $(seq 50); do
-	[ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] && break
-	sleep 0.1
-done
+wait_phase_known
 [ "$(run 'SHOW PHASE')" = "passthrough|off|0|yes|public.ingest_idempotency|public.ingest_idempotency_next|public.ingest_fallback_buffer" ] ||
 	fail "SHOW PHASE before prepare: $(run 'SHOW PHASE')"
 expect_error "SET PHASE dual_write" 55000 "control schema does not exist: run MIGRATE PREPARE"

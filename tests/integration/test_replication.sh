@@ -118,10 +118,7 @@ ok "the slot read through pgshunt is confirmed up to $end"
 own_database "repl_$$"
 start_pgshunt "control_dsn = $direct"
 run() { psql -X -qtA -F'|' "$console" -c "$1" 2>&1; }
-for _ in $(seq 50); do
-	[ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] && break
-	sleep 0.1
-done
+wait_phase_known
 run 'MIGRATE PREPARE' >/dev/null || fail "MIGRATE PREPARE: $(run 'MIGRATE PREPARE')"
 psql -X -q "$shunt_admin dbname=$own_db" \
 	-c "SELECT pg_create_logical_replication_slot('$slot_own', 'test_decoding')" >/dev/null
