@@ -13,8 +13,9 @@
 #     on;
 #   - a stream holds nothing back (a pgshunt of the test's own, with a control
 #     connection): SHOW CLIENTS says `streaming`, SET PHASE and PAUSE complete while it
-#     runs, the stream carries the changes made meanwhile, and SIGTERM ends it at once
-#     (FATAL 57P01) instead of waiting shutdown_timeout for it.
+#     runs, the stream carries the changes made meanwhile, SQL on a replication
+#     connection is mirrored in dual_write like any other, and SIGTERM ends the stream
+#     at once (FATAL 57P01) instead of waiting shutdown_timeout for it.
 # Needs the environment of tests/integration/run.sh (wal_level = logical, and a
 # replication line for shunt_admin in pg_hba.conf).
 set -euo pipefail
@@ -155,6 +156,18 @@ n=$(grep -c "INSERT: .*repl-$$" "$work/stream.out" || true)
 expect_eq "the mirrored insert's rows in the stream (table and next)" "$n" 2
 kill -0 "$recv_pid" 2>/dev/null || fail "pg_recvlogical ended: $(cat "$work/stream.err")"
 ok "the stream carried the insert made through pgshunt in dual_write (2 rows)"
+
+# SQL on a replication connection goes through the statement engine like any other.
+out=$(psql -X -qtA -v ON_ERROR_STOP=1 "$stream replication=database" -c "INSERT INTO
+	ingest_idempotency (site_id, idempotency_key, request_hash) VALUES ('site-r',
+	'repl-sql-$$', '\\x02') ON CONFLICT DO NOTHING RETURNING idempotency_key" 2>&1) ||
+	fail "INSERT on a replication connection: $out"
+expect_eq "INSERT ... RETURNING on a replication connection" "$out" "repl-sql-$$"
+got=$(psql -X -qtA "$direct" -c "SELECT (SELECT count(*) FROM ingest_idempotency
+	WHERE idempotency_key = 'repl-sql-$$') || '/' || (SELECT count(*) FROM
+	ingest_idempotency_next WHERE idempotency_key = 'repl-sql-$$')")
+expect_eq "the row in the table / in next_table" "$got" "1/1"
+ok "an INSERT on a replication connection is mirrored in dual_write"
 
 stop_pgshunt
 rc=0
