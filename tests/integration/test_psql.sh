@@ -1,7 +1,8 @@
 #!/bin/bash
 # psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out, an
 # error's SQLSTATE, a multi-statement string, LISTEN/NOTIFY between two sessions, Ctrl-C,
-# TLS verify-full (and a wrong CA), and the scram-sha-256, md5 and password users.
+# TLS verify-full (and a wrong CA), the unix socket, and the scram-sha-256, md5 and
+# password users.
 # Needs the environment of tests/integration/run.sh.
 set -euo pipefail
 
@@ -148,6 +149,19 @@ expect_eq "verify-full by IP" \
 	"$(q "host=127.0.0.1 port=$PGPORT dbname=$PGDATABASE user=shunt_trust sslmode=verify-full sslrootcert=$SHUNT_CA_FILE" -c 'SELECT 43')" 43
 expect_eq "sslmode=disable" "$(q "$tls sslmode=disable" -c 'SELECT 44')" 44
 ok "TLS verify-full"
+
+# --- the unix socket (unix_socket_dir; the harness's server has its socket there too) ---
+sock="host=${SHUNT_DIR:?} port=$PGPORT dbname=$PGDATABASE"
+expect_eq "over the unix socket" "$(q "$sock user=shunt_trust" -c 'SELECT current_user')" shunt_trust
+expect_eq "SCRAM over the unix socket" \
+	"$(PGPASSWORD=scram-secret q "$sock user=shunt_scram" -c 'SELECT current_user')" shunt_scram
+if [ "$SHUNT_MODE" = proxy ]; then
+	# The server's own socket trusts every role; through pgshunt the password counts.
+	out=$(PGPASSWORD=wrong q "$sock user=shunt_scram" -c 'SELECT 1' 2>&1) &&
+		fail "a wrong password over the unix socket succeeded"
+	case $out in *"password authentication failed"*) ;; *) fail "wrong password over the socket: $out" ;; esac
+fi
+ok "the unix socket"
 
 # --- password users ---
 check_user() { # user right-password method
