@@ -1,6 +1,7 @@
 #!/bin/bash
 # psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out, an
-# error's SQLSTATE, a multi-statement string, LISTEN/NOTIFY between two sessions, Ctrl-C,
+# startup parameters (options, client_encoding, application_name), an error's SQLSTATE,
+# a multi-statement string, LISTEN/NOTIFY between two sessions, Ctrl-C,
 # TLS verify-full (and a wrong CA), the unix socket, and the scram-sha-256, md5 and
 # password users.
 # Needs the environment of tests/integration/run.sh.
@@ -38,6 +39,15 @@ expect_eq "DELETE tag" "$(q -c "DELETE FROM $table WHERE id = 3")" "DELETE 1"
 expect_eq "rows" "$(q -F, -c "SELECT id, v FROM $table ORDER BY id")" $'1,a\n2,bx'
 expect_eq "unicode" "$(q -c "SELECT 'h€llo ☃' || chr(9731)")" 'h€llo ☃☃'
 ok "simple queries"
+
+# --- startup parameters reach the server as they are ---
+expect_eq "options (-c)" "$(q "options='-c statement_timeout=1234 -c search_path=pg_catalog,public'" \
+	-c 'SHOW statement_timeout' -c 'SHOW search_path')" $'1234ms\npg_catalog,public'
+expect_eq "client_encoding" "$(PGCLIENTENCODING=LATIN1 q -c 'SHOW client_encoding' \
+	-c "SELECT convert_to(chr(233), 'UTF8') = '\\xc3a9'::bytea")" $'LATIN1\nt'
+expect_eq "application_name" "$(PGAPPNAME=shunt-psql-$$ q -c 'SELECT application_name FROM
+	pg_stat_activity WHERE pid = pg_backend_pid()')" "shunt-psql-$$"
+ok "startup parameters"
 
 # --- \copy in and out ---
 seq 10 1009 | awk '{ printf "%d,row %d\n", $1, $1 }' >"$work/in.csv"
