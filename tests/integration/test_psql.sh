@@ -1,5 +1,5 @@
 #!/bin/bash
-# psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out, an
+# psql through PGHOST/PGPORT: simple queries and command tags, \copy in and out,
 # startup parameters (options, client_encoding, application_name), an error's SQLSTATE,
 # a multi-statement string, LISTEN/NOTIFY between two sessions, Ctrl-C,
 # TLS verify-full (and a wrong CA), the unix socket, and the scram-sha-256, md5 and
