@@ -22,6 +22,12 @@
 #define STATE_SQL                                                                                  \
 	"SELECT phase, epoch, degraded, coalesce((to_jsonb(s) ->> 'hold_until')::timestamptz "     \
 	"> now(), false) FROM pgshunt.state s"
+/*
+ * Asked instead while the schema is missing (before MIGRATE PREPARE, which may come
+ * weeks after the fleet is deployed): reading a table that is not there is an ERROR in
+ * the server's log and a rollback in pg_stat_database, four times a second per proxy.
+ */
+#define SCHEMA_SQL       "SELECT to_regclass('pgshunt.state') IS NOT NULL"
 #define RELOAD_RETRY_S   1
 #define UNDEFINED_TABLE  "42P01"
 #define INVALID_SCHEMA   "3F000"
@@ -149,6 +155,28 @@ static void phase_moved(const struct phase_state *before)
 		session_resume_all(); /* the held statements go on under the phase in force */
 }
 
+/* No control schema yet: passthrough, known, and nothing held. */
+static void no_schema(const struct phase_state *before)
+{
+	shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
+	shunt.phase_read_us = now_us();
+	if (!before->known)
+		session_resume_all();
+	if (!before->known || before->installed)
+		log_info("no pgshunt control schema in the database yet: phase passthrough");
+}
+
+static void read_failed(const PGresult *res)
+{
+	log_warning("could not read the phase: %s; retrying in %d s", control_message(res),
+		    RELOAD_RETRY_S);
+	if (!reload_timer)
+		reload_timer = evtimer_new(shunt.base, on_reload_timer, NULL);
+	struct timeval tv = {RELOAD_RETRY_S, 0};
+	if (reload_timer)
+		evtimer_add(reload_timer, &tv);
+}
+
 static void on_state_loaded(const PGresult *res, void *arg)
 {
 	struct phase_state before = shunt.phase;
@@ -178,21 +206,29 @@ static void on_state_loaded(const PGresult *res, void *arg)
 		return;
 	}
 	if (is_missing_schema(res)) {
-		shunt.phase = (struct phase_state){.phase = PHASE_PASSTHROUGH, .known = true};
-		shunt.phase_read_us = now_us();
-		if (!before.known)
-			session_resume_all();
-		if (!before.known || before.installed)
-			log_info("no pgshunt control schema in the database yet: phase passthrough");
+		no_schema(&before);
 		return;
 	}
-	log_warning("could not read the phase: %s; retrying in %d s", control_message(res),
-		    RELOAD_RETRY_S);
-	if (!reload_timer)
-		reload_timer = evtimer_new(shunt.base, on_reload_timer, NULL);
-	struct timeval tv = {RELOAD_RETRY_S, 0};
-	if (reload_timer)
-		evtimer_add(reload_timer, &tv);
+	read_failed(res);
+}
+
+/* The answer to SCHEMA_SQL: read the state once the schema is there. */
+static void on_schema_probed(const PGresult *res, void *arg)
+{
+	struct phase_state before = shunt.phase;
+	(void)arg;
+	loading = false;
+	if (!control_ok(res) || PQntuples(res) != 1) {
+		read_failed(res);
+		return;
+	}
+	if (PQgetvalue(res, 0, 0)[0] != 't') {
+		no_schema(&before);
+		return;
+	}
+	loading = control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL);
+	if (!loading)
+		log_error("could not queue the phase query");
 }
 
 void migrate_load_phase(void)
@@ -204,7 +240,10 @@ void migrate_load_phase(void)
 	}
 	if (loading)
 		return;
-	loading = control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL);
+	if (shunt.phase.installed)
+		loading = control_query(STATE_SQL, 0, NULL, on_state_loaded, NULL);
+	else
+		loading = control_query(SCHEMA_SQL, 0, NULL, on_schema_probed, NULL);
 	if (!loading)
 		log_error("could not queue the phase query");
 }

@@ -293,7 +293,8 @@ static void poll(void)
 	snprintf(cap, sizeof(cap), "%d", THRESH_BUFFER_COUNT_CAP);
 	const char *p1[] = {shunt.cfg.auto_degrade ? "true" : "false"};
 	const char *p2[] = {shunt.cfg.buffer_table, cap};
-	if (ops.polling || !control_connected())
+	/* Before MIGRATE PREPARE there is no pgshunt.jobs to read, nor a buffer. */
+	if (ops.polling || !control_connected() || !shunt.phase.installed)
 		return;
 	ops.polling = control_query(poll_sql, 1, p1, on_poll, &ops);
 	if (ops.polling && !control_query(buffer_sql, 2, p2, on_buffer, &ops))
