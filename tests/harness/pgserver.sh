@@ -5,6 +5,10 @@
 #                            and write DIR/env (sourceable): PGSERVER_PORT PGSERVER_DIR
 #                            PGSERVER_PID CA_FILE SERVER_CERT SERVER_KEY
 #   pgserver.sh stop DIR     stop it (by the postmaster's PID) and remove DIR
+#   pgserver.sh down DIR     stop it (fast shutdown, as a failover or restart would) and
+#                            keep DIR
+#   pgserver.sh up DIR       start a cluster that is down again, on the same port; DIR/env
+#                            gets the new PGSERVER_PID
 #   pgserver.sh freeport     print a TCP port that is free on 127.0.0.1
 #
 # The cluster listens on 127.0.0.1 and on a unix socket in DIR, has TLS on with
@@ -313,6 +317,32 @@ cmd_stop() {
 	rm -rf -- "$dir"
 }
 
+cmd_down() {
+	local dir=$1 pid
+	pid=$(postmaster_pid "$dir")
+	[ -n "$pid" ] || die "down: no postmaster in $dir"
+	stop_pid "$pid"
+	is_alive "$pid" && die "down: postmaster $pid is still running"
+	return 0
+}
+
+cmd_up() {
+	local dir=$1 pid
+	[ -r "$dir/env" ] || die "up: $dir/env not found (start the cluster first)"
+	pid=$(postmaster_pid "$dir")
+	if [ -n "$pid" ] && is_alive "$pid"; then
+		die "up: the cluster in $dir is running (postmaster $pid)"
+	fi
+	if ! as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
+		>"$dir/pg_ctl.log" 2>&1; then
+		cat "$dir/pg_ctl.log" >&2 || true
+		log_tail "$dir"
+		die "could not start PostgreSQL in $dir again"
+	fi
+	pid=$(postmaster_pid "$dir")
+	sed -i "s/^PGSERVER_PID=.*/PGSERVER_PID=$pid/" "$dir/env"
+}
+
 case ${1:-} in
 start)
 	[ $# -eq 2 ] || die "usage: $0 start DIR"
@@ -322,10 +352,18 @@ stop)
 	[ $# -eq 2 ] || die "usage: $0 stop DIR"
 	cmd_stop "$2"
 	;;
+down)
+	[ $# -eq 2 ] || die "usage: $0 down DIR"
+	cmd_down "$2"
+	;;
+up)
+	[ $# -eq 2 ] || die "usage: $0 up DIR"
+	cmd_up "$2"
+	;;
 freeport)
 	freeport
 	;;
 *)
-	die "usage: $0 start DIR | stop DIR | freeport"
+	die "usage: $0 start DIR | stop DIR | down DIR | up DIR | freeport"
 	;;
 esac
