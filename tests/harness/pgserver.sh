@@ -344,21 +344,9 @@ cmd_up() {
 }
 
 case ${1:-} in
-start)
-	[ $# -eq 2 ] || die "usage: $0 start DIR"
-	cmd_start "$2"
-	;;
-stop)
-	[ $# -eq 2 ] || die "usage: $0 stop DIR"
-	cmd_stop "$2"
-	;;
-down)
-	[ $# -eq 2 ] || die "usage: $0 down DIR"
-	cmd_down "$2"
-	;;
-up)
-	[ $# -eq 2 ] || die "usage: $0 up DIR"
-	cmd_up "$2"
+start | stop | down | up)
+	[ $# -eq 2 ] || die "usage: $0 $1 DIR"
+	"cmd_$1" "$2"
 	;;
 freeport)
 	freeport

@@ -23,11 +23,7 @@ ok "held a statement on the table, served one that does not name it"
 # The control connection comes back (a reload with the right control_dsn): released.
 sed -i "s|^control_dsn = .*|control_dsn = $direct|" "$work/pgshunt.ini"
 kill -HUP "$pid"
-for _ in $(seq 100); do
-	kill -0 "$held" 2>/dev/null || break
-	sleep 0.1
-done
-kill -0 "$held" 2>/dev/null && fail "the held statement was not released once the phase was known"
+wait_gone "$held" 10 "the held statement was not released once the phase was known"
 wait "$held" || fail "the held statement failed: $(cat "$work/held.out")"
 [ "$(cat "$work/held.out")" = 0 ] || fail "the held statement's answer: $(cat "$work/held.out")"
 [ "$(run 'SHOW PHASE' | cut -d'|' -f4)" = yes ] || fail "the phase is still unknown"

@@ -110,11 +110,7 @@ done
 expect_eq "NOTIFY tag" "$(q -c "NOTIFY $channel, 'hello $$'")" NOTIFY
 echo "SELECT 'listener done';" >&3
 exec 3>&-
-for ((i = 0; i < 100; i++)); do
-	kill -0 "$listener_pid" 2>/dev/null || break
-	sleep 0.1
-done
-kill -0 "$listener_pid" 2>/dev/null && fail "the listener psql did not exit"
+wait_gone "$listener_pid" 10 "the listener psql did not exit"
 wait "$listener_pid" || fail "the listener psql failed: $(cat "$work/listener.out")"
 listener_pid=""
 grep -q "^Asynchronous notification \"$channel\" with payload \"hello $$\" received from server process with PID [0-9]*\.$" \
@@ -132,11 +128,7 @@ for ((i = 0; i < 100; i++)); do
 	sleep 0.1
 done
 kill -INT "$cancel_pid"
-for ((i = 0; i < 100; i++)); do
-	kill -0 "$cancel_pid" 2>/dev/null || break
-	sleep 0.1
-done
-kill -0 "$cancel_pid" 2>/dev/null && fail "psql still runs 10 s after its Ctrl-C"
+wait_gone "$cancel_pid" 10 "psql still runs 10 s after its Ctrl-C"
 rc=0
 wait "$cancel_pid" || rc=$?
 cancel_pid=""
