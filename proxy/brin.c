@@ -91,15 +91,20 @@ static void plan_free(void)
 	brin.n = brin.i = 0;
 }
 
-static void finish(const char *sqlstate, const char *msg)
+static void disconnect(void)
 {
-	struct session *s = brin.s;
 	if (brin.io)
 		event_free(brin.io);
 	brin.io = NULL;
 	if (brin.conn)
 		PQfinish(brin.conn);
 	brin.conn = NULL;
+}
+
+static void finish(const char *sqlstate, const char *msg)
+{
+	struct session *s = brin.s;
+	disconnect();
 	if (sqlstate && brin.n == 0)
 		log_warning("INDEX BRIN refused: %s", msg);
 	else if (sqlstate)
@@ -315,12 +320,7 @@ void brin_stop(void)
 	if (brin.running && brin.conn)
 		log_warning("INDEX BRIN interrupted by the shutdown at step %zu of %zu", brin.i,
 		            brin.n - 1);
-	if (brin.io)
-		event_free(brin.io);
-	brin.io = NULL;
-	if (brin.conn)
-		PQfinish(brin.conn);
-	brin.conn = NULL;
+	disconnect();
 	plan_free();
 	brin.running = false;
 }
